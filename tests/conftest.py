@@ -1,0 +1,85 @@
+"""Shared test set-up: GPU tests run on whatever adapter wgpu finds (lavapipe in CI).
+
+Without an adapter, GPU tests skip with a reason; with WSVK_REQUIRE_ADAPTER=1 (CI) they fail.
+"""
+
+import os
+
+import numpy as np
+import pytest
+
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+os.environ.setdefault("WSVK_BACKEND", "wgpu")  # the kernels' tests want lavapipe too
+
+from wsvk import runtime as wrt  # noqa: E402
+
+REQUIRE = os.environ.get("WSVK_REQUIRE_ADAPTER", "") not in ("", "0")
+POISON = np.uint32(0x7FC0DEAD)  # a NaN with a payload: easy to spot, never produced by a kernel
+GUARD_BYTES = 256
+
+
+@pytest.fixture(scope="session")
+def rt():
+    """The runtime on the selected adapter, or a skip (a failure under WSVK_REQUIRE_ADAPTER)."""
+    try:
+        return wrt.get_runtime()
+    except wrt.WsvkError as e:
+        if REQUIRE:
+            pytest.fail(f"WSVK_REQUIRE_ADAPTER is set but no adapter is usable: {e}")
+        pytest.skip(f"no GPU adapter: {e}")
+
+
+@pytest.fixture
+def guard(rt, monkeypatch):
+    """Every array allocated in the test gets a poisoned tail; `guard.check()` asserts it is intact."""
+    arrays = []
+    real_empty = wrt.Runtime.empty
+
+    def guarded_empty(self, shape, dtype=np.float32):
+        arr = real_empty(self, shape, dtype)
+        nbytes = -(-arr.nbytes // 4) * 4
+        tail = (arr.buffer.size - nbytes) // 4
+        if tail < GUARD_BYTES // 4:  # make room: a bigger buffer, same logical shape
+            arr = real_empty(self, (arr.nbytes + GUARD_BYTES,), np.uint8).reshape(-1)
+            arr = wrt.GpuArray(self, arr.buffer, shape, dtype, owner=arr)
+            tail = (arr.buffer.size - nbytes) // 4
+        self.queue.write_buffer(arr.buffer, nbytes, np.full(tail, POISON, np.uint32))
+        arrays.append((arr, nbytes, tail))
+        return arr
+
+    monkeypatch.setattr(wrt.Runtime, "empty", guarded_empty)
+
+    class Guard:
+        def check(self):
+            for arr, start, tail in arrays:
+                raw = np.frombuffer(rt.queue.read_buffer(arr.buffer, start, 4 * tail), np.uint32)
+                bad = np.flatnonzero(raw != POISON)
+                assert bad.size == 0, f"kernel wrote {bad.size} words past the end of a {arr.shape} output"
+
+    g = Guard()
+    yield g
+    g.check()
+
+
+def rand(shape, seed=0, dtype=np.float32, scale=1.0):
+    """Seeded standard-normal data."""
+    return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def rel_err(got, ref) -> float:
+    """Relative L2 error in float64 (complex aware)."""
+    got = np.asarray(got).astype(np.complex128 if np.iscomplexobj(got) else np.float64)
+    ref = np.asarray(ref).astype(np.complex128 if np.iscomplexobj(ref) else np.float64)
+    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
+    denom = np.linalg.norm(ref.ravel())
+    return float(np.linalg.norm((got - ref).ravel()) / (denom if denom > 0 else 1.0))
+
+
+def check(ours, reference, bound, *args, **kwargs):
+    """Run `ours(*args)` and `reference(*args)`; assert the relative L2 error is within `bound`."""
+    got = ours(*args, **kwargs)
+    ref = reference(*args, **kwargs)
+    err = rel_err(got, ref)
+    assert np.all(np.isfinite(np.asarray(got)) == np.isfinite(np.asarray(ref))), "non-finite mismatch"
+    assert err <= bound, f"relative L2 error {err:.3g} > {bound:.3g}"
+    return err

@@ -1,0 +1,9 @@
+"""Layer 2: the WGSL kernels behind numpy-in/numpy-out functions.
+
+Every function also takes GpuArray inputs (wsvk.runtime); when all array inputs are
+GpuArrays the result stays on the GPU (the face the resident path chains without readback).
+"""
+
+from .elementwise import axpy
+
+__all__ = ["axpy"]

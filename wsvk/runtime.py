@@ -1,0 +1,531 @@
+"""Layer 1: the GPU runtime. Knows wgpu and numpy, nothing of torch.
+
+Adapter choice (WSVK_BACKEND, WSVK_ADAPTER), a device with the adapter's own limits,
+a pipeline cache keyed by (shader, entry, constants, type aliases), a buffer pool,
+cached bind groups and uniforms, a recorder that puts many dispatches into one
+submit, readback and optional GPU timestamps.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import threading
+import weakref
+from collections import OrderedDict
+from contextlib import contextmanager
+from pathlib import Path
+
+import numpy as np
+
+BACKENDS = ("auto", "wgpu", "cpu")
+WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
+_STORAGE = 128 | 8 | 4  # STORAGE | COPY_DST | COPY_SRC
+_UNIFORM = 64 | 8  # UNIFORM | COPY_DST
+
+
+class WsvkError(RuntimeError):
+    """Base class: a problem a user can act on, printed as one line."""
+
+
+class ConfigError(WsvkError, ValueError):
+    """A bad WSVK_* environment value."""
+
+
+class NoAdapterError(WsvkError):
+    """wgpu was asked for but there is no usable adapter."""
+
+
+class GpuError(WsvkError):
+    """The GPU failed at run time (device lost, validation error, out of memory)."""
+
+
+# ---------------------------------------------------------------- adapter choice
+
+
+def backend_choice() -> str:
+    """The validated value of WSVK_BACKEND (default 'auto')."""
+    value = os.environ.get("WSVK_BACKEND", "auto").strip().lower() or "auto"
+    if value not in BACKENDS:
+        raise ConfigError(
+            f"WSVK_BACKEND={os.environ.get('WSVK_BACKEND')!r} is not valid; use one of: {', '.join(BACKENDS)}"
+        )
+    return value
+
+
+def limits_choice() -> str:
+    value = os.environ.get("WSVK_LIMITS", "adapter").strip().lower() or "adapter"
+    if value not in ("adapter", "default"):
+        raise ConfigError(f"WSVK_LIMITS={value!r} is not valid; use one of: adapter, default")
+    return value
+
+
+def list_adapters() -> list:
+    """Every adapter wgpu finds, in its own order (the indices WSVK_ADAPTER takes)."""
+    try:
+        import wgpu
+    except ImportError as e:  # pragma: no cover - wgpu is a hard dependency
+        raise NoAdapterError(f"the wgpu package is not importable ({e}); pip install 'wgpu==0.32.*'") from e
+    try:
+        return list(wgpu.gpu.enumerate_adapters_sync())
+    except Exception:  # no loader / no driver: wgpu-native raises rather than returning []
+        return []
+
+
+def adapter_summary(adapter) -> dict:
+    info = adapter.info
+    return {
+        "name": info.get("device") or info.get("description") or "?",
+        "backend": info.get("backend_type", "?"),
+        "type": info.get("adapter_type", "?"),
+        "shader-f16": "shader-f16" in adapter.features,
+        "subgroup": "subgroup" in adapter.features,
+        "timestamp-query": "timestamp-query" in adapter.features,
+        "max_storage_binding": int(adapter.limits["max-storage-buffer-binding-size"]),
+    }
+
+
+def _preference(adapter) -> tuple:
+    info = adapter.info
+    kind = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
+    gl = info.get("backend_type") == "OpenGL"  # wgpu lists GL twins of Vulkan adapters: last resort
+    return (gl, kind.get(info.get("adapter_type"), 3))
+
+
+def select_adapter(adapters: list | None = None):
+    """The adapter WSVK_BACKEND/WSVK_ADAPTER select, or None for CPU torch.
+
+    Raises ConfigError on bad values and NoAdapterError when wgpu is forced but nothing matches.
+    """
+    backend = backend_choice()
+    wanted = os.environ.get("WSVK_ADAPTER", "").strip()
+    if backend == "cpu":
+        return None
+    adapters = list_adapters() if adapters is None else adapters
+    if wanted:
+        if wanted.isdigit():
+            idx = int(wanted)
+            if idx >= len(adapters):
+                raise ConfigError(
+                    f"WSVK_ADAPTER={wanted} but there are {len(adapters)} adapters (run `python -m wsvk info`)"
+                )
+            chosen = adapters[idx]
+        else:
+            matches = [a for a in adapters if wanted.lower() in adapter_summary(a)["name"].lower()]
+            if not matches:
+                names = ", ".join(sorted({adapter_summary(a)["name"] for a in adapters})) or "none"
+                raise ConfigError(f"WSVK_ADAPTER={wanted!r} matches no adapter (found: {names})")
+            chosen = min(matches, key=_preference)
+        if backend == "wgpu" or adapter_summary(chosen)["type"] != "CPU":
+            return chosen
+        return None  # auto never picks a software rasterizer: CPU torch is faster
+    if not adapters:
+        if backend == "wgpu":
+            raise NoAdapterError(
+                "WSVK_BACKEND=wgpu but wgpu found no GPU adapter: install a Vulkan/Metal/D3D12 driver "
+                "(on Debian/Ubuntu without a GPU: apt-get install mesa-vulkan-drivers) or set WSVK_BACKEND=cpu"
+            )
+        return None
+    chosen = min(adapters, key=_preference)
+    if backend == "auto" and adapter_summary(chosen)["type"] == "CPU":
+        return None
+    return chosen
+
+
+# ---------------------------------------------------------------- shaders
+
+
+def shader_dir() -> Path:
+    """shaders/ in a source checkout, wsvk/shaders inside an installed wheel."""
+    here = Path(__file__).resolve().parent
+    for cand in (here / "shaders", here.parent / "shaders"):
+        if cand.is_dir():
+            return cand
+    raise WsvkError(f"cannot find the WGSL shaders next to {here} (broken install?)")
+
+
+_SOURCES: dict[str, str] = {}
+
+
+def shader_source(name: str) -> str:
+    if name not in _SOURCES:
+        path = shader_dir() / f"{name}.wgsl"
+        if not path.is_file():
+            raise WsvkError(f"no shader {path}")
+        _SOURCES[name] = path.read_text()
+    return _SOURCES[name]
+
+
+# ---------------------------------------------------------------- GPU arrays
+
+
+class GpuArray:
+    """A contiguous array living in a GPU storage buffer (float32, float16, int32 or uint32)."""
+
+    __slots__ = ("rt", "buffer", "shape", "dtype", "_owner", "__weakref__")
+
+    def __init__(self, rt: Runtime, buffer, shape, dtype, owner=None):
+        self.rt = rt
+        self.buffer = buffer
+        self.shape = tuple(int(s) for s in shape)
+        self.dtype = np.dtype(dtype)
+        self._owner = owner  # keeps the pooled buffer alive for views
+
+    @property
+    def size(self) -> int:
+        return math.prod(self.shape)
+
+    @property
+    def ndim(self) -> int:
+        return len(self.shape)
+
+    @property
+    def nbytes(self) -> int:
+        return self.size * self.dtype.itemsize
+
+    def reshape(self, *shape) -> GpuArray:
+        shape = shape[0] if len(shape) == 1 and isinstance(shape[0], (tuple, list)) else shape
+        shape = list(shape)
+        if -1 in shape:
+            rest = math.prod(s for s in shape if s != -1)
+            shape[shape.index(-1)] = self.size // max(rest, 1)
+        if math.prod(shape) != self.size:
+            raise ValueError(f"cannot reshape {self.shape} to {tuple(shape)}")
+        return GpuArray(self.rt, self.buffer, shape, self.dtype, owner=self._owner or self)
+
+    def numpy(self) -> np.ndarray:
+        return self.rt.read(self)
+
+    def __repr__(self):
+        return f"GpuArray(shape={self.shape}, dtype={self.dtype})"
+
+
+def _bucket(nbytes: int) -> int:
+    """Pool size class: at most 1/8 waste, multiples of 256 bytes."""
+    n = max(256, -(-nbytes // 256) * 256)
+    step = max(256, 1 << (n.bit_length() - 4))
+    return -(-n // step) * step
+
+
+class BufferPool:
+    """Reuses storage buffers by size class; returns a GpuArray's buffer when it is collected."""
+
+    def __init__(self, device, keep_bytes: int = 1 << 30):
+        self.device = device
+        self.free: dict[int, list] = {}
+        self.free_bytes = 0
+        self.keep_bytes = keep_bytes
+        self.allocated_bytes = 0  # live + free, what the pool holds on the GPU
+        self.lock = threading.Lock()
+
+    def take(self, nbytes: int):
+        size = _bucket(nbytes)
+        with self.lock:
+            stack = self.free.get(size)
+            if stack:
+                self.free_bytes -= size
+                return stack.pop()
+        buf = self.device.create_buffer(size=size, usage=_STORAGE)
+        with self.lock:
+            self.allocated_bytes += size
+        return buf
+
+    def give(self, buf) -> None:
+        size = buf.size
+        with self.lock:
+            if self.free_bytes + size > self.keep_bytes:
+                self.allocated_bytes -= size
+                buf.destroy()
+                return
+            self.free.setdefault(size, []).append(buf)
+            self.free_bytes += size
+
+    def clear(self) -> None:
+        with self.lock:
+            for stack in self.free.values():
+                for buf in stack:
+                    self.allocated_bytes -= buf.size
+                    buf.destroy()
+            self.free.clear()
+            self.free_bytes = 0
+
+
+# ---------------------------------------------------------------- runtime
+
+
+class Runtime:
+    """One wgpu device and everything cached on it. Get it with `get_runtime()`."""
+
+    def __init__(self, adapter):
+        self.adapter = adapter
+        self.info = adapter_summary(adapter)
+        default_limits = limits_choice() == "default"
+        features = [] if default_limits else [f for f in WANTED_FEATURES if f in adapter.features]
+        limits = None if default_limits else {k: v for k, v in adapter.limits.items()}
+        try:
+            self.device = adapter.request_device_sync(
+                label="wsvk", required_features=features, required_limits=limits
+            )
+        except Exception as e:
+            raise GpuError(f"could not create a device on {self.info['name']}: {e}") from e
+        self.features = frozenset(features)
+        self.limits = dict(self.device.limits)
+        self.queue = self.device.queue
+        self.pool = BufferPool(self.device)
+        self.lock = threading.RLock()
+        self.stats = {"submits": 0, "dispatches": 0, "readbacks": 0, "uploads": 0}
+        self._pipelines: dict = {}
+        self._bind_groups: OrderedDict = OrderedDict()
+        self._uniforms: OrderedDict = OrderedDict()
+
+    # -- capabilities
+    @property
+    def has_f16(self) -> bool:
+        return "shader-f16" in self.features
+
+    @property
+    def has_subgroups(self) -> bool:
+        return "subgroup" in self.features
+
+    @property
+    def has_timestamps(self) -> bool:
+        return "timestamp-query" in self.features
+
+    @property
+    def max_groups(self) -> int:
+        return int(self.limits["max-compute-workgroups-per-dimension"])
+
+    @property
+    def max_binding(self) -> int:
+        return int(self.limits["max-storage-buffer-binding-size"])
+
+    # -- pipelines
+    def pipeline(self, shader: str, entry: str = "main", constants: dict | None = None,
+                 aliases: dict | None = None, enables: tuple = ()):
+        """A cached compute pipeline.
+
+        `aliases` maps type names used by the shader to "f32"/"f16" (prepended as
+        `alias NAME = TYPE;`); `constants` fills WGSL `override` declarations.
+        """
+        constants = dict(sorted((constants or {}).items()))
+        aliases = dict(sorted((aliases or {}).items()))
+        key = (shader, entry, tuple(constants.items()), tuple(aliases.items()), tuple(enables))
+        pipe = self._pipelines.get(key)
+        if pipe is None:
+            if "f16" in aliases.values() and not self.has_f16:
+                raise TypeError(f"float16 needs the shader-f16 feature, which {self.info['name']} lacks")
+            header = []
+            if "f16" in aliases.values():
+                header.append("enable f16;")
+            header += [f"enable {e};" for e in enables]
+            header += [f"alias {k} = {v};" for k, v in aliases.items()]
+            code = "\n".join(header) + "\n" + shader_source(shader)
+            module = self.device.create_shader_module(label=shader, code=code)
+            stage = {"module": module, "entry_point": entry}
+            if constants:
+                stage["constants"] = {k: float(v) for k, v in constants.items()}
+            pipe = self.device.create_compute_pipeline(label=f"{shader}:{entry}", layout="auto", compute=stage)
+            self._pipelines[key] = pipe
+        return pipe
+
+    # -- memory
+    def empty(self, shape, dtype=np.float32) -> GpuArray:
+        dtype = np.dtype(dtype)
+        nbytes = max(4, math.prod(shape) * dtype.itemsize)
+        buf = self.pool.take(nbytes)
+        arr = GpuArray(self, buf, shape, dtype)
+        weakref.finalize(arr, self.pool.give, buf)
+        return arr
+
+    def upload(self, data, dtype=None) -> GpuArray:
+        data = np.ascontiguousarray(data, dtype=dtype)
+        if data.dtype == np.float64:
+            data = data.astype(np.float32)
+        arr = self.empty(data.shape, data.dtype)
+        self.write(arr, data)
+        return arr
+
+    def write(self, arr: GpuArray, data) -> None:
+        raw = np.ascontiguousarray(data, dtype=arr.dtype).reshape(-1).view(np.uint8)
+        if raw.size % 4:
+            raw = np.concatenate([raw, np.zeros(4 - raw.size % 4, np.uint8)])
+        with self.lock:
+            self.queue.write_buffer(arr.buffer, 0, raw)
+            self.stats["uploads"] += 1
+
+    def read(self, arr: GpuArray) -> np.ndarray:
+        nbytes = arr.nbytes
+        padded = -(-nbytes // 4) * 4
+        with self.lock:
+            raw = self.queue.read_buffer(arr.buffer, 0, max(4, padded))
+            self.stats["readbacks"] += 1
+        return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(arr.dtype).reshape(arr.shape).copy()
+
+    def uniform(self, *values, fmt: str | None = None):
+        """A small uniform buffer holding `values` (u32 for ints, f32 for floats), cached by content."""
+        if fmt is None:
+            fmt = "".join("f" if isinstance(v, float) else "I" for v in values)
+        packed = np.zeros(-(-len(values) // 4) * 4, np.uint32)  # 16-byte multiple
+        for i, (c, v) in enumerate(zip(fmt, values)):
+            packed[i] = np.float32(v).view(np.uint32) if c == "f" else np.uint32(int(v) & 0xFFFFFFFF)
+        key = packed.tobytes()
+        buf = self._uniforms.get(key)
+        if buf is None:
+            buf = self.device.create_buffer(size=max(16, len(key)), usage=_UNIFORM)
+            self.queue.write_buffer(buf, 0, packed)
+            self._uniforms[key] = buf
+            if len(self._uniforms) > 4096:
+                self._uniforms.popitem(last=False)
+        else:
+            self._uniforms.move_to_end(key)
+        return buf
+
+    def bind_group(self, pipeline, resources):
+        """A cached bind group (group 0) binding `resources` (GpuArray or raw buffers) at 0, 1, 2, ..."""
+        bufs = [r.buffer if isinstance(r, GpuArray) else r for r in resources]
+        key = (id(pipeline), tuple(id(b) for b in bufs))
+        hit = self._bind_groups.get(key)
+        if hit is not None:
+            self._bind_groups.move_to_end(key)
+            return hit[0]
+        entries = [{"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}} for i, b in enumerate(bufs)]
+        group = self.device.create_bind_group(layout=pipeline.get_bind_group_layout(0), entries=entries)
+        self._bind_groups[key] = (group, pipeline, bufs)  # holding the objects keeps their ids unique
+        if len(self._bind_groups) > 4096:
+            self._bind_groups.popitem(last=False)
+        return group
+
+    # -- recording
+    @contextmanager
+    def recorder(self, label: str = "wsvk", timestamps: bool = False):
+        """Record many dispatches into one command encoder; submit once on exit."""
+        with self.lock:
+            rec = Recorder(self, label, timestamps and self.has_timestamps)
+            yield rec
+            rec.submit()
+
+    def run(self, pipeline, resources, groups) -> None:
+        """One dispatch, submitted at once (the simple op-by-op path)."""
+        with self.recorder() as rec:
+            rec.dispatch(pipeline, resources, groups)
+
+    def grid(self, n_groups: int) -> tuple[int, int, int]:
+        """Fold a 1-D workgroup count into (x, y, 1) within the per-dimension limit.
+
+        Shaders recover the flat index as wid.x + wid.y * num_workgroups.x and skip ids >= n.
+        """
+        m = self.max_groups
+        if n_groups <= m:
+            return (max(1, n_groups), 1, 1)
+        y = -(-n_groups // m)
+        return (-(-n_groups // y), y, 1)
+
+
+class Recorder:
+    """Dispatches recorded into one compute pass (or one pass per dispatch when timing)."""
+
+    def __init__(self, rt: Runtime, label: str, timestamps: bool):
+        self.rt = rt
+        self.encoder = rt.device.create_command_encoder(label=label)
+        self.timestamps = timestamps
+        self.labels: list[str] = []
+        self._pass = None
+        self._keep: list = []  # arrays used by recorded work stay alive until submit
+        self.gpu_ms: list[tuple[str, float]] = []
+        if timestamps:
+            self._cap = 512
+            self._query = rt.device.create_query_set(type="timestamp", count=2 * self._cap)
+
+    def dispatch(self, pipeline, resources, groups, label: str = "") -> None:
+        groups = tuple(groups) + (1,) * (3 - len(groups))
+        group = self.rt.bind_group(pipeline, resources)
+        self._keep.append(resources)
+        if self.timestamps and len(self.labels) < self._cap:
+            i = len(self.labels)
+            cpass = self.encoder.begin_compute_pass(timestamp_writes={
+                "query_set": self._query, "beginning_of_pass_write_index": 2 * i,
+                "end_of_pass_write_index": 2 * i + 1})
+            cpass.set_pipeline(pipeline)
+            cpass.set_bind_group(0, group)
+            cpass.dispatch_workgroups(*groups)
+            cpass.end()
+            self.labels.append(label or pipeline.label)
+        else:
+            if self._pass is None:
+                self._pass = self.encoder.begin_compute_pass()
+            self._pass.set_pipeline(pipeline)
+            self._pass.set_bind_group(0, group)
+            self._pass.dispatch_workgroups(*groups)
+        self.rt.stats["dispatches"] += 1
+
+    def copy(self, src: GpuArray, dst: GpuArray, nbytes: int | None = None, src_offset=0, dst_offset=0) -> None:
+        self._end_pass()
+        n = src.nbytes if nbytes is None else nbytes
+        self.encoder.copy_buffer_to_buffer(src.buffer, src_offset, dst.buffer, dst_offset, -(-n // 4) * 4)
+        self._keep.append((src, dst))
+
+    def _end_pass(self):
+        if self._pass is not None:
+            self._pass.end()
+            self._pass = None
+
+    def submit(self) -> None:
+        self._end_pass()
+        rt = self.rt
+        resolve = None
+        if self.timestamps and self.labels:
+            n = 2 * len(self.labels)
+            resolve = rt.device.create_buffer(size=8 * n, usage=512 | 4)  # QUERY_RESOLVE | COPY_SRC
+            self.encoder.resolve_query_set(self._query, 0, n, resolve, 0)
+        rt.queue.submit([self.encoder.finish()])
+        rt.stats["submits"] += 1
+        if resolve is not None:
+            ticks = np.frombuffer(rt.queue.read_buffer(resolve), dtype=np.uint64).astype(np.float64)
+            period = 1.0  # wgpu reports timestamps in nanoseconds
+            self.gpu_ms = [(lab, (ticks[2 * i + 1] - ticks[2 * i]) * period * 1e-6)
+                           for i, lab in enumerate(self.labels)]
+        self._keep.clear()
+
+
+_RUNTIME: Runtime | None = None
+_RUNTIME_LOCK = threading.Lock()
+
+
+def get_runtime() -> Runtime:
+    """The process-wide runtime on the selected adapter, created on first use.
+
+    The kernels always run on an adapter: under `auto` they fall back to a software adapter
+    (the router does not: it keeps models on CPU torch then). Raises NoAdapterError under
+    WSVK_BACKEND=cpu or when wgpu finds nothing.
+    """
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        if _RUNTIME is None:
+            adapter = select_adapter()
+            if adapter is None and backend_choice() == "auto":
+                # the kernels were asked for explicitly: a software adapter beats none at all
+                adapters = list_adapters()
+                adapter = min(adapters, key=_preference) if adapters else None
+            if adapter is None:
+                raise NoAdapterError(
+                    "the GPU kernels are disabled by WSVK_BACKEND=cpu" if backend_choice() == "cpu" else
+                    "wgpu found no GPU adapter: install a Vulkan/Metal/D3D12 driver (on Debian/Ubuntu "
+                    "without a GPU: apt-get install mesa-vulkan-drivers) or set WSVK_BACKEND=cpu"
+                )
+            _RUNTIME = Runtime(adapter)
+        return _RUNTIME
+
+
+def gpu_available() -> bool:
+    """True when the backend settings select an adapter (never raises)."""
+    try:
+        return select_adapter() is not None
+    except WsvkError:
+        return False
+
+
+def reset_runtime() -> None:
+    """Forget the process-wide runtime (tests that change WSVK_* variables)."""
+    global _RUNTIME
+    with _RUNTIME_LOCK:
+        _RUNTIME = None
