@@ -1,0 +1,10 @@
+#!/usr/bin/env bash
+# The README's test command: set-up (idempotent), a Vulkan adapter (lavapipe if none), pytest.
+set -euo pipefail
+root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
+"$root/scripts/setup.sh"
+venv=${WSVK_VENV:-$root/.venv}
+"$root/scripts/ensure_vulkan.sh" "$venv/bin/python"
+export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
+cd "$root"
+exec "$venv/bin/python" -m pytest "$@"

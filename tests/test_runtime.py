@@ -1,0 +1,176 @@
+"""The runtime: adapter choice, errors, caches, the pool, `python -m wsvk info`, the wheel."""
+
+import os
+import subprocess
+import sys
+import zipfile
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from wsvk import runtime as wrt
+from conftest import REQUIRE, rand
+
+ROOT = Path(__file__).resolve().parents[1]
+NO_DRIVERS = {  # hide every Vulkan ICD and the EGL vendor: wgpu then finds no adapter at all
+    "VK_DRIVER_FILES": "/nonexistent.json", "VK_ICD_FILENAMES": "/nonexistent.json",
+    "__EGL_VENDOR_LIBRARY_FILENAMES": "/nonexistent.json",
+}
+
+
+def run_py(*args, env=None, cwd=ROOT):
+    full = {**os.environ, "XDG_RUNTIME_DIR": "/tmp", **(env or {})}
+    return subprocess.run([sys.executable, *args], capture_output=True, text=True, env=full, cwd=cwd, timeout=300)
+
+
+class FakeAdapter:
+    def __init__(self, name, kind="DiscreteGPU", backend="Vulkan"):
+        self.info = {"device": name, "adapter_type": kind, "backend_type": backend}
+        self.features = {"shader-f16"}
+        self.limits = {"max-storage-buffer-binding-size": 1 << 30}
+
+
+LAPTOP = [FakeAdapter("Intel UHD 620", "IntegratedGPU"), FakeAdapter("AMD Radeon RX 7600", "DiscreteGPU"),
+          FakeAdapter("AMD Radeon RX 7600", "DiscreteGPU", "OpenGL"), FakeAdapter("llvmpipe", "CPU")]
+
+
+@pytest.mark.parametrize("backend, adapter, expect", [
+    ("auto", "", "AMD Radeon RX 7600"),      # discrete before integrated, Vulkan before GL
+    ("wgpu", "intel", "Intel UHD 620"),      # case-insensitive substring
+    ("auto", "0", "Intel UHD 620"),          # index as listed by `python -m wsvk info`
+    ("auto", "2", "AMD Radeon RX 7600"),
+    ("wgpu", "llvm", "llvmpipe"),            # a software adapter when wgpu is forced
+    ("auto", "llvm", None),                  # ... but never under auto
+    ("cpu", "", None),
+])
+def test_select_adapter(monkeypatch, backend, adapter, expect):
+    monkeypatch.setenv("WSVK_BACKEND", backend)
+    monkeypatch.setenv("WSVK_ADAPTER", adapter)
+    chosen = wrt.select_adapter(LAPTOP)
+    assert (chosen.info["device"] if chosen else None) == expect
+    if adapter == "2":
+        assert chosen is LAPTOP[2]
+
+
+def test_auto_skips_software_adapter(monkeypatch):
+    monkeypatch.setenv("WSVK_BACKEND", "auto")
+    monkeypatch.delenv("WSVK_ADAPTER", raising=False)
+    assert wrt.select_adapter([FakeAdapter("llvmpipe", "CPU")]) is None
+    assert wrt.select_adapter([]) is None
+    monkeypatch.setenv("WSVK_BACKEND", "wgpu")
+    with pytest.raises(wrt.NoAdapterError, match="mesa-vulkan-drivers.*WSVK_BACKEND=cpu"):
+        wrt.select_adapter([])
+
+
+@pytest.mark.parametrize("var, value, message", [
+    ("WSVK_BACKEND", "cuda", "WSVK_BACKEND='cuda' is not valid; use one of: auto, wgpu, cpu"),
+    ("WSVK_ADAPTER", "geforce", "WSVK_ADAPTER='geforce' matches no adapter"),
+    ("WSVK_ADAPTER", "9", "WSVK_ADAPTER=9 but there are 4 adapters"),
+])
+def test_bad_settings(monkeypatch, var, value, message):
+    monkeypatch.setenv("WSVK_BACKEND", "auto")
+    monkeypatch.setenv(var, value)
+    with pytest.raises(wrt.ConfigError) as e:
+        wrt.select_adapter(LAPTOP)
+    assert message in str(e.value) and "\n" not in str(e.value)
+
+
+@pytest.mark.parametrize("env, message", [
+    ({"WSVK_BACKEND": "vulkan"}, "error: WSVK_BACKEND='vulkan' is not valid; use one of: auto, wgpu, cpu"),
+    ({"WSVK_BACKEND": "wgpu", "WSVK_ADAPTER": "no-such-gpu"}, "error: WSVK_ADAPTER='no-such-gpu' matches no adapter"),
+    ({"WSVK_BACKEND": "wgpu", **NO_DRIVERS}, "error: WSVK_BACKEND=wgpu but wgpu found no GPU adapter"),
+])
+def test_info_errors_are_one_line(env, message):
+    r = run_py("-m", "wsvk", "info", env=env)
+    assert r.returncode == 2, r.stderr
+    assert r.stderr.strip().startswith(message), r.stderr
+    assert len(r.stderr.strip().splitlines()) == 1 and "Traceback" not in r.stderr
+
+
+def test_no_adapter_from_the_kernels():
+    code = "import numpy as np, wsvk.ops as o; o.axpy(np.ones(3, np.float32), np.ones(3, np.float32))"
+    r = run_py("-c", code, env={"WSVK_BACKEND": "wgpu", **NO_DRIVERS})
+    assert r.returncode != 0 and "NoAdapterError: WSVK_BACKEND=wgpu but wgpu found no GPU adapter" in r.stderr
+
+
+def test_info_names_the_adapter(rt):
+    r = run_py("-m", "wsvk", "info", env={"WSVK_BACKEND": "wgpu"})
+    assert r.returncode == 0, r.stderr
+    assert f"selected: [" in r.stdout and rt.info["name"] in r.stdout
+    assert "backend=Vulkan" in r.stdout or "backend=Metal" in r.stdout or "backend=D3D12" in r.stdout
+
+
+def test_ci_really_has_an_adapter(rt):
+    """CI sets WSVK_REQUIRE_ADAPTER: the GPU tests must have run on a real wgpu device."""
+    if not REQUIRE:
+        pytest.skip("WSVK_REQUIRE_ADAPTER not set (only CI requires an adapter)")
+    assert rt.info["backend"] in ("Vulkan", "Metal", "D3D12"), rt.info
+    assert rt.device is not None and rt.stats["submits"] >= 0
+
+
+def test_pipeline_and_bind_group_caches(rt):
+    p1 = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
+    assert rt.pipeline("elementwise", "axpy", aliases={"T": "f32"}) is p1
+    a = rt.upload(rand(8))
+    u = rt.uniform(8, 1.0, 0, 0)
+    assert rt.uniform(8, 1.0, 0, 0) is u
+    assert rt.bind_group(p1, [a, a, a, u]) is rt.bind_group(p1, [a, a, a, u])
+
+
+def test_pool_reuses_buffers(rt):
+    for _ in range(3):  # warm the pool
+        rt.upload(np.zeros(10_000, np.float32))
+    before = rt.pool.allocated_bytes
+    for i in range(200):
+        arr = rt.upload(np.full(10_000, i, np.float32))
+        assert arr.numpy()[-1] == i
+        del arr
+    assert rt.pool.allocated_bytes == before
+
+
+def test_recorder_one_submit(rt):
+    from wsvk import ops  # noqa: F401  (the wrapper's pipeline)
+    pipe = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
+    x = rt.upload(np.arange(300, dtype=np.float32))
+    y = rt.empty((300,))
+    z = rt.empty((300,))
+    u = rt.uniform(300, 1.0, 0, 0)
+    before = rt.stats["submits"]
+    with rt.recorder(timestamps=True) as rec:
+        rec.dispatch(pipe, [x, x, y, u], rt.grid(2), label="first")   # y = 2x
+        rec.dispatch(pipe, [y, x, z, u], rt.grid(2), label="second")  # z = 3x
+    assert rt.stats["submits"] == before + 1
+    np.testing.assert_array_equal(z.numpy(), 3 * np.arange(300, dtype=np.float32))
+    if rt.has_timestamps:
+        assert [lab for lab, _ in rec.gpu_ms] == ["first", "second"]
+        assert all(ms >= 0 for _, ms in rec.gpu_ms)
+
+
+def test_grid_folds_past_the_limit(rt):
+    m = rt.max_groups
+    assert rt.grid(5) == (5, 1, 1)
+    gx, gy, _ = rt.grid(3 * m + 1)
+    assert gx <= m and gy <= m and gx * gy >= 3 * m + 1
+
+
+@pytest.mark.slow
+def test_wheel_carries_the_shaders(tmp_path, rt):
+    """pip wheel . then install outside the source tree: a shader runs from inside the wheel."""
+    r = subprocess.run([sys.executable, "-m", "pip", "wheel", "-q", "--no-deps", "-w", str(tmp_path), str(ROOT)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    wheel = next(tmp_path.glob("wsvk-*.whl"))
+    assert "wsvk/shaders/elementwise.wgsl" in zipfile.ZipFile(wheel).namelist()
+    site = tmp_path / "site"
+    r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
+                       capture_output=True, text=True, timeout=600)
+    assert r.returncode == 0, r.stderr
+    code = ("import numpy as np, wsvk, wsvk.ops as o, wsvk.runtime as r; print(wsvk.__file__); "
+            "print(r.shader_dir()); print(o.axpy(np.ones(5, np.float32), np.ones(5, np.float32), 2.0).tolist())")
+    env = {"PYTHONPATH": str(site), "WSVK_BACKEND": "wgpu", "PYTHONSAFEPATH": "1"}
+    out = run_py("-c", code, env=env, cwd=tmp_path)
+    assert out.returncode == 0, out.stderr
+    lines = out.stdout.splitlines()
+    assert lines[0].startswith(str(site)) and lines[1] == str(site / "wsvk" / "shaders")
+    assert lines[2] == "[3.0, 3.0, 3.0, 3.0, 3.0]"

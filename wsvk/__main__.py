@@ -1,0 +1,61 @@
+"""`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use."""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+
+from . import __version__
+from .runtime import WsvkError, adapter_summary, backend_choice, list_adapters, select_adapter
+
+
+def info() -> int:
+    print(f"wsvk {__version__}")
+    try:
+        import wgpu
+
+        print(f"wgpu {wgpu.__version__}")
+    except ImportError as e:
+        print(f"error: wgpu is not importable: {e}", file=sys.stderr)
+        return 1
+    adapters = list_adapters()
+    print(f"adapters ({len(adapters)}):")
+    if not adapters:
+        print("  none: install a Vulkan/Metal/D3D12 driver (Debian/Ubuntu without a GPU: "
+              "apt-get install mesa-vulkan-drivers)")
+    for i, a in enumerate(adapters):
+        s = adapter_summary(a)
+        feats = ", ".join(f for f in ("shader-f16", "subgroup", "timestamp-query") if s[f]) or "none"
+        print(f"  [{i}] {s['name']}  backend={s['backend']}  type={s['type']}  "
+              f"features: {feats}  max storage binding: {s['max_storage_binding'] / 2**20:.0f} MiB")
+    env = {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS")}
+    print("settings: " + "  ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
+    try:
+        choice = backend_choice()
+        chosen = select_adapter(adapters)
+    except WsvkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    if chosen is None:
+        why = "WSVK_BACKEND=cpu" if choice == "cpu" else (
+            "no adapter" if not adapters else "auto skips software adapters; WSVK_BACKEND=wgpu forces them")
+        print(f"selected: CPU torch ({why})")
+    else:
+        idx = next(i for i, a in enumerate(adapters) if a is chosen)
+        print(f"selected: [{idx}] {adapter_summary(chosen)['name']} ({adapter_summary(chosen)['backend']})")
+    return 0
+
+
+def main(argv=None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m wsvk", description=__doc__)
+    sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("info", help="list the adapters wgpu finds and the one wsvk selects")
+    args = parser.parse_args(argv)
+    if args.cmd == "info":
+        return info()
+    return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
