@@ -4,6 +4,7 @@ Every function also takes GpuArray inputs (wsvk.runtime); when all array inputs 
 GpuArrays the result stays on the GPU (the face the resident path chains without readback).
 """
 
+from .attention import attention
 from .elementwise import axpy
 
-__all__ = ["axpy"]
+__all__ = ["attention", "axpy"]

@@ -1,0 +1,354 @@
+// Scaled dot-product attention, torch SDPA semantics.
+//   q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, DV] -> out [B, H, Lq, DV]   (all contiguous)
+// T: q/k/v/out storage type (f32 or f16); M: mask storage type. All math in f32.
+// The mask is additive and read through broadcast strides (0 on broadcast dims), so a
+// [Lq, Lk] or [B, 1, 1, Lk] mask is never expanded to [B, H, Lq, Lk].
+//
+// Masked scores are stored as -inf (compared by bit pattern, never used in arithmetic:
+// WGSL lets compilers assume floats are finite). The running max starts at -FLT_MAX, so
+// every exp() argument is finite. A row whose keys are all masked ends with sum 0 and
+// writes 0, which is what torch 2.11 CPU returns for such rows (additive -inf or bool).
+//
+// Entry points:
+//   prefill  one workgroup per (b, h, block of BQ queries); loops over blocks of BK keys
+//            staged in workgroup memory with an online softmax (flash-style), so memory
+//            does not grow with Lq x Lk. Causal rows stop at the last visible key block.
+//   decode   one workgroup per (query row, split of CH keys): 64 threads share the split
+//            (flash decoding). With one split it writes the output directly; otherwise it
+//            writes (max, sum, unnormalized out[DV]) per split and `combine` merges them.
+//   combine  one thread per (row, d): merges the splits' partial results.
+
+struct Params {
+    h: u32,         // H
+    lq: u32,        // Lq
+    lk: u32,        // Lk
+    n_groups: u32,  // workgroups (prefill, decode) or threads (combine) doing real work
+    causal: u32,    // 1: key j visible to query i only when j <= i (top-left aligned)
+    has_mask: u32,
+    scale: f32,
+    n_split: u32,   // decode: key splits per row
+    m_sb: u32,      // mask strides in elements for b, h, i, j (0 where broadcast)
+    m_sh: u32,
+    m_si: u32,
+    m_sj: u32,
+}
+
+@group(0) @binding(0) var<storage, read> q: array<T>;
+@group(0) @binding(1) var<storage, read> k: array<T>;
+@group(0) @binding(2) var<storage, read> v: array<T>;
+@group(0) @binding(3) var<storage, read> mask: array<M>;
+@group(0) @binding(4) var<storage, read_write> out: array<T>;
+@group(0) @binding(5) var<uniform> p: Params;
+
+const NEG_INF_BITS = 0xff800000u;
+const NEG_MAX = -3.40282347e38;  // -FLT_MAX: below every finite score
+
+fn is_masked(s: f32) -> bool {
+    return bitcast<u32>(s) == NEG_INF_BITS;
+}
+
+fn masked() -> f32 {
+    return bitcast<f32>(NEG_INF_BITS);
+}
+
+// score + mask for query row (b, h, i) and key j, or -inf when the mask says so.
+fn add_mask(dot: f32, moff: u32, j: u32) -> f32 {
+    if (p.has_mask == 0u) {
+        return dot;
+    }
+    let mv = f32(mask[moff + j * p.m_sj]);
+    if (is_masked(mv)) {
+        return masked();
+    }
+    return dot + mv;
+}
+
+// ------------------------------------------------------------------ prefill
+
+override D: u32 = 64u;   // q/k head dim
+override DV: u32 = 64u;  // v head dim
+override BQ: u32 = 16u;  // queries per workgroup
+override BK: u32 = 16u;  // keys per staged block
+override TPQ: u32 = 4u;  // threads per query; BK % TPQ == 0
+override WG: u32 = BQ * TPQ;
+override KS: u32 = D + 1u - D % 2u;       // odd K row stride: lanes hit different banks
+override QSZ: u32 = BQ * D;
+override KSZ: u32 = BK * KS;
+override VSZ: u32 = BK * DV + TPQ;        // + TPQ: the last lane may read past DV (unused)
+override SSZ: u32 = BQ * BK;
+override NSC: u32 = BK / TPQ;             // scores per thread per block
+override NOC: u32 = (DV + TPQ - 1u) / TPQ;  // output columns per thread (<= MAXO)
+const MAXO = 32u;
+
+var<workgroup> qs: array<f32, QSZ>;  // [BQ, D] scaled queries
+var<workgroup> ks: array<f32, KSZ>;  // [BK, KS]
+var<workgroup> vs: array<f32, VSZ>;  // [BK, DV]
+var<workgroup> ss: array<f32, SSZ>;  // [BQ, BK] scores of the current block
+
+@compute @workgroup_size(WG)
+fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) t: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.n_groups) {
+        return;
+    }
+    let nqb = (p.lq + BQ - 1u) / BQ;
+    let bh = g / nqb;
+    let q0 = (g % nqb) * BQ;
+    let b = bh / p.h;
+    let hh = bh % p.h;
+    let r = t / TPQ;      // this thread's query within the block
+    let lane = t % TPQ;
+    let qi = q0 + r;
+
+    let qbase = (bh * p.lq + q0) * D;
+    for (var x = t; x < QSZ; x += WG) {
+        var val = 0.0;
+        if (q0 + x / D < p.lq) {
+            val = f32(q[qbase + x]) * p.scale;
+        }
+        qs[x] = val;
+    }
+
+    // key blocks: a causal block of queries sees no key past its last query
+    var kend = p.lk;
+    if (p.causal != 0u) {
+        kend = min(kend, min(q0 + BQ, p.lq));
+    }
+    let nkb = (kend + BK - 1u) / BK;
+    let moff = b * p.m_sb + hh * p.m_sh + qi * p.m_si;
+    let kvbase = bh * p.lk;
+
+    var m_run = NEG_MAX;
+    var l_run = 0.0;
+    var acc: array<f32, MAXO>;
+    for (var c = 0u; c < NOC; c++) {
+        acc[c] = 0.0;
+    }
+
+    for (var kb = 0u; kb < nkb; kb++) {
+        let k0 = kb * BK;
+        for (var x = t; x < BK * D; x += WG) {
+            let j = x / D;
+            var val = 0.0;
+            if (k0 + j < p.lk) {
+                val = f32(k[(kvbase + k0) * D + x]);
+            }
+            ks[j * KS + x % D] = val;
+        }
+        for (var x = t; x < BK * DV; x += WG) {
+            var val = 0.0;
+            if (k0 + x / DV < p.lk) {
+                val = f32(v[(kvbase + k0) * DV + x]);
+            }
+            vs[x] = val;
+        }
+        workgroupBarrier();
+
+        for (var c = 0u; c < NSC; c++) {
+            let j = lane + c * TPQ;
+            let kj = k0 + j;
+            var s = masked();
+            if (qi < p.lq && kj < p.lk && (p.causal == 0u || kj <= qi)) {
+                var dot = 0.0;
+                for (var d = 0u; d < D; d++) {
+                    dot += qs[r * D + d] * ks[j * KS + d];
+                }
+                s = add_mask(dot, moff, kj);
+            }
+            ss[r * BK + j] = s;
+        }
+        workgroupBarrier();
+
+        // every lane of the query reads the whole score row: no extra barrier for p_j
+        var m_new = m_run;
+        for (var j = 0u; j < BK; j++) {
+            let s = ss[r * BK + j];
+            if (!is_masked(s)) {
+                m_new = max(m_new, s);
+            }
+        }
+        let corr = exp(m_run - m_new);
+        l_run *= corr;
+        for (var c = 0u; c < NOC; c++) {
+            acc[c] *= corr;
+        }
+        for (var j = 0u; j < BK; j++) {
+            let s = ss[r * BK + j];
+            if (is_masked(s)) {
+                continue;
+            }
+            let pj = exp(s - m_new);
+            l_run += pj;
+            for (var c = 0u; c < NOC; c++) {
+                acc[c] += pj * vs[j * DV + lane + c * TPQ];
+            }
+        }
+        m_run = m_new;
+        workgroupBarrier();
+    }
+
+    if (qi < p.lq) {
+        var inv = 0.0;  // fully masked row: 0, as torch
+        if (l_run > 0.0) {
+            inv = 1.0 / l_run;
+        }
+        let obase = (bh * p.lq + qi) * DV;
+        for (var c = 0u; c < NOC; c++) {
+            let d = lane + c * TPQ;
+            if (d < DV) {
+                out[obase + d] = T(acc[c] * inv);
+            }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ decode
+
+override DD: u32 = 64u;    // q/k head dim
+override DDV: u32 = 64u;   // v head dim
+override CH: u32 = 256u;   // keys per split
+const DWG = 64u;
+
+// per split: [max, sum, out[DDV]] (unnormalized), f32
+@group(0) @binding(6) var<storage, read_write> part: array<f32>;
+
+var<workgroup> dq: array<f32, DD>;   // scaled query
+var<workgroup> dp: array<f32, CH>;   // scores, then probabilities
+var<workgroup> red: array<f32, DWG>;
+
+@compute @workgroup_size(DWG)
+fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+          @builtin(local_invocation_index) t: u32) {
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= p.n_groups) {
+        return;
+    }
+    let row = g / p.n_split;  // (b, h, i) flattened
+    let sp = g % p.n_split;
+    let bh = row / p.lq;
+    let i = row % p.lq;
+    let b = bh / p.h;
+    let hh = bh % p.h;
+    let k0 = sp * CH;
+    var kend = min(k0 + CH, p.lk);
+    if (p.causal != 0u) {
+        kend = min(kend, i + 1u);  // a split past the query's position sees nothing
+    }
+    let n = select(0u, kend - k0, kend > k0);
+    let moff = b * p.m_sb + hh * p.m_sh + i * p.m_si;
+    let kvbase = bh * p.lk + k0;
+
+    for (var d = t; d < DD; d += DWG) {
+        dq[d] = f32(q[row * DD + d]) * p.scale;
+    }
+    workgroupBarrier();
+
+    var lmax = NEG_MAX;
+    for (var j = t; j < n; j += DWG) {
+        var dot = 0.0;
+        let kb = (kvbase + j) * DD;
+        for (var d = 0u; d < DD; d++) {
+            dot += dq[d] * f32(k[kb + d]);
+        }
+        let s = add_mask(dot, moff, k0 + j);
+        dp[j] = s;
+        if (!is_masked(s)) {
+            lmax = max(lmax, s);
+        }
+    }
+    red[t] = lmax;
+    workgroupBarrier();
+    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) {
+            red[t] = max(red[t], red[t + st]);
+        }
+        workgroupBarrier();
+    }
+    let m = red[0];
+    workgroupBarrier();
+
+    var lsum = 0.0;
+    for (var j = t; j < n; j += DWG) {
+        let s = dp[j];
+        var pj = 0.0;
+        if (!is_masked(s)) {
+            pj = exp(s - m);
+        }
+        dp[j] = pj;
+        lsum += pj;
+    }
+    red[t] = lsum;
+    workgroupBarrier();
+    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) {
+            red[t] = red[t] + red[t + st];
+        }
+        workgroupBarrier();
+    }
+    let l = red[0];
+
+    // threads over output columns: v rows are read coalesced
+    let pbase = g * (DDV + 2u);
+    for (var d = t; d < DDV; d += DWG) {
+        var o = 0.0;
+        for (var j = 0u; j < n; j++) {
+            o += dp[j] * f32(v[(kvbase + j) * DDV + d]);
+        }
+        if (p.n_split == 1u) {
+            var inv = 0.0;  // fully masked row: 0, as torch
+            if (l > 0.0) {
+                inv = 1.0 / l;
+            }
+            out[row * DDV + d] = T(o * inv);
+        } else {
+            part[pbase + 2u + d] = o;
+        }
+    }
+    if (t == 0u && p.n_split > 1u) {
+        part[pbase] = m;
+        part[pbase + 1u] = l;
+    }
+}
+
+// out[row, d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s, M = max over splits with l_s > 0
+// combine binds (part, out, params) at 0..2: layout="auto" and Runtime.bind_group number
+// bindings from 0, and no entry point uses both these and the ones above.
+@group(0) @binding(0) var<storage, read> cpart: array<f32>;
+@group(0) @binding(1) var<storage, read_write> cout: array<T>;
+@group(0) @binding(2) var<uniform> cp: Params;
+
+@compute @workgroup_size(64)
+fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+           @builtin(local_invocation_index) t: u32) {
+    let x = (wid.x + wid.y * nwg.x) * 64u + t;
+    if (x >= cp.n_groups) {
+        return;
+    }
+    let row = x / DDV;
+    let d = x % DDV;
+    let stride = DDV + 2u;
+    let base = row * cp.n_split * stride;
+    var mx = NEG_MAX;
+    for (var s = 0u; s < cp.n_split; s++) {
+        if (cpart[base + s * stride + 1u] > 0.0) {
+            mx = max(mx, cpart[base + s * stride]);
+        }
+    }
+    var num = 0.0;
+    var den = 0.0;
+    for (var s = 0u; s < cp.n_split; s++) {
+        let o = base + s * stride;
+        let l = cpart[o + 1u];
+        if (l > 0.0) {
+            let w = exp(cpart[o] - mx);
+            num += w * cpart[o + 2u + d];
+            den += w * l;
+        }
+    }
+    var res = 0.0;  // fully masked row: 0, as torch
+    if (den > 0.0) {
+        res = num / den;
+    }
+    cout[row * DDV + d] = T(res);
+}
