@@ -17,6 +17,7 @@ from __future__ import annotations
 import math
 import os
 import threading
+import warnings
 import weakref
 from collections import Counter, defaultdict
 from contextlib import contextmanager
@@ -27,7 +28,7 @@ import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
 from . import ops
-from .runtime import GpuArray, WsvkError, backend_choice, get_runtime, select_adapter
+from .runtime import GpuArray, GpuError, WsvkError, backend_choice, get_runtime, select_adapter
 
 OPS = ("linear", "matmul", "sdpa", "fft")
 _FLOAT_DTYPES = (torch.float32, torch.float16)
@@ -44,6 +45,7 @@ class RouterStats:
         self.gpu = Counter()
         self.cpu = Counter()
         self.reasons: dict[str, Counter] = defaultdict(Counter)
+        self.faults: list[str] = []  # GPU failures met (each one switched the rest of its block to CPU)
         self.lock = threading.Lock()
 
     def count(self, op: str, reason: str | None = None) -> None:
@@ -66,6 +68,7 @@ class RouterStats:
             self.cpu.update(other.cpu)
             for op, c in other.reasons.items():
                 self.reasons[op].update(c)
+            self.faults += other.faults
 
     def table(self) -> str:
         rows = [f"{'op':<8} {'gpu':>7} {'cpu':>7}  fallback reasons"]
@@ -255,7 +258,7 @@ def _norm_factor(kind: str, norm: str, n: int) -> float:
 
 
 def _stft(router, input, n_fft, hop_length=None, win_length=None, window=None, center=True,
-          pad_mode="reflect", normalized=False, onesided=None, return_complex=None):
+          pad_mode="reflect", normalized=False, onesided=None, return_complex=None, align_to_window=None):
     """torch.stft as CPU framing + a batched GPU rfft (speechbrain's fbank uses this)."""
     x = input
     if not isinstance(x, torch.Tensor) or x.dtype != torch.float32 or x.dim() not in (1, 2):
@@ -264,6 +267,8 @@ def _stft(router, input, n_fft, hop_length=None, win_length=None, window=None, c
         raise Fallback("autograd")
     if onesided is False or not return_complex:
         raise Fallback("two-sided or real output")
+    if align_to_window:
+        raise Fallback("align_to_window")
     hop = hop_length or n_fft // 4
     win = win_length or n_fft
     w = torch.ones(win) if window is None else window
@@ -331,6 +336,12 @@ class _Router(TorchFunctionMode):
         except (ValueError, TypeError) as e:  # a kernel refused the call: torch computes it instead
             self.stats.count(op, f"kernel: {str(e)[:60]}")
             return func(*args, **kwargs)
+        except GpuError as e:  # the state lives in CPU tensors: recompute this op there, stay on the CPU
+            self.cpu_reason = "after GPU fault"
+            self.stats.count(op, "GPU fault")
+            self.stats.faults.append(str(e))
+            warnings.warn(f"wsvk: {e}; continuing on the CPU", RuntimeWarning, stacklevel=2)
+            return func(*args, **kwargs)
         self.stats.count(op)
         return result
 
@@ -357,5 +368,7 @@ def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_w
         cpu_reason = None if backend == "wgpu" else why
     else:
         cpu_reason = None if enabled else "offload disabled"
+    if cpu_reason is None and get_runtime().lost:
+        cpu_reason = "after GPU fault"
     with _Router(stats, default_min_work() if min_work is None else min_work, cpu_reason):
         yield stats

@@ -40,6 +40,32 @@ class GpuError(WsvkError):
     """The GPU failed at run time (device lost, validation error, out of memory)."""
 
 
+def fault_after() -> int | None:
+    """WSVK_FAULT_AFTER=N: the (N+1)-th submit fails as a lost device would (fault-path tests)."""
+    value = os.environ.get("WSVK_FAULT_AFTER", "").strip()
+    if not value:
+        return None
+    if not value.isdigit():
+        raise ConfigError(f"WSVK_FAULT_AFTER={value!r} is not a non-negative integer")
+    return int(value)
+
+
+@contextmanager
+def gpu_errors(what: str):
+    """Turn wgpu's exceptions (validation, out of memory, lost device) into GpuError with context."""
+    try:
+        yield
+    except GpuError:
+        raise
+    except Exception as e:
+        import wgpu
+
+        if isinstance(e, (wgpu.GPUError, wgpu.GPUPipelineError)) or "lost" in str(e).lower():
+            kind = "out of GPU memory" if isinstance(e, MemoryError) else type(e).__name__
+            raise GpuError(f"GPU failure while {what} ({kind}): {str(e).strip().splitlines()[0] if str(e).strip() else e!r}") from e
+        raise
+
+
 # ---------------------------------------------------------------- adapter choice
 
 
@@ -225,7 +251,8 @@ class BufferPool:
             if stack:
                 self.free_bytes -= size
                 return stack.pop()
-        buf = self.device.create_buffer(size=size, usage=_STORAGE)
+        with gpu_errors(f"allocating {size} bytes"):
+            buf = self.device.create_buffer(size=size, usage=_STORAGE)
         with self.lock:
             self.allocated_bytes += size
         return buf
@@ -274,9 +301,19 @@ class Runtime:
         self.pool = BufferPool(self.device)
         self.lock = threading.RLock()
         self.stats = {"submits": 0, "dispatches": 0, "readbacks": 0, "uploads": 0}
+        self.fault_after = fault_after()
+        self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
         self._pipelines: dict = {}
         self._bind_groups: OrderedDict = OrderedDict()
         self._uniforms: OrderedDict = OrderedDict()
+
+    def check_fault(self) -> None:
+        """Fail fast after a fault; inject one when WSVK_FAULT_AFTER's count of submits is reached."""
+        if self.lost is not None:
+            raise GpuError(f"the GPU device is unusable after an earlier failure: {self.lost}")
+        if self.fault_after is not None and self.stats["submits"] >= self.fault_after:
+            self.lost = f"injected fault after {self.fault_after} submits (WSVK_FAULT_AFTER)"
+            raise GpuError(f"GPU device lost: {self.lost}")
 
     # -- capabilities
     @property
@@ -349,14 +386,15 @@ class Runtime:
         raw = np.ascontiguousarray(data, dtype=arr.dtype).reshape(-1).view(np.uint8)
         if raw.size % 4:
             raw = np.concatenate([raw, np.zeros(4 - raw.size % 4, np.uint8)])
-        with self.lock:
+        with self.lock, gpu_errors("uploading"):
             self.queue.write_buffer(arr.buffer, 0, raw)
             self.stats["uploads"] += 1
 
     def read(self, arr: GpuArray) -> np.ndarray:
         nbytes = arr.nbytes
         padded = -(-nbytes // 4) * 4
-        with self.lock:
+        with self.lock, gpu_errors("reading back"):
+            self.check_fault()
             raw = self.queue.read_buffer(arr.buffer, 0, max(4, padded))
             self.stats["readbacks"] += 1
         return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(arr.dtype).reshape(arr.shape).copy()
@@ -477,7 +515,13 @@ class Recorder:
             n = 2 * len(self.labels)
             resolve = rt.device.create_buffer(size=8 * n, usage=512 | 4)  # QUERY_RESOLVE | COPY_SRC
             self.encoder.resolve_query_set(self._query, 0, n, resolve, 0)
-        rt.queue.submit([self.encoder.finish()])
+        try:
+            with gpu_errors("submitting work"):
+                rt.check_fault()
+                rt.queue.submit([self.encoder.finish()])
+        except GpuError as e:
+            rt.lost = rt.lost or str(e)
+            raise
         rt.stats["submits"] += 1
         if resolve is not None:
             ticks = np.frombuffer(rt.queue.read_buffer(resolve), dtype=np.uint64).astype(np.float64)

@@ -6,5 +6,7 @@ GpuArrays the result stays on the GPU (the face the resident path chains without
 
 from .attention import attention
 from .elementwise import axpy
+from .fft import fft, ifft, irfft, rfft
+from .matmul import linear, matmul
 
-__all__ = ["attention", "axpy"]
+__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "linear", "matmul", "rfft"]

@@ -1,0 +1,258 @@
+// Matrix products. T: storage type (f32 or f16, prepended by the runtime); accumulation in f32.
+//
+// Two entry points share the epilogue (bias + optional GELU):
+//   tiled:             c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B
+//   gemv / gemv_vec4:  out[M, N]  = x[M, K] @ weight[N, K]^T for the decode case M <= 8
+// Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) so counts past
+// 65,535 work; ids past the end return at once (uniform per workgroup, before any barrier).
+
+override TRANS_B: bool = false;   // b holds weight[N, K] (linear) instead of [K, N] (matmul)
+override HAS_BIAS: bool = false;  // add bias[N]
+override GELU: bool = false;      // nn.GELU() (erf form) after the bias
+
+// GELU through erfc so that negative inputs keep their relative accuracy (no 1 - erf cancellation).
+// erfc(z) ~= t * exp(-z^2 + P(t)), t = 1 / (1 + z/2): the Chebyshev fit of Numerical Recipes
+// (erfcc, fractional error < 1.2e-7 for all z >= 0).
+fn gelu(v: f32) -> f32 {
+    let z = abs(v) * 0.70710678118654752;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+          + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let erfc_z = t * exp(p - z * z);
+    // gelu(v) = v/2 (1 + erf(v/sqrt2)); erf(v/sqrt2) = sign(v) (1 - erfc(|v|/sqrt2))
+    return select(0.5 * v * erfc_z, v - 0.5 * v * erfc_z, v >= 0.0);
+}
+
+fn epilogue(acc: f32, bias_v: f32) -> f32 {
+    var v = acc;
+    if (HAS_BIAS) { v += bias_v; }
+    if (GELU) { v = gelu(v); }
+    return v;
+}
+
+// ------------------------------------------------------------------ tiled matmul
+// 64x64 output tile per 256-thread workgroup, each thread a 4x4 block (rows ty+16i, cols tx+16j:
+// strided so that neighbouring threads touch neighbouring shared-memory words and output columns),
+// K walked in steps of 16 through shared memory. Out-of-range loads read 0, stores are checked.
+
+struct MMParams {
+    M: u32, N: u32, K: u32, tiles_n: u32,
+    tiles_m: u32, tiles: u32, a_batch: u32, b_batch: u32,   // batch strides in elements (0 = shared)
+}
+
+@group(0) @binding(0) var<storage, read> a: array<T>;
+@group(0) @binding(1) var<storage, read> b: array<T>;
+@group(0) @binding(2) var<storage, read> bias: array<T>;
+@group(0) @binding(3) var<storage, read_write> c: array<T>;
+@group(0) @binding(4) var<uniform> mp: MMParams;
+
+const TM: u32 = 64u;
+const TN: u32 = 64u;
+const BK: u32 = 16u;
+const SS: u32 = 65u;  // shared row stride: 65 keeps the transposed stores free of bank conflicts
+
+var<workgroup> As: array<f32, 1040>;  // [BK][SS]: As[k * SS + m]
+var<workgroup> Bs: array<f32, 1040>;  // [BK][SS]: Bs[k * SS + n]
+
+@compute @workgroup_size(256)
+fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= mp.tiles) { return; }
+    let M = mp.M;
+    let N = mp.N;
+    let K = mp.K;
+    // tile order: n fastest, so neighbouring workgroups share the same rows of a
+    let tn = tile % mp.tiles_n;
+    let rest = tile / mp.tiles_n;
+    let tm = rest % mp.tiles_m;
+    let z = rest / mp.tiles_m;
+    let m0 = tm * TM;
+    let n0 = tn * TN;
+    let a_off = z * mp.a_batch;
+    let b_off = z * mp.b_batch;
+    let c_off = z * M * N;
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+
+    var acc: array<vec4<f32>, 4>;
+    for (var k0 = 0u; k0 < K; k0 += BK) {
+        // a tile [64 rows][16 k]: 16 consecutive threads read 16 consecutive k of one row
+        for (var i = 0u; i < 4u; i++) {
+            let e = lid + 256u * i;
+            let r = e / BK;
+            let kk = e % BK;
+            let gm = m0 + r;
+            let gk = k0 + kk;
+            var v = 0.0;
+            if (gm < M && gk < K) { v = f32(a[a_off + gm * K + gk]); }
+            As[kk * SS + r] = v;
+        }
+        for (var i = 0u; i < 4u; i++) {
+            let e = lid + 256u * i;
+            var v = 0.0;
+            if (TRANS_B) {
+                // weight[N, K]: same pattern as a
+                let r = e / BK;
+                let kk = e % BK;
+                let gn = n0 + r;
+                let gk = k0 + kk;
+                if (gn < N && gk < K) { v = f32(b[b_off + gn * K + gk]); }
+                Bs[kk * SS + r] = v;
+            } else {
+                // b[K, N]: 64 consecutive threads read 64 consecutive n of one k
+                let kk = e / TN;
+                let cn = e % TN;
+                let gn = n0 + cn;
+                let gk = k0 + kk;
+                if (gn < N && gk < K) { v = f32(b[b_off + gk * N + gn]); }
+                Bs[kk * SS + cn] = v;
+            }
+        }
+        workgroupBarrier();
+        for (var kk = 0u; kk < BK; kk++) {
+            let row = kk * SS;
+            let bv = vec4<f32>(Bs[row + tx], Bs[row + tx + 16u], Bs[row + tx + 32u], Bs[row + tx + 48u]);
+            for (var i = 0u; i < 4u; i++) {
+                acc[i] += As[row + ty + 16u * i] * bv;
+            }
+        }
+        workgroupBarrier();
+    }
+
+    for (var j = 0u; j < 4u; j++) {
+        let gn = n0 + tx + 16u * j;
+        if (gn >= N) { continue; }
+        var bias_v = 0.0;
+        if (HAS_BIAS) { bias_v = f32(bias[gn]); }
+        for (var i = 0u; i < 4u; i++) {
+            let gm = m0 + ty + 16u * i;
+            if (gm < M) { c[c_off + gm * N + gn] = T(epilogue(acc[i][j], bias_v)); }
+        }
+    }
+}
+
+// ------------------------------------------------------------------ GEMV (decode, M <= 8)
+// One workgroup owns NR weight rows and all MROWS rows of x, so each weight row is read once.
+// All 256 threads sweep K for every owned row (thread t reads elements t, t+256, ... or vec4s):
+// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR partial sums;
+// every thread of the workgroup holds partials of the same sums, so a subgroupAdd is correct
+// whatever the subgroup size or layout. Subgroup leaders then claim slots with an atomic counter
+// (no assumption on how invocations map to subgroups). Without subgroups: a shared-memory tree.
+//
+// Lines ending in "// [sg]" use subgroup builtins: on adapters without the subgroup feature the
+// wrapper drops them (naga rejects the whole module otherwise; it needs no `enable subgroups;`).
+
+override MROWS: u32 = 1u;         // rows of x, 1..8
+override NR: u32 = 4u;            // weight rows per workgroup; MROWS * NR <= 32
+override SUBGROUPS: bool = false;
+
+struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
+
+@group(0) @binding(0) var<storage, read> x: array<T>;          // [MROWS, K]
+@group(0) @binding(0) var<storage, read> x4: array<vec4<T>>;   // the same, when K % 4 == 0
+@group(0) @binding(1) var<storage, read> w: array<T>;          // [N, K]
+@group(0) @binding(1) var<storage, read> w4: array<vec4<T>>;
+@group(0) @binding(3) var<storage, read_write> out: array<T>;  // [MROWS, N]
+@group(0) @binding(4) var<uniform> gp: GVParams;
+
+const MAXMR: u32 = 32u;
+var<workgroup> red: array<f32, 2048>;  // 64 subgroup slots x 32 sums, or 256 threads x 8 sums
+var<workgroup> slots: atomic<u32>;
+var<private> sg_inv: u32;              // subgroup_invocation_id
+
+// The partial sums of all threads -> the owned outputs, written with the epilogue.
+fn gemv_finish(acc_in: array<f32, 32>, lid: u32, row0: u32) {
+    var acc = acc_in;
+    let MR = MROWS * NR;
+    var total = 0.0;  // thread lid < MR: the full sum number lid
+    if (SUBGROUPS) {
+        // Workgroup memory is not reliably zeroed (lavapipe keeps it from the previous workgroup).
+        if (lid == 0u) { atomicStore(&slots, 0u); }
+        // The barrier also rejoins lanes that left the K loop early: subgroup ops need them all.
+        workgroupBarrier();
+        for (var j = 0u; j < MR; j++) { acc[j] = subgroupAdd(acc[j]); }  // [sg]
+        if (sg_inv == 0u) {
+            let s = atomicAdd(&slots, 1u);  // < 64: subgroups have at least 4 invocations
+            for (var j = 0u; j < MR; j++) { red[s * MAXMR + j] = acc[j]; }
+        }
+        workgroupBarrier();
+        let ns = atomicLoad(&slots);
+        if (lid < MR) {
+            for (var q = 0u; q < ns; q++) { total += red[q * MAXMR + lid]; }
+        }
+    } else {
+        // chunks of 8 sums: red[t * 8 + c], tree over t
+        for (var c0 = 0u; c0 < MR; c0 += 8u) {
+            for (var c = 0u; c < 8u; c++) {
+                red[lid * 8u + c] = select(0.0, acc[min(c0 + c, MAXMR - 1u)], c0 + c < MR);
+            }
+            workgroupBarrier();
+            for (var h = 128u; h > 0u; h >>= 1u) {
+                if (lid < h) {
+                    for (var c = 0u; c < 8u; c++) { red[lid * 8u + c] += red[(lid + h) * 8u + c]; }
+                }
+                workgroupBarrier();
+            }
+            if (lid >= c0 && lid < c0 + 8u) { total = red[lid - c0]; }
+            workgroupBarrier();
+        }
+    }
+    if (lid < MR) {
+        let m = lid / NR;
+        let row = row0 + lid % NR;
+        if (row < gp.N) {
+            var bias_v = 0.0;
+            if (HAS_BIAS) { bias_v = f32(bias[row]); }
+            out[m * gp.N + row] = T(epilogue(total, bias_v));
+        }
+    }
+}
+
+@compute @workgroup_size(256)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
+        @builtin(local_invocation_index) lid: u32) {
+    sg_inv = sg_id;  // [sg]
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= gp.groups) { return; }
+    let row0 = g * NR;
+    let K = gp.K;
+    var acc: array<f32, 32>;
+    for (var k0 = 0u; k0 < K; k0 += 256u) {  // uniform trip count: all lanes reach the reduction together
+        let k = k0 + lid;
+        if (k >= K) { break; }
+        var xv: array<f32, 8>;
+        for (var m = 0u; m < MROWS; m++) { xv[m] = f32(x[m * K + k]); }
+        for (var r = 0u; r < NR; r++) {
+            let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
+            let wv = f32(w[row * K + k]);
+            for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += xv[m] * wv; }
+        }
+    }
+    gemv_finish(acc, lid, row0);
+}
+
+@compute @workgroup_size(256)
+fn gemv_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
+             @builtin(local_invocation_index) lid: u32) {
+    sg_inv = sg_id;  // [sg]
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= gp.groups) { return; }
+    let row0 = g * NR;
+    let K4 = gp.K4;
+    var acc: array<f32, 32>;
+    for (var k0 = 0u; k0 < K4; k0 += 256u) {
+        let k = k0 + lid;
+        if (k >= K4) { break; }
+        var xv: array<vec4<f32>, 8>;
+        for (var m = 0u; m < MROWS; m++) { xv[m] = vec4<f32>(x4[m * K4 + k]); }
+        for (var r = 0u; r < NR; r++) {
+            let row = min(row0 + r, gp.N - 1u);
+            let wv = vec4<f32>(w4[row * K4 + k]);
+            for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(xv[m], wv); }
+        }
+    }
+    gemv_finish(acc, lid, row0);
+}

@@ -1,0 +1,153 @@
+"""Matrix products (shaders/matmul.wgsl): F.linear with fused bias/GELU, and batched matmul.
+
+linear with at most 8 rows (the decode case) runs the GEMV kernel, which reads each weight row
+once; everything else runs the 64x64 tiled kernel. f32 accumulation for f32 and f16 storage.
+"""
+
+from __future__ import annotations
+
+import math
+import weakref
+
+import numpy as np
+
+from ..runtime import shader_source
+from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+
+GEMV_MAX_M = 8
+_TILE = 64
+_U32 = 1 << 32
+
+# Pipelines built from the shader minus its subgroup lines, per runtime (adapters without the
+# subgroup feature: naga validates the whole module, so the lines must go, not just go unused).
+_NO_SUBGROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
+
+
+def _pipeline(rt, entry: str, dt, **constants):
+    """The matmul.wgsl pipeline for `entry` (subgroup-capable source when the adapter allows)."""
+    constants = {k: float(v) for k, v in constants.items()}
+    if rt.has_subgroups and not _force_shared_reduction:
+        return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": 1.0}, aliases={"T": alias(dt)})
+    cache = _NO_SUBGROUPS.setdefault(rt, {})
+    key = (entry, tuple(sorted(constants.items())), alias(dt))
+    pipe = cache.get(key)
+    if pipe is None:
+        if alias(dt) == "f16" and not rt.has_f16:
+            raise TypeError(f"float16 needs the shader-f16 feature, which {rt.info['name']} lacks")
+        lines = [ln for ln in shader_source("matmul").splitlines() if not ln.rstrip().endswith("// [sg]")]
+        header = ("enable f16;\n" if alias(dt) == "f16" else "") + f"alias T = {alias(dt)};\n"
+        module = rt.device.create_shader_module(label="matmul (no subgroups)", code=header + "\n".join(lines))
+        pipe = rt.device.create_compute_pipeline(
+            label=f"matmul:{entry}", layout="auto",
+            compute={"module": module, "entry_point": entry, "constants": {**constants, "SUBGROUPS": 0.0}})
+        cache[key] = pipe
+    return pipe
+
+
+def _check_size(rt, what: str, shape) -> None:
+    n = math.prod(shape)
+    if n == 0:
+        raise ValueError(f"{what}: shape {tuple(shape)} has a zero-size dimension")
+    if n >= _U32 or 4 * n > rt.max_binding:
+        raise ValueError(f"{what}: shape {tuple(shape)} is too large for one GPU binding "
+                         f"({rt.max_binding} bytes, < 2**32 elements)")
+
+
+def _dims(name: str, x, least: int) -> tuple:
+    shape = tuple(int(s) for s in x.shape)
+    if len(shape) < least:
+        raise ValueError(f"{name}: needs at least {least} dimension(s), got shape {shape}")
+    return shape
+
+
+def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, out_shape):
+    """c[batch, M, N] through the tiled kernel; a/b batch strides in elements (0 = shared)."""
+    out = rt.empty(out_shape, dt)
+    tiles_n, tiles_m = -(-N // _TILE), -(-M // _TILE)
+    tiles = batch * tiles_m * tiles_n
+    if tiles >= _U32:
+        raise ValueError(f"matmul: {tiles} output tiles is too many for one dispatch")
+    pipe = _pipeline(rt, "tiled", dt, TRANS_B=trans_b, HAS_BIAS=bias is not None, GELU=gelu)
+    params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch)
+    rt.run(pipe, [a, b, a if bias is None else bias, out, params], rt.grid(tiles))
+    return out
+
+
+def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape):
+    """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8."""
+    out = rt.empty(out_shape, dt)
+    nr = 8 if M <= 4 else 4  # M * NR <= 32 partial sums per thread
+    groups = -(-N // nr)
+    vec = K % 4 == 0
+    pipe = _pipeline(rt, "gemv_vec4" if vec else "gemv", dt, MROWS=M, NR=nr,
+                     HAS_BIAS=bias is not None, GELU=gelu)
+    params = rt.uniform(N, K, K // 4, groups)
+    rt.run(pipe, [x, w, w if bias is None else bias, out, params], rt.grid(groups))
+    return out
+
+
+def linear(x, weight, bias=None, gelu: bool = False):
+    """torch's F.linear: x[..., K] @ weight[N, K].T + bias[N] -> [..., N]; gelu=True applies nn.GELU().
+
+    float32 (float64 is computed as float32) or float16 with shader-f16; all GpuArray inputs
+    give a GpuArray, otherwise numpy.
+    """
+    x, weight = as_array(x), as_array(weight)
+    bias = None if bias is None else as_array(bias)
+    xs = _dims("linear: x", x, 1)
+    ws = _dims("linear: weight", weight, 2)
+    if len(ws) != 2:
+        raise ValueError(f"linear: weight must be 2-D [N, K], got shape {ws}")
+    N, K = ws
+    if xs[-1] != K:
+        raise ValueError(f"linear: x has {xs[-1]} features (shape {xs}) but weight expects {K} (shape {ws})")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"linear: bias must have shape ({N},), got {tuple(bias.shape)}")
+    if not isinstance(gelu, (bool, np.bool_)):
+        raise TypeError(f"linear: gelu must be a bool, got {type(gelu).__name__}")
+    dt = common_dtype(x=x, weight=weight, bias=bias)
+    rt = runtime()
+    M = math.prod(xs[:-1])
+    _check_size(rt, "linear: x", xs)
+    _check_size(rt, "linear: weight", ws)
+    _check_size(rt, "linear: output", (M, N))
+    gx, gw = to_gpu(x, dt), to_gpu(weight, dt)
+    gb = None if bias is None else to_gpu(bias, dt)
+    out_shape = xs[:-1] + (N,)
+    if M <= GEMV_MAX_M:
+        out = _gemv(rt, gx, gw, gb, dt, M, N, K, bool(gelu), out_shape)
+    else:
+        out = _tiled(rt, gx, gw, gb, dt, 1, M, N, K, 0, 0, True, bool(gelu), out_shape)
+    return finish(out, on_gpu(x, weight, bias))
+
+
+def matmul(a, b):
+    """a[..., M, K] @ b[..., K, N] -> [..., M, N].
+
+    Both at least 2-D; batch dims equal, or one side a plain 2-D matrix shared by every batch.
+    """
+    a, b = as_array(a), as_array(b)
+    ash = _dims("matmul: a", a, 2)
+    bsh = _dims("matmul: b", b, 2)
+    (M, K), (K2, N) = ash[-2:], bsh[-2:]
+    if K != K2:
+        raise ValueError(f"matmul: inner dimensions differ: a {ash} @ b {bsh}")
+    abat, bbat = ash[:-2], bsh[:-2]
+    if abat and bbat and abat != bbat:
+        raise ValueError(f"matmul: batch dims {abat} and {bbat} differ (only equal batches or a 2-D side)")
+    dt = common_dtype(a=a, b=b)
+    rt = runtime()
+    _check_size(rt, "matmul: a", ash)
+    _check_size(rt, "matmul: b", bsh)
+    batch_shape = abat or bbat
+    _check_size(rt, "matmul: output", batch_shape + (M, N))
+    ga, gb = to_gpu(a, dt), to_gpu(b, dt)
+    out_shape = batch_shape + (M, N)
+    batch = math.prod(batch_shape)
+    if not bbat:  # one shared b: the batch folds into M
+        out = _tiled(rt, ga, gb, None, dt, 1, batch * M, N, K, 0, 0, False, False, out_shape)
+    else:
+        out = _tiled(rt, ga, gb, None, dt, batch, M, N, K, M * K if abat else 0, K * N, False, False,
+                     out_shape)
+    return finish(out, on_gpu(a, b))
