@@ -174,3 +174,17 @@ def test_wheel_carries_the_shaders(tmp_path, rt):
     lines = out.stdout.splitlines()
     assert lines[0].startswith(str(site)) and lines[1] == str(site / "wsvk" / "shaders")
     assert lines[2] == "[3.0, 3.0, 3.0, 3.0, 3.0]"
+
+
+def test_ops_inside_a_recorder_share_one_submit(rt):
+    from wsvk import ops
+    x = rt.upload(np.arange(12, dtype=np.float32).reshape(3, 4))
+    w = rt.upload(np.eye(4, dtype=np.float32))
+    before = rt.stats["submits"]
+    with rt.recorder() as rec:
+        y = ops.linear(x, w)              # GPU face: recorded, not submitted
+        z = ops.axpy(y, x, 1.0)
+        with pytest.raises(RuntimeError, match="while recording"):
+            z.numpy()
+    assert rt.stats["submits"] == before + 1 and len(rec._keep) == 0
+    np.testing.assert_array_equal(z.numpy(), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))

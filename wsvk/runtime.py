@@ -301,6 +301,7 @@ class Runtime:
         self.pool = BufferPool(self.device)
         self.lock = threading.RLock()
         self.stats = {"submits": 0, "dispatches": 0, "readbacks": 0, "uploads": 0}
+        self._local = threading.local()  # the recorder open in each thread
         self.fault_after = fault_after()
         self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
         self._pipelines: dict = {}
@@ -391,6 +392,8 @@ class Runtime:
             self.stats["uploads"] += 1
 
     def read(self, arr: GpuArray) -> np.ndarray:
+        if self.recording:
+            raise RuntimeError("cannot read a GpuArray while recording: its work is not submitted yet")
         nbytes = arr.nbytes
         padded = -(-nbytes // 4) * 4
         with self.lock, gpu_errors("reading back"):
@@ -436,11 +439,27 @@ class Runtime:
     # -- recording
     @contextmanager
     def recorder(self, label: str = "wsvk", timestamps: bool = False):
-        """Record many dispatches into one command encoder; submit once on exit."""
+        """Record many dispatches into one command encoder; submit once on exit.
+
+        Nested recorders (and so every op called inside this block with GpuArray inputs)
+        join the outermost one: a whole model step becomes one submit.
+        """
+        outer = getattr(self._local, "recorder", None)
+        if outer is not None:
+            yield outer
+            return
         with self.lock:
             rec = Recorder(self, label, timestamps and self.has_timestamps)
-            yield rec
+            self._local.recorder = rec
+            try:
+                yield rec
+            finally:
+                self._local.recorder = None
             rec.submit()
+
+    @property
+    def recording(self) -> bool:
+        return getattr(self._local, "recorder", None) is not None
 
     def run(self, pipeline, resources, groups) -> None:
         """One dispatch, submitted at once (the simple op-by-op path)."""

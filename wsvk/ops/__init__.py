@@ -8,5 +8,6 @@ from .attention import attention
 from .elementwise import axpy
 from .fft import fft, ifft, irfft, rfft
 from .matmul import linear, matmul
+from .norm import layer_norm
 
-__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "linear", "matmul", "rfft"]
+__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "layer_norm", "linear", "matmul", "rfft"]

@@ -1,0 +1,32 @@
+"""Layer normalization (shaders/norm.wgsl): torch's F.layer_norm over the last dimension."""
+
+from __future__ import annotations
+
+from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+
+
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
+    """x[..., C] normalized over C, then * weight[C] + bias[C] when given (both or neither)."""
+    x = as_array(x)
+    if x.ndim < 1 or x.shape[-1] < 1 or x.size == 0:
+        raise ValueError(f"layer_norm: input shape {tuple(x.shape)} has nothing to normalize")
+    if (weight is None) != (bias is None):
+        raise ValueError("layer_norm: pass both weight and bias, or neither")
+    C = int(x.shape[-1])
+    weight = None if weight is None else as_array(weight)
+    bias = None if bias is None else as_array(bias)
+    for name, t in (("weight", weight), ("bias", bias)):
+        if t is not None and tuple(t.shape) != (C,):
+            raise ValueError(f"layer_norm: {name} shape {tuple(t.shape)} != ({C},)")
+    if not eps > 0:
+        raise ValueError(f"layer_norm: eps must be > 0, got {eps}")
+    dt = common_dtype(x=x, weight=weight, bias=bias)
+    rt = runtime()
+    gx = to_gpu(x, dt)
+    gw = gx if weight is None else to_gpu(weight, dt)
+    gb = gx if bias is None else to_gpu(bias, dt)
+    rows = gx.size // C
+    out = rt.empty(gx.shape, dt)
+    pipe = rt.pipeline("norm", "layer_norm", {"AFFINE": weight is not None}, aliases={"T": alias(dt)})
+    rt.run(pipe, [gx, gw, gb, out, rt.uniform(rows, C, float(eps), 0)], rt.grid(rows))
+    return finish(out, on_gpu(x, weight, bias))
