@@ -188,3 +188,11 @@ def test_ops_inside_a_recorder_share_one_submit(rt):
             z.numpy()
     assert rt.stats["submits"] == before + 1 and len(rec._keep) == 0
     np.testing.assert_array_equal(z.numpy(), 2 * np.arange(12, dtype=np.float32).reshape(3, 4))
+
+
+@pytest.mark.parametrize("limits", ["adapter", "default"])
+def test_selftest_passes(rt, limits):
+    r = run_py("-m", "wsvk", "info", "--selftest", env={"WSVK_BACKEND": "wgpu", "WSVK_LIMITS": limits})
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
+    assert r.stdout.count("PASS") >= 15

@@ -47,13 +47,32 @@ def info() -> int:
     return 0
 
 
+def _selftest() -> int:
+    from .runtime import get_runtime
+    from .selftest import run
+
+    if select_adapter() is None and backend_choice() != "cpu":
+        print("note: auto selects no adapter for models; the selftest uses the best one wgpu has")
+    try:
+        get_runtime()
+    except WsvkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    return 0 if run() else 1
+
+
 def main(argv=None) -> int:
     parser = argparse.ArgumentParser(prog="python -m wsvk", description=__doc__)
     sub = parser.add_subparsers(dest="cmd", required=True)
-    sub.add_parser("info", help="list the adapters wgpu finds and the one wsvk selects")
+    p_info = sub.add_parser("info", help="list the adapters wgpu finds and the one wsvk selects")
+    p_info.add_argument("--selftest", action="store_true",
+                        help="also run every kernel once against numpy on the selected adapter")
     args = parser.parse_args(argv)
     if args.cmd == "info":
-        return info()
+        rc = info()
+        if rc == 0 and args.selftest:
+            rc = _selftest()
+        return rc
     return 2
 
 

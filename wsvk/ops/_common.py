@@ -13,25 +13,37 @@ def runtime() -> Runtime:
     return get_runtime()
 
 
-def check_float(name: str, x) -> np.dtype:
+def storage_dtype(name: str, x) -> np.dtype:
     """The storage dtype of a float input (float64 is taken as float32); TypeError otherwise."""
     dt = np.dtype(x.dtype)
     if dt == np.float64 and not isinstance(x, GpuArray):
         return np.dtype(np.float32)
     if dt not in FLOATS:
         raise TypeError(f"{name}: dtype {dt} is not supported (float32, or float16 with shader-f16)")
-    if dt == np.float16 and not runtime().has_f16:
+    return dt
+
+
+def require_f16(name: str, dt) -> None:
+    if np.dtype(dt) == np.float16 and not runtime().has_f16:
         raise TypeError(f"{name}: float16 needs the shader-f16 feature, which this adapter lacks")
+
+
+def check_float(name: str, x) -> np.dtype:
+    """storage_dtype, also checking that the adapter can store float16."""
+    dt = storage_dtype(name, x)
+    require_f16(name, dt)
     return dt
 
 
 def common_dtype(**arrays) -> np.dtype:
     """All float inputs must share one storage dtype (float64 counts as float32)."""
-    dts = {name: check_float(name, a) for name, a in arrays.items() if a is not None}
+    dts = {name: storage_dtype(name, a) for name, a in arrays.items() if a is not None}
     kinds = set(dts.values())
     if len(kinds) > 1:
         raise TypeError(f"mixed dtypes {', '.join(f'{k}={v}' for k, v in dts.items())}: pass one dtype")
-    return kinds.pop()
+    dt = kinds.pop()
+    require_f16(", ".join(dts), dt)
+    return dt
 
 
 def as_array(x):
