@@ -1,0 +1,260 @@
+"""The WhisperSpeech pipeline end to end on tiny random models saved in the released formats.
+
+The wgpu/cpu comparison runs on whatever adapter wgpu finds (lavapipe in CI); the other
+pipeline tests use the cpu backend, since chunking and loading do not depend on it.
+"""
+
+import math
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models as tm  # noqa: E402
+
+from wsvk.models import InputError, load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
+from wsvk.speaker import SpeakerEncoder, read_speaker_audio  # noqa: E402
+from wsvk.textsplit import split_text, utf8_len  # noqa: E402
+from wsvk.whisperspeech import SAMPLE_RATE, load_pipeline  # noqa: E402
+
+POLISH = "Zażółć gęślą jaźń, pchnąć w tę łódź jeża lub ośm skrzyń fig."
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    """Tiny T2S/S2A checkpoints, a Vocos folder, an ECAPA folder and a stereo 44.1 kHz voice."""
+    root = tmp_path_factory.mktemp("tiny-models")
+    paths = tm.write_all(root)
+    paths["voice"] = tm.write_voice(root / "voice.wav")
+    return paths
+
+
+@pytest.fixture
+def backend(monkeypatch):
+    """Switch WSVK_BACKEND inside a test (restored afterwards). offload() reads it on every call,
+    so the process runtime is kept: resetting it would swap the device under the session `rt`."""
+    return lambda name: monkeypatch.setenv("WSVK_BACKEND", name)
+
+
+def tiny_pipeline(tiny, seed=7):
+    return load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]),
+                         speaker_model=str(tiny["speaker_model"]), seed=seed)
+
+
+def rel_err(a, b):
+    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
+    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
+
+
+# ---------------------------------------------------------------- text splitting
+
+
+def test_split_keeps_every_character_and_respects_the_byte_limit():
+    text = ("The first sentence is short. The second one, however, goes on; it has clauses - and a dash. "
+            + POLISH + " " + "Supercalifragilisticexpialidocious" * 3 + " end.")
+    for limit in (4, 7, 20, 47, 100, 10_000):
+        chunks = split_text(text, limit)
+        assert all(0 < utf8_len(c) <= limit for c in chunks), limit
+        assert "".join(chunks).replace(" ", "") == text.replace(" ", "")
+        for c in chunks:  # every chunk is valid text (no split inside a multi-byte character)
+            assert c.encode("utf-8").decode("utf-8") == c
+    assert split_text(text, 10_000) == [text]
+
+
+def test_split_prefers_sentences_then_clauses_then_words():
+    assert split_text("One two three. Four five six.", 16) == ["One two three.", "Four five six."]
+    assert split_text('He said "stop." Then left.', 16) == ['He said "stop."', "Then left."]
+    assert split_text("alpha beta, gamma delta", 12) == ["alpha beta,", "gamma delta"]
+    assert split_text("alpha beta gamma", 11) == ["alpha beta", "gamma"]
+    # a word longer than the limit: cut by bytes, at character boundaries ("ż" is 2 bytes)
+    assert split_text("żżżżż", 5) == ["żż", "żż", "ż"]
+    assert split_text("  \n\t ", 10) == []
+    with pytest.raises(ValueError):
+        split_text("x", 3)
+
+
+# ---------------------------------------------------------------- loading
+
+
+def test_loaders_read_sizes_from_the_files(tiny):
+    t2s, s2a, vocos = load_t2s(str(tiny["t2s"])), load_s2a(str(tiny["s2a"])), load_vocos(str(tiny["vocoder"]))
+    assert (t2s.ttoks_len, t2s.stoks_len, t2s.width) == (tm.TTOKS_LEN, tm.STOKS_LEN, 64)
+    assert (s2a.stoks_len, s2a.quantizers, s2a.width) == (tm.STOKS_LEN, 4, 64)
+    assert vocos.backbone.embed.out_channels == 32
+    for m in (t2s, s2a, vocos):  # float32 on the CPU, never whisperspeech's fp16 default
+        assert {p.dtype for p in m.parameters()} == {torch.float32}
+    # decoding needs only the codebooks, which came from the file (not the random EnCodec)
+    saved = torch.load(tiny["vocoder"] / "pytorch_model.bin", weights_only=True)
+    assert torch.equal(vocos.feature_extractor.codebook_weights, saved["feature_extractor.codebook_weights"])
+
+
+def test_bad_model_files_raise_one_clear_error(tiny, tmp_path):
+    corrupt = tmp_path / "corrupt.model"
+    corrupt.write_bytes(b"this is not a checkpoint")
+    wrong = tmp_path / "wrong.model"
+    torch.save({"weights": torch.zeros(3)}, wrong)
+    cases = [
+        (lambda: load_t2s(str(tmp_path / "missing.model")), "T2S model file not found"),
+        (lambda: load_t2s(str(corrupt)), "not a readable PyTorch checkpoint"),
+        (lambda: load_s2a(str(wrong)), "not a WhisperSpeech model"),
+        (lambda: load_s2a(str(tiny["t2s"])), "does not match its model class"),
+        (lambda: load_vocos(str(tmp_path / "no-vocos")), "vocoder folder not found"),
+        (lambda: load_vocos(str(tmp_path)), "lacks config.yaml, pytorch_model.bin"),
+        (lambda: SpeakerEncoder.load(str(tmp_path / "no-ecapa")), "speaker model folder not found"),
+    ]
+    for fn, words in cases:
+        with pytest.raises(InputError, match=words) as e:
+            fn()
+        assert "\n" not in str(e.value)
+
+
+def test_offline_without_cache_names_what_to_download(tmp_path, monkeypatch):
+    from huggingface_hub import constants
+
+    monkeypatch.setenv("HF_HUB_OFFLINE", "1")
+    monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # read at call time
+    with pytest.raises(InputError, match=r"huggingface-cli download collabora/whisperspeech t2s-.*--t2s PATH"):
+        load_t2s()
+    with pytest.raises(InputError, match=r"download charactr/vocos-encodec-24khz`.*--vocoder FOLDER"):
+        load_vocos()
+    with pytest.raises(InputError) as e:  # a first offline run: one line naming every download
+        load_pipeline()
+    assert str(e.value).count("huggingface-cli download") == 3 and "\n" not in str(e.value)
+    with pytest.raises(InputError, match=r"speechbrain/spkrec-ecapa-voxceleb.*--speaker-model"):
+        SpeakerEncoder.load()
+
+
+def test_random_weights_use_whisperspeech_presets():
+    from whisperspeech import t2s_up_wds_mlang_enclm as t2s_mod
+
+    model = random_t2s("tiny", seed=0)
+    preset = t2s_mod._make_model("tiny", t2s_mod.Tunables(), model_data())
+    assert (model.depth, model.n_head, model.width) == (preset.depth, preset.n_head, preset.width)
+    assert model.ttoks_len == 550  # the released text window
+    model.ensure_tokenizer()  # whisperspeech's byte tokenizer, no download
+    assert model.tokenizer.encode("żaba") == list("żaba".encode("utf-8"))
+    vocos = random_vocos(seed=0)  # the released Vocos config
+    assert (vocos.backbone.embed.out_channels, vocos.head.istft.n_fft) == (384, 1280)
+    with pytest.raises(InputError):
+        load_pipeline(random_weights="huge")
+
+
+def model_data():
+    from types import SimpleNamespace
+
+    return SimpleNamespace(ttoks_len=550, stoks_len=750, stoks_codes=513)
+
+
+# ---------------------------------------------------------------- generation
+
+
+def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend):
+    """Same seed -> same tokens on both backends; audio within float32 rounding; every stage's
+    hot ops really ran on the GPU."""
+    text = "Hi there, friend."
+    runs = {}
+    for name in ("cpu", "wgpu"):
+        backend(name)
+        pipe = tiny_pipeline(tiny)
+        audio = pipe.generate(text, speaker=str(tiny["voice"]), seed=11)
+        spk = pipe.speaker_embedding(str(tiny["voice"]))
+        runs[name] = (pipe, audio, spk)
+    (cpu, a_cpu, s_cpu), (gpu, a_gpu, s_gpu) = runs["cpu"], runs["wgpu"]
+    assert len(cpu.last.stoks) == len(gpu.last.stoks) == 1
+    assert torch.equal(cpu.last.stoks[0], gpu.last.stoks[0])
+    assert torch.equal(cpu.last.atoks[0], gpu.last.atoks[0])
+    assert a_cpu.shape == a_gpu.shape and a_cpu.size > 0
+    assert rel_err(a_gpu, a_cpu) < 1e-4, rel_err(a_gpu, a_cpu)
+    assert rel_err(s_gpu, s_cpu) < 1e-4, rel_err(s_gpu, s_cpu)
+    expected = {"t2s": ("linear", "sdpa"), "s2a": ("linear", "sdpa"), "vocos": ("linear", "fft"),
+                "speaker": ("fft", "matmul")}  # ECAPA is all convolutions: no linear/sdpa there
+    for stage, ops in expected.items():
+        for op in ops:
+            assert gpu.stage_stats[stage].gpu_calls(op) > 0, (stage, op, gpu.stage_stats[stage].table())
+            assert cpu.stage_stats[stage].gpu_calls(op) == 0
+            assert cpu.stage_stats[stage].cpu_calls(op) > 0
+
+
+def test_voice_cloning_embedding_matches_across_backends(tiny, rt, backend):
+    wav = read_speaker_audio(tiny["voice"])  # 44.1 kHz stereo, 1.5 s -> 16 kHz mono
+    assert wav.dtype == torch.float32 and wav.dim() == 1 and abs(wav.numel() - 24000) <= 1
+    enc = SpeakerEncoder.load(str(tiny["speaker_model"]))
+    from wsvk.router import RouterStats, offload
+
+    embs = {}
+    for name in ("cpu", "wgpu"):
+        backend(name)
+        stats = RouterStats()
+        with offload(stats):
+            embs[name] = enc.embed(tiny["voice"])
+        assert (stats.gpu_calls("fft") > 0) == (name == "wgpu"), stats.table()
+    assert embs["cpu"].shape == (192,)
+    assert rel_err(embs["wgpu"], embs["cpu"]) < 1e-4
+
+
+def test_long_text_is_split_and_every_chunk_spoken(tiny, backend):
+    backend("cpu")
+    pipe = tiny_pipeline(tiny)
+    text = ("This sentence is the first of several. Here comes a second one, with a clause. "
+            "And a third that ends it all, at last!")
+    audio = pipe.generate(text, seed=3)
+    chunks = pipe.last.chunks
+    assert len(chunks) >= 3
+    assert all(utf8_len(c) <= pipe.max_text_bytes == tm.TTOKS_LEN - 1 for c in chunks)
+    assert " ".join(chunks) == " ".join(text.split())
+    hop = 320  # Vocos: one EnCodec frame = 320 samples at 24 kHz
+    assert all(a is not None for a in pipe.last.atoks)
+    assert audio.size == sum(a.shape[-1] * hop for a in pipe.last.atoks)
+    assert np.isfinite(audio).all() and audio.dtype == np.float32
+    assert math.isclose(pipe.last.audio_seconds, audio.size / SAMPLE_RATE)
+    again = pipe.generate(text, seed=3)  # same seed, same audio
+    assert np.array_equal(audio, again)
+
+
+def test_polish_text(tiny, backend):
+    backend("cpu")
+    pipe = tiny_pipeline(tiny)
+    audio = pipe.generate(POLISH, lang="pl", seed=5)
+    assert audio.size > 0 and np.isfinite(audio).all()
+    assert "".join(pipe.last.chunks).replace(" ", "") == POLISH.replace(" ", "")
+    assert all(utf8_len(c) <= pipe.max_text_bytes for c in pipe.last.chunks)
+    assert utf8_len(POLISH) > len(POLISH)  # the limit really counted bytes
+
+
+def test_generate_rejects_bad_arguments(tiny, backend):
+    backend("cpu")
+    pipe = tiny_pipeline(tiny)
+    with pytest.raises(InputError, match="empty"):
+        pipe.generate(" \n ")
+    with pytest.raises(InputError, match="unknown language 'xx'; valid: en, zh"):
+        pipe.generate("hi", lang="xx")
+    with pytest.raises(InputError, match="cps"):
+        pipe.generate("hi", cps=0)
+    with pytest.raises(InputError, match="speaker audio file not found"):
+        pipe.generate("hi", speaker="/no/such/voice.wav")
+    with pytest.raises(InputError, match="not a readable audio file"):
+        pipe.generate("hi", speaker=str(tiny["t2s"]))
+    with pytest.raises(InputError, match="192"):
+        pipe.generate("hi", speaker=np.zeros(10, np.float32))
+
+
+def test_conditioned_s2a_variant_is_picked_by_its_keys(tmp_path):
+    """Checkpoints with cond_embeddings.* (the v1.95 S2A) load into whisperspeech's _cond class."""
+    import dataclasses
+
+    from whisperspeech import s2a_delar_mup_wds_mlang_cond as cond
+
+    config = dict(depth=1, ctx_n=48, stoks_len=16, stoks_codes=65, stoks_width=None, spk_width=192,
+                  atoks_width=None, n_head=2, head_width=32, ffn_mult=2, quantizers=4, speaker_map={"1": 0})
+    tunables = cond.Tunables(encoder_depth_ratio=0.5)
+    model = cond.SADelARTransformer(**config, tunables=tunables)
+    torch.save(dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=model.state_dict()),
+               tmp_path / "s2a-cond.model")
+    s2a = load_s2a(str(tmp_path / "s2a-cond.model"))
+    assert isinstance(s2a, cond.SADelARTransformer)
+    torch.manual_seed(0)
+    atoks = s2a.generate(torch.arange(10), torch.randn(1, 192), show_progress_bar=False)
+    assert atoks.shape[:2] == (1, 4) and atoks.shape[-1] > 0

@@ -1,0 +1,169 @@
+"""synth.py as a user runs it: a subprocess per case, exit codes, one-line errors, no stray files."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import numpy as np
+import pytest
+import soundfile as sf
+import torch
+
+sys.path.insert(0, str(Path(__file__).parent))
+import tiny_models as tm  # noqa: E402
+
+ROOT = Path(__file__).resolve().parent.parent
+SYNTH = ROOT / "synth.py"
+
+
+@pytest.fixture(scope="session")
+def tiny(tmp_path_factory):
+    root = tmp_path_factory.mktemp("cli-models")
+    paths = tm.write_all(root)
+    paths["voice"] = tm.write_voice(root / "voice.wav", rate=22050)
+    corrupt = root / "corrupt.model"
+    corrupt.write_bytes(b"\x80\x02not really a pickle")
+    paths["corrupt"] = corrupt
+    return paths
+
+
+def synth(*args, stdin=None, backend="cpu", env=None):
+    full_env = dict(os.environ, WSVK_BACKEND=backend, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
+                    HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
+    full_env.update(env or {})
+    return subprocess.run([sys.executable, str(SYNTH), *map(str, args)], input=stdin, capture_output=True,
+                          text=True, env=full_env, cwd=ROOT, timeout=300)
+
+
+def model_args(tiny, **skip):
+    out = []
+    for key, flag in (("t2s", "--t2s"), ("s2a", "--s2a"), ("vocoder", "--vocoder")):
+        if key not in skip:
+            out += [flag, tiny[key]]
+    return out
+
+
+def assert_bad_input(res, words, folder):
+    assert res.returncode == 2, (res.returncode, res.stderr)
+    lines = res.stderr.strip().splitlines()
+    assert len(lines) == 1 and lines[0].startswith("error: "), res.stderr
+    assert words in lines[0], lines[0]
+    assert "Traceback" not in res.stderr
+    assert list(Path(folder).iterdir()) == [], "a failed run left files behind"
+
+
+def test_writes_a_24khz_mono_wav_and_a_summary(tiny, tmp_path):
+    out = tmp_path / "out.wav"
+    res = synth("-", "-o", out, *model_args(tiny), "--speaker", tiny["voice"], "--speaker-model",
+                tiny["speaker_model"], "--seed", "4", "-v", stdin="Hello from the tiny models. Twice over, too.")
+    assert res.returncode == 0, res.stderr
+    audio, rate = sf.read(out)
+    assert rate == 24000 and audio.ndim == 1 and audio.size > 0
+    for words in ("backend   cpu", "adapter", "seconds   speaker", "t2s", "s2a", "vocos", "real-time factor",
+                  "router, t2s", "linear"):
+        assert words in res.stdout, (words, res.stdout)
+    assert "t2s" in res.stderr and "Traceback" not in res.stderr  # progress: one line per stage (no TTY)
+    assert [p.name for p in tmp_path.iterdir()] == ["out.wav"]  # the temporary file was renamed
+
+
+def test_text_file_and_same_seed_same_audio(tiny, tmp_path):
+    text = tmp_path / "in.txt"
+    text.write_text("Zażółć gęślą jaźń.", encoding="utf-8")
+    outs = []
+    for name in ("a.wav", "b.wav"):
+        res = synth("--text-file", text, "--lang", "pl", "-o", tmp_path / name, *model_args(tiny), "--seed", "9")
+        assert res.returncode == 0, res.stderr
+        outs.append(sf.read(tmp_path / name)[0])
+    assert np.array_equal(outs[0], outs[1])
+
+
+CASES = [
+    # (name, extra args, stdin, env, words in the error line)
+    ("empty text", ["", "-o", "{out}"], None, {}, "the text is empty"),
+    ("blank stdin", ["-", "-o", "{out}"], " \n\t", {}, "the text is empty"),
+    ("unknown language", ["hi", "-o", "{out}", "--lang", "xx"], None, {}, "unknown language 'xx'; valid: en, zh"),
+    ("cps zero", ["hi", "-o", "{out}", "--cps", "0"], None, {}, "--cps must be a positive number"),
+    ("cps negative", ["hi", "-o", "{out}", "--cps", "-3"], None, {}, "--cps must be a positive number"),
+    ("missing t2s", ["hi", "-o", "{out}", "--t2s", "{dir}/none.model"], None, {}, "T2S model file not found"),
+    ("corrupt s2a", ["hi", "-o", "{out}", "--t2s", "{t2s}", "--s2a", "{corrupt}", "--vocoder", "{vocoder}"],
+     None, {}, "not a readable PyTorch checkpoint"),
+    ("missing vocoder", ["hi", "-o", "{out}", "--vocoder", "{dir}/no-vocos"], None, {}, "vocoder folder not found"),
+    ("missing speaker", ["hi", "-o", "{out}", "--speaker", "{dir}/none.wav"], None, {},
+     "speaker audio file not found"),
+    ("non-audio speaker", ["hi", "-o", "{out}", "--speaker", "{t2s}"], None, {}, "not a readable audio file"),
+    ("unwritable output", ["hi", "-o", "{dir}/no/such/folder/x.wav"], None, {}, "output folder does not exist"),
+    ("bad backend", ["hi", "-o", "{out}"], None, {"WSVK_BACKEND": "cuda"}, "WSVK_BACKEND='cuda' is not valid"),
+    ("no output", ["hi"], None, {}, "-o/--output"),
+    ("bad size", ["hi", "-o", "{out}", "--random-weights", "huge"], None, {}, "invalid choice"),
+    ("missing text file", ["--text-file", "{dir}/none.txt", "-o", "{out}"], None, {}, "text file not found"),
+]
+
+
+@pytest.mark.parametrize("name,args,stdin,env,words", CASES, ids=[c[0] for c in CASES])
+def test_bad_input_exits_2_with_one_line(tiny, tmp_path, name, args, stdin, env, words):
+    work = tmp_path / "work"
+    work.mkdir()
+    fill = dict(out=work / "out.wav", dir=work, t2s=tiny["t2s"], corrupt=tiny["corrupt"], vocoder=tiny["vocoder"])
+    res = synth(*[a.format(**fill) for a in args], stdin=stdin, env=env)
+    assert_bad_input(res, words, work)
+
+
+def test_unwritable_output_is_caught_before_synthesis(tiny, tmp_path):
+    ro = tmp_path / "ro"
+    ro.mkdir()
+    ro.chmod(0o500)
+    if os.access(ro, os.W_OK):  # root writes anywhere: use a folder nobody can create files in
+        if not os.path.isdir("/proc/self"):
+            pytest.skip("running as root and no /proc to test with")
+        ro = Path("/proc/self")
+    try:
+        res = synth("hi", "-o", ro / "x.wav", *model_args(tiny))
+        assert res.returncode == 2, res.stderr
+        assert res.stderr.startswith("error: cannot write to") and len(res.stderr.splitlines()) == 1, res.stderr
+    finally:
+        (tmp_path / "ro").chmod(0o700)
+
+
+def test_output_that_is_a_folder(tiny, tmp_path):
+    res = synth("hi", "-o", tmp_path, *model_args(tiny))
+    assert res.returncode == 2 and res.stderr.startswith("error: output") and "is a directory" in res.stderr
+
+
+def test_runtime_failures_exit_1_without_a_file(tiny, tmp_path, monkeypatch, capsys):
+    """GpuError and MemoryError in the middle of a run: exit 1, a clear line, nothing written."""
+    sys.path.insert(0, str(ROOT))
+    import synth as cli
+
+    from wsvk import whisperspeech
+    from wsvk.runtime import GpuError
+
+    monkeypatch.setenv("WSVK_BACKEND", "cpu")
+    for exc, words in ((GpuError("device lost"), "GPU failure: device lost"), (MemoryError(), "out of memory")):
+        def boom(*a, _exc=exc, **k):
+            raise _exc
+
+        monkeypatch.setattr(whisperspeech.Pipeline, "generate", boom)
+        code = cli.main(["hi", "-o", str(tmp_path / "x.wav"), *map(str, model_args(tiny))])
+        err = capsys.readouterr().err
+        assert code == 1 and f"error: {words}" in err, err
+        assert not any(p.suffix == ".wav" for p in tmp_path.iterdir())
+
+
+def test_help_is_fast_and_needs_no_torch():
+    res = subprocess.run([sys.executable, "-X", "importtime", str(SYNTH), "--help"], capture_output=True, text=True,
+                         cwd=ROOT, timeout=60)
+    assert res.returncode == 0 and "--random-weights" in res.stdout
+    assert " torch" not in res.stderr.replace("torch.", "")  # importtime lists every module imported
+
+
+@pytest.mark.slow
+def test_random_weights_run_offline(tmp_path):
+    """--random-weights tiny: whisperspeech's own tiny preset, full released windows (minutes on 2 cores)."""
+    out = tmp_path / "noise.wav"
+    res = synth("Noise.", "-o", out, "--random-weights", "tiny", env={"HF_HUB_OFFLINE": "1"})
+    assert res.returncode == 0, res.stderr
+    assert "noise" in res.stderr and "noise" in res.stdout
+    audio, rate = sf.read(out)
+    assert rate == 24000 and audio.size > 0
+    assert torch.from_numpy(audio).isfinite().all()
