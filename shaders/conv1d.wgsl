@@ -1,0 +1,161 @@
+// 1-D convolutions of the Vocos backbone, kernel size 7, "same" padding (3 zeros each side), bias.
+// Activations are time-major [T, C] (the layout the linear layers read); f32 throughout.
+//
+// embed:       the backbone's input conv (dense, Cin -> Cout), reading features channel-major
+//              [Cin, T] as vocos passes them, or (GATHER) summing codebook rows on the fly:
+//              x[t, i] = sum_q cb[codes[q, t] + q * bins, i]  (vocos' codes_to_features).
+// dwconv_norm: one ConvNeXt block's depthwise conv fused with the LayerNorm that follows it.
+//              The previous block's residual add (r + y) is folded into the loads, and the sum is
+//              written out as the next residual. With DWCONV off it is a plain (residual add +)
+//              LayerNorm: the norm after the embedding and the backbone's final norm.
+
+const K: u32 = 7u;
+const PAD: u32 = 3u;
+
+// ---------------------------------------------------------------- embed (dense conv)
+
+override GATHER: bool = false;
+
+struct EmbedParams { T: u32, Cin: u32, Cout: u32, Q: u32, bins: u32, tiles_o: u32, n_tiles: u32, _p: u32 }
+
+@group(0) @binding(0) var<storage, read> ex: array<f32>;       // [Cin, T] features, or [Q*bins, Cin] codebooks
+@group(0) @binding(1) var<storage, read> ecodes: array<i32>;   // [Q, T] (GATHER only; any buffer otherwise)
+@group(0) @binding(2) var<storage, read> ew: array<f32>;       // [Cin, K, Cout]: w[o, i, k] at (i*K + k)*Cout + o
+@group(0) @binding(3) var<storage, read> eb: array<f32>;       // [Cout]
+@group(0) @binding(4) var<storage, read_write> eout: array<f32>;  // [T, Cout]
+@group(0) @binding(5) var<uniform> ep: EmbedParams;
+
+const TO: u32 = 64u;            // output channels per workgroup (one per thread column)
+const TT: u32 = 16u;            // frames per workgroup
+const TJ: u32 = 4u;             // frames per thread
+const IC: u32 = 16u;            // input channels staged per step
+const XR: u32 = TT + K - 1u;    // staged frames incl. the halo
+var<workgroup> xs: array<f32, 352>;  // [XR, IC] = 22 * 16
+
+fn embed_input(t: u32, i: u32) -> f32 {
+    if (GATHER) {
+        var s = 0.0;
+        for (var q = 0u; q < ep.Q; q++) {
+            let row = u32(ecodes[q * ep.T + t]) + q * ep.bins;
+            s += ex[row * ep.Cin + i];
+        }
+        return s;
+    }
+    return ex[i * ep.T + t];
+}
+
+@compute @workgroup_size(256)
+fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+         @builtin(local_invocation_index) lid: u32) {
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= ep.n_tiles) { return; }  // uniform per workgroup
+    let o0 = (tile % ep.tiles_o) * TO;
+    let t0 = (tile / ep.tiles_o) * TT;
+    let lo = lid % TO;
+    let lt = (lid / TO) * TJ;  // first of this thread's frames inside the tile
+    let o = o0 + lo;
+    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    for (var i0 = 0u; i0 < ep.Cin; i0 += IC) {
+        workgroupBarrier();  // the previous step's reads of xs are done
+        for (var e = lid; e < XR * IC; e += 256u) {
+            let r = e % XR;          // frame fastest: contiguous reads of channel-major features
+            let ii = e / XR;
+            let i = i0 + ii;
+            var v = 0.0;
+            if (t0 + r >= PAD && t0 + r - PAD < ep.T && i < ep.Cin) { v = embed_input(t0 + r - PAD, i); }
+            xs[r * IC + ii] = v;
+        }
+        workgroupBarrier();
+        let n_i = min(IC, ep.Cin - i0);
+        if (o < ep.Cout) {
+            for (var ii = 0u; ii < n_i; ii++) {
+                let wbase = (i0 + ii) * K * ep.Cout + o;
+                for (var k = 0u; k < K; k++) {
+                    let w = ew[wbase + k * ep.Cout];
+                    for (var j = 0u; j < TJ; j++) {
+                        acc[j] = fma(w, xs[(lt + j + k) * IC + ii], acc[j]);
+                    }
+                }
+            }
+        }
+    }
+    if (o < ep.Cout) {
+        for (var j = 0u; j < TJ; j++) {
+            let t = t0 + lt + j;
+            if (t < ep.T) { eout[t * ep.Cout + o] = acc[j] + eb[o]; }
+        }
+    }
+}
+
+// ---------------------------------------------------------------- depthwise conv + LayerNorm
+
+override DWCONV: bool = true;     // depthwise conv before the norm (off: norm only)
+override RESID: bool = true;      // the input is r + y (previous residual + previous block output)
+override WRITE_RES: bool = true;  // store r + y as the next block's residual
+
+struct NormParams { T: u32, C: u32, eps: f32, _p: u32 }
+
+@group(0) @binding(0) var<storage, read> nr: array<f32>;     // [T, C] residual stream
+@group(0) @binding(1) var<storage, read> ny: array<f32>;     // [T, C] previous block output (RESID)
+@group(0) @binding(2) var<storage, read> nw: array<f32>;     // [K, C] depthwise weights w[c, 0, k] at k*C + c
+@group(0) @binding(3) var<storage, read> ncb: array<f32>;    // [C] conv bias
+@group(0) @binding(4) var<storage, read> ng: array<f32>;     // [C] norm scale (AdaLayerNorm row or LayerNorm weight)
+@group(0) @binding(5) var<storage, read> nb: array<f32>;     // [C] norm shift
+@group(0) @binding(6) var<storage, read_write> nres: array<f32>;  // [T, C] next residual (WRITE_RES)
+@group(0) @binding(7) var<storage, read_write> nout: array<f32>;  // [T, C]
+@group(0) @binding(8) var<uniform> np: NormParams;
+
+const WG: u32 = 256u;
+var<workgroup> red: array<f32, WG>;
+
+fn row_sum(v: f32, lid: u32) -> f32 {
+    red[lid] = v;
+    workgroupBarrier();
+    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
+        if (lid < s) { red[lid] += red[lid + s]; }
+        workgroupBarrier();
+    }
+    let total = red[0];
+    workgroupBarrier();  // red is reused by the next reduction
+    return total;
+}
+
+fn stream(t: u32, c: u32) -> f32 {
+    let i = t * np.C + c;
+    if (RESID) { return nr[i] + ny[i]; }
+    return nr[i];
+}
+
+@compute @workgroup_size(256)
+fn dwconv_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+               @builtin(local_invocation_index) lid: u32) {
+    let t = wid.x + wid.y * nwg.x;
+    if (t >= np.T) { return; }  // uniform per workgroup
+    let base = t * np.C;
+    var s = 0.0;
+    for (var c = lid; c < np.C; c += WG) {
+        var v: f32;
+        if (DWCONV) {
+            // torch's conv1d: bias + sum_k w[k] x[t + k - 3], zeros outside [0, T)
+            var acc = 0.0;
+            for (var k = 0u; k < K; k++) {
+                if (t + k >= PAD && t + k - PAD < np.T) {
+                    acc = fma(nw[k * np.C + c], stream(t + k - PAD, c), acc);
+                }
+            }
+            v = acc + ncb[c];
+        } else {
+            v = stream(t, c);
+        }
+        if (WRITE_RES) { nres[base + c] = stream(t, c); }
+        nout[base + c] = v;  // pre-norm value, re-read by this same thread below
+        s += v;
+    }
+    let mean = row_sum(s, lid) / f32(np.C);
+    var q = 0.0;
+    for (var c = lid; c < np.C; c += WG) { let d = nout[base + c] - mean; q += d * d; }
+    let inv = 1.0 / sqrt(row_sum(q, lid) / f32(np.C) + np.eps);
+    for (var c = lid; c < np.C; c += WG) {
+        nout[base + c] = (nout[base + c] - mean) * inv * ng[c] + nb[c];
+    }
+}

@@ -1,0 +1,366 @@
+// Kernels of the resident decoder step (wsvk/resident.py): one decode step of a WhisperSpeech
+// decoder (batch 1, one new position) recorded as a handful of dispatches per layer.
+// All f32. Values that change per step (the position, the token ids) come from the `step`
+// storage buffer written once per step: step[0] = position, step[1 + q] = token id of quantizer q.
+// So every bind group and uniform is built once, at load.
+//
+// Entry points (each binds its own variables, numbered from 0):
+//   embed     x[W] = sum_q table[q, tok_q] (+ pos_emb[pos]) (+ extra)           token + position embedding
+//   gemv      out[N] (+)= act(xin @ w[N, K]^T + bias), xin = x, layer_norm(x), or the merged
+//             attention partials: the layer norm and the split-K combine are fused in front
+//   attn      decode attention of one query over a KV cache, split over keys (partials out);
+//             SELF: appends the new key/value (RoPE'd) at `pos` and stops at pos + 1 keys
+//   cross_kv  per chunk: the cross-attention K/V projection [L, 2W] -> head-major caches (RoPE'd keys)
+// Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) where counts can be large.
+
+// ------------------------------------------------------------------ embed
+
+struct EmbP { W: u32, V: u32, NQ: u32, flags: u32 }  // flags: 1 = add pos_emb[pos], 2 = add extra
+
+@group(0) @binding(0) var<storage, read> e_step: array<u32>;
+@group(0) @binding(1) var<storage, read> e_tab: array<f32>;    // [NQ, V, W]
+@group(0) @binding(2) var<storage, read> e_pos: array<f32>;    // [P, W]
+@group(0) @binding(3) var<storage, read> e_extra: array<f32>;  // [W]
+@group(0) @binding(4) var<storage, read_write> e_out: array<f32>;  // [W]
+@group(0) @binding(5) var<uniform> ep: EmbP;
+
+@compute @workgroup_size(256)
+fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
+    let i = gid.x;
+    if (i >= ep.W) { return; }
+    // the sum in whisperspeech's order: ((e_0 + e_1) + ...) + pos + extra
+    var v = 0.0;
+    for (var q = 0u; q < ep.NQ; q++) {
+        let tok = min(e_step[1u + q], ep.V - 1u);  // the host validates ids; never read out of bounds
+        v += e_tab[(q * ep.V + tok) * ep.W + i];
+    }
+    if ((ep.flags & 1u) != 0u) { v += e_pos[e_step[0] * ep.W + i]; }
+    if ((ep.flags & 2u) != 0u) { v += e_extra[i]; }
+    e_out[i] = v;
+}
+
+// ------------------------------------------------------------------ gemv
+// One 256-thread workgroup owns 8 output rows; every thread sweeps K (thread t reads vec4 t,
+// t + 256, ... of each row: consecutive threads read consecutive addresses) for all 8 rows, so
+// every thread holds partials of the same 8 sums and a subgroupAdd is right whatever the
+// subgroup size or layout; subgroup leaders claim slots with an atomic counter. Without the
+// subgroup feature: a shared-memory tree. (As the GEMV of shaders/matmul.wgsl; lines ending in
+// "// [sg]" are dropped by wsvk/resident_decoder.py on adapters without subgroups.)
+// Before the sweep the workgroup stages its input in workgroup memory when it is computed
+// (XMODE 1: layer norm, 2: combine attention splits); XMODE 0 reads x from memory (GROUP > 0:
+// row n reads x[(n / GROUP) * K ..], e.g. the S2A unembeddings of all quantizers in one launch).
+
+override XMODE: u32 = 0u;
+override HAS_BIAS: bool = false;
+override GELU: bool = false;
+override RESID: bool = false;     // out[n] += value (the residual stream, updated in place)
+override VEC4: bool = false;      // K % 4 == 0
+override XS: u32 = 4u;            // staged input length (K for XMODE 1 and 2)
+override GROUP: u32 = 0u;
+override SUBGROUPS: bool = false;
+// XMODE 2: the partials of `attn` are [NH, MAXS, DH + 2] = (max, sum, unnormalized out[DH])
+override G_DH: u32 = 64u;
+override G_CH: u32 = 256u;
+override G_NSPLIT: u32 = 0u;      // splits per head; 0: ceil((pos + 1) / G_CH) (self-attention)
+override G_MAXS: u32 = 1u;
+
+struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, _p0: u32, _p1: u32, _p2: u32 }
+
+@group(0) @binding(0) var<storage, read> g_step: array<u32>;
+@group(0) @binding(1) var<storage, read> g_x: array<f32>;       // [K] (or [groups of K]) or partials
+@group(0) @binding(2) var<storage, read> g_w: array<f32>;       // [N, K]
+@group(0) @binding(3) var<storage, read> g_w4: array<vec4<f32>>;  // the same buffer as vec4
+@group(0) @binding(4) var<storage, read> g_bias: array<f32>;    // [N]
+@group(0) @binding(5) var<storage, read> g_gamma: array<f32>;   // [K] layer-norm weight
+@group(0) @binding(6) var<storage, read> g_beta: array<f32>;    // [K] layer-norm bias
+@group(0) @binding(7) var<storage, read_write> g_out: array<f32>;  // [N]
+@group(0) @binding(8) var<uniform> gp: GP;
+
+const GWG: u32 = 256u;
+const GR: u32 = 8u;                       // rows per workgroup
+var<workgroup> xs: array<f32, XS>;
+var<workgroup> gred: array<f32, 2048>;    // 256 threads x 8 sums (tree) or 64 slots x 8 (subgroups)
+var<workgroup> slots: atomic<u32>;
+var<private> sg_inv: u32;                 // subgroup_invocation_id
+
+// GELU through erfc (as shaders/matmul.wgsl): Numerical Recipes' erfcc, fractional error < 1.2e-7.
+fn gelu(v: f32) -> f32 {
+    let z = abs(v) * 0.70710678118654752;
+    let t = 1.0 / (1.0 + 0.5 * z);
+    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
+          + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
+    let erfc_z = t * exp(p - z * z);
+    return select(0.5 * v * erfc_z, v - 0.5 * v * erfc_z, v >= 0.0);
+}
+
+// Sums NS values per thread over the workgroup; thread t < NS gets sum number t. Ends with a
+// barrier, so the scratch memory is free again.
+fn wg_sums(acc_in: array<f32, 8>, NS: u32, t: u32) -> f32 {
+    var acc = acc_in;
+    var total = 0.0;
+    if (SUBGROUPS) {
+        if (t == 0u) { atomicStore(&slots, 0u); }
+        workgroupBarrier();  // also rejoins lanes that left their loops early
+        for (var j = 0u; j < NS; j++) { acc[j] = subgroupAdd(acc[j]); }  // [sg]
+        if (sg_inv == 0u) {
+            let s = atomicAdd(&slots, 1u);  // < 64: subgroups have at least 4 invocations
+            for (var j = 0u; j < NS; j++) { gred[s * GR + j] = acc[j]; }
+        }
+        workgroupBarrier();
+        let ns = atomicLoad(&slots);
+        if (t < NS) {
+            for (var q = 0u; q < ns; q++) { total += gred[q * GR + t]; }
+        }
+    } else {
+        for (var j = 0u; j < GR; j++) { gred[t * GR + j] = select(0.0, acc[j], j < NS); }
+        workgroupBarrier();
+        for (var h = GWG / 2u; h > 0u; h >>= 1u) {
+            if (t < h) {
+                for (var j = 0u; j < NS; j++) { gred[t * GR + j] += gred[(t + h) * GR + j]; }
+            }
+            workgroupBarrier();
+        }
+        if (t < NS) { total = gred[t]; }
+    }
+    workgroupBarrier();
+    return total;
+}
+
+fn wg_sum(v: f32, t: u32) -> f32 {
+    var a: array<f32, 8>;
+    a[0] = v;
+    let s = wg_sums(a, 1u, t);
+    if (t == 0u) { gred[0] = s; }
+    workgroupBarrier();
+    let total = gred[0];
+    workgroupBarrier();
+    return total;
+}
+
+fn xin(i: u32) -> f32 {
+    if (XMODE == 0u) { return g_x[i]; }
+    return xs[i];
+}
+
+fn xin4(i: u32) -> vec4<f32> {
+    return vec4<f32>(xin(i), xin(i + 1u), xin(i + 2u), xin(i + 3u));
+}
+
+@compute @workgroup_size(256)
+fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
+        @builtin(local_invocation_index) t: u32) {
+    sg_inv = sg_id;  // [sg]
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= gp.groups) { return; }  // uniform per workgroup: the barriers below stay uniform
+    let K = gp.K;
+    if (XMODE == 1u) {
+        // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
+        var s = 0.0;
+        for (var i = t; i < K; i += GWG) { let v = g_x[i]; xs[i] = v; s += v; }
+        let mean = wg_sum(s, t) / f32(K);
+        var q = 0.0;
+        for (var i = t; i < K; i += GWG) { let d = xs[i] - mean; q += d * d; }
+        let inv = inverseSqrt(wg_sum(q, t) / f32(K) + gp.eps);
+        for (var i = t; i < K; i += GWG) { xs[i] = (xs[i] - mean) * inv * g_gamma[i] + g_beta[i]; }
+        workgroupBarrier();
+    } else if (XMODE == 2u) {
+        // out[h, d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s over the splits with l_s > 0
+        var ns = G_NSPLIT;
+        if (ns == 0u) { ns = (g_step[0] + G_CH) / G_CH; }
+        let stride = G_DH + 2u;
+        for (var i = t; i < K; i += GWG) {
+            let base = (i / G_DH) * G_MAXS * stride;
+            let d = i % G_DH;
+            var mx = -3.40282347e38;
+            for (var sp = 0u; sp < ns; sp++) {
+                if (g_x[base + sp * stride + 1u] > 0.0) { mx = max(mx, g_x[base + sp * stride]); }
+            }
+            var num = 0.0;
+            var den = 0.0;
+            for (var sp = 0u; sp < ns; sp++) {
+                let o = base + sp * stride;
+                let l = g_x[o + 1u];
+                if (l > 0.0) {
+                    let wgt = exp(g_x[o] - mx);
+                    num += wgt * g_x[o + 2u + d];
+                    den += wgt * l;
+                }
+            }
+            xs[i] = select(0.0, num / den, den > 0.0);
+        }
+        workgroupBarrier();
+    }
+
+    let row0 = g * GR;
+    var acc: array<f32, 8>;
+    if (VEC4) {
+        let K4 = gp.K4;
+        for (var k4 = t; k4 < K4; k4 += GWG) {
+            var xv = xin4(4u * k4);
+            for (var r = 0u; r < GR; r++) {
+                let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
+                if (GROUP > 0u) { xv = xin4((row / GROUP) * K + 4u * k4); }
+                acc[r] += dot(xv, g_w4[row * K4 + k4]);
+            }
+        }
+    } else {
+        for (var k = t; k < K; k += GWG) {
+            var xv = xin(k);
+            for (var r = 0u; r < GR; r++) {
+                let row = min(row0 + r, gp.N - 1u);
+                if (GROUP > 0u) { xv = xin((row / GROUP) * K + k); }
+                acc[r] += xv * g_w[row * K + k];
+            }
+        }
+    }
+    let total = wg_sums(acc, GR, t);
+    let row = row0 + t;
+    if (t < GR && row < gp.N) {
+        var v = total;
+        if (HAS_BIAS) { v += g_bias[row]; }
+        if (GELU) { v = gelu(v); }
+        if (RESID) { v = g_out[row] + v; }
+        g_out[row] = v;
+    }
+}
+
+// ------------------------------------------------------------------ attn
+// One 64-thread workgroup per (head, split of CH keys); the query of head h is src[h * DH ..],
+// RoPE'd at `pos` when ROPE, scaled by `scale`. SELF: src is the fused qkv row [3W]; the
+// workgroup whose split holds `pos` first writes the new key (RoPE'd) and value into the caches,
+// and the keys stop at pos + 1 (whisperspeech's additive -inf mask over its fixed-size cache:
+// the masked keys contribute exactly 0). Cross: all L keys.
+
+override DH: u32 = 64u;
+override CH: u32 = 256u;
+override SELF: bool = false;
+override ROPE: bool = false;
+
+struct AP { NH: u32, L: u32, W: u32, MAXS: u32, nsplit: u32, P: u32, scale: f32, _p: u32 }
+
+@group(0) @binding(0) var<storage, read> a_step: array<u32>;
+@group(0) @binding(1) var<storage, read> a_src: array<f32>;          // q [W] or qkv [3W]
+@group(0) @binding(2) var<storage, read_write> a_kc: array<f32>;     // [NH, L, DH]
+@group(0) @binding(3) var<storage, read_write> a_vc: array<f32>;     // [NH, L, DH]
+@group(0) @binding(4) var<storage, read> a_rope: array<f32>;         // cos [P, DH] then sin [P, DH]
+@group(0) @binding(5) var<storage, read_write> a_part: array<f32>;   // [NH, MAXS, DH + 2]
+@group(0) @binding(6) var<uniform> ap: AP;
+
+const AWG: u32 = 64u;
+var<workgroup> dq: array<f32, DH>;
+var<workgroup> dp: array<f32, CH>;
+var<workgroup> ared: array<f32, AWG>;
+
+// x[base + d] RoPE'd at position p: x * cos + rotate_half(x) * sin, rotate_half = (-x2, x1)
+fn rope_at(base: u32, d: u32, p: u32) -> f32 {
+    let x = a_src[base + d];
+    if (!ROPE) { return x; }
+    let half = DH / 2u;
+    var rot: f32;
+    if (d < half) { rot = -a_src[base + d + half]; } else { rot = a_src[base + d - half]; }
+    return x * a_rope[p * DH + d] + rot * a_rope[(ap.P + p) * DH + d];
+}
+
+@compute @workgroup_size(64)
+fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+        @builtin(local_invocation_index) t: u32) {
+    let pos = a_step[0];
+    var ns = ap.nsplit;
+    var valid = ap.L;
+    if (SELF) { valid = pos + 1u; ns = (valid + CH - 1u) / CH; }
+    let g = wid.x + wid.y * nwg.x;
+    if (g >= ap.NH * ns) { return; }
+    let h = g / ns;
+    let sp = g % ns;
+    let k0 = sp * CH;
+    let n = min(k0 + CH, valid) - k0;
+    let hb = h * DH;
+
+    for (var d = t; d < DH; d += AWG) { dq[d] = rope_at(hb, d, pos) * ap.scale; }
+    if (SELF && pos >= k0 && pos < k0 + CH) {
+        let cb = (h * ap.L + pos) * DH;
+        for (var d = t; d < DH; d += AWG) {
+            a_kc[cb + d] = rope_at(ap.W + hb, d, pos);
+            a_vc[cb + d] = a_src[2u * ap.W + hb + d];
+        }
+    }
+    storageBarrier();  // the new key/value are read below by other threads of this workgroup
+    workgroupBarrier();
+
+    let kvb = (h * ap.L + k0) * DH;
+    var lmax = -3.40282347e38;
+    for (var j = t; j < n; j += AWG) {
+        var s = 0.0;
+        let kb = kvb + j * DH;
+        for (var d = 0u; d < DH; d++) { s += dq[d] * a_kc[kb + d]; }
+        dp[j] = s;
+        lmax = max(lmax, s);
+    }
+    ared[t] = lmax;
+    workgroupBarrier();
+    for (var st = AWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) { ared[t] = max(ared[t], ared[t + st]); }
+        workgroupBarrier();
+    }
+    let m = ared[0];
+    workgroupBarrier();
+    var lsum = 0.0;
+    for (var j = t; j < n; j += AWG) {
+        let pj = exp(dp[j] - m);
+        dp[j] = pj;
+        lsum += pj;
+    }
+    ared[t] = lsum;
+    workgroupBarrier();
+    for (var st = AWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) { ared[t] += ared[t + st]; }
+        workgroupBarrier();
+    }
+    let l = ared[0];
+    let pb = (h * ap.MAXS + sp) * (DH + 2u);
+    for (var d = t; d < DH; d += AWG) {
+        var o = 0.0;
+        for (var j = 0u; j < n; j++) { o += dp[j] * a_vc[kvb + j * DH + d]; }
+        a_part[pb + 2u + d] = o;
+    }
+    if (t == 0u) {
+        a_part[pb] = m;
+        a_part[pb + 1u] = l;
+    }
+}
+
+// ------------------------------------------------------------------ cross_kv
+// kv [L, 2W] (keys then values, the merged projection) -> kc, vc [NH, L, DH]; keys RoPE'd at
+// position j * KSUB (whisperspeech's key_subsampling). One thread per (j, channel).
+
+struct CP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, _p0: u32, _p1: u32 }
+
+@group(0) @binding(0) var<storage, read> c_kv: array<f32>;
+@group(0) @binding(1) var<storage, read_write> c_kc: array<f32>;
+@group(0) @binding(2) var<storage, read_write> c_vc: array<f32>;
+@group(0) @binding(3) var<storage, read> c_rope: array<f32>;
+@group(0) @binding(4) var<uniform> cp: CP;
+
+@compute @workgroup_size(256)
+fn cross_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+            @builtin(local_invocation_index) t: u32) {
+    let i = (wid.x + wid.y * nwg.x) * 256u + t;
+    if (i >= cp.n) { return; }
+    let j = i / cp.W;
+    let c = i % cp.W;
+    let h = c / DH;
+    let d = c % DH;
+    let rb = j * 2u * cp.W;
+    var k = c_kv[rb + c];
+    if (ROPE) {
+        let half = DH / 2u;
+        let p = j * cp.KSUB;
+        var rot: f32;
+        if (d < half) { rot = -c_kv[rb + c + half]; } else { rot = c_kv[rb + c - half]; }
+        k = k * c_rope[p * DH + d] + rot * c_rope[(cp.P + p) * DH + d];
+    }
+    let o = (h * cp.L + j) * DH + d;
+    c_kc[o] = k;
+    c_vc[o] = c_kv[rb + cp.W + c];
+}

@@ -1,0 +1,246 @@
+"""Resident decode (wsvk/resident.py): tokens and logits equal the CPU model's, one submit per step."""
+
+import dataclasses
+
+import numpy as np
+import pytest
+import torch
+
+import tiny_models as tm
+from conftest import rel_err
+from wsvk.models import s2a_from_spec, t2s_from_spec
+from wsvk.resident import ResidentS2A, ResidentT2S
+from wsvk.router import offload
+
+TEXT = "hello world"
+
+
+def t2s_spec(seed=0, emb_scale=0.2, head_width=32):
+    """tests/tiny_models' T2S; its unit-scale token embeddings make it repeat its input token,
+    so they are scaled down here to get varied tokens. head_width 33: K % 4 != 0 everywhere."""
+    if head_width == 32:
+        spec = tm.build_t2s(seed)
+    else:
+        from whisperspeech import t2s_up_wds_mlang_enclm as t2s
+
+        torch.manual_seed(seed)
+        tunables = t2s.Tunables(encoder_depth_ratio=0.5)
+        config = dict(depth=1, n_head=2, head_width=head_width, ffn_mult=2, ttoks_len=tm.TTOKS_LEN,
+                      ttoks_codes=256, ttoks_width=None, stoks_len=tm.STOKS_LEN, stoks_codes=tm.STOKS_CODES,
+                      stoks_width=None)
+        model = t2s.TSARTransformer(**config, tunables=tunables)
+        tm._redraw(model)
+        spec = dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=model.state_dict())
+    sd = spec["state_dict"]
+    for k in list(sd):
+        if k.startswith("embeddings.embedding."):
+            sd[k] = sd[k] * emb_scale
+    return spec
+
+
+def s2a_cond_spec(seed=0):
+    """A tiny s2a_delar_mup_wds_mlang_cond model (the variant of the released v1.95 checkpoints)."""
+    from whisperspeech import s2a_delar_mup_wds_mlang_cond as s2a
+
+    torch.manual_seed(seed + 1)
+    tunables = s2a.Tunables(encoder_depth_ratio=0.5)
+    config = dict(depth=1, ctx_n=3 * tm.STOKS_LEN, stoks_len=tm.STOKS_LEN, stoks_codes=tm.STOKS_CODES,
+                  stoks_width=None, spk_width=tm.SPK_WIDTH, atoks_width=None, n_head=2, head_width=32,
+                  ffn_mult=2, quantizers=4, speaker_map={"1": 0})
+    model = s2a.SADelARTransformer(**config, tunables=tunables)
+    tm._redraw(model)
+    return dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=model.state_dict())
+
+
+def s2a_inputs(seed=0, n=5):
+    g = torch.Generator().manual_seed(seed)
+    return torch.randint(0, tm.STOKS_CODES - 1, (n,), generator=g), torch.randn(1, tm.SPK_WIDTH, generator=g)
+
+
+def same_tokens(cpu_fn, gpu_fn, seed):
+    torch.manual_seed(seed)
+    ref = cpu_fn()
+    torch.manual_seed(seed)
+    got = gpu_fn()
+    assert got.shape == ref.shape and torch.equal(got, ref), f"\nCPU {ref.tolist()}\nGPU {got.tolist()}"
+    return got
+
+
+# ---------------------------------------------------------------- T2S
+
+
+@pytest.fixture(scope="module")
+def t2s():
+    return t2s_from_spec(t2s_spec())
+
+
+@pytest.mark.parametrize("ch", [128, 4])  # 4: several key splits in both attentions
+def test_t2s_generate_same_tokens(rt, t2s, ch):
+    res = ResidentT2S(t2s, ch=ch)
+    assert res.stoks_len == t2s.stoks_len  # attributes forward to the model, as the app reads them
+    got = same_tokens(lambda: t2s.generate(TEXT, show_progress_bar=False),
+                      lambda: res.generate(TEXT, show_progress_bar=False), seed=1)
+    assert len(set(got[0].tolist())) > 5  # varied tokens: a broken decoder would change them
+    assert res.counters()["steps"] == t2s.stoks_len - 1  # prefill + N - 2 steps
+    # a second call on the same object (caches reused), another text and cps, T and top_k
+    same_tokens(lambda: t2s.generate("other words!", cps=9, T=1.0, top_k=5, show_progress_bar=False),
+                lambda: res.generate("other words!", cps=9, T=1.0, top_k=5, show_progress_bar=False), seed=2)
+
+
+def test_t2s_memory_bounded_and_app_context(rt, t2s):
+    res = ResidentT2S(t2s)
+    sizes = []
+    for _ in range(3):
+        # the app calls generate inside its own offload() block
+        with offload():
+            same_tokens(lambda: t2s.generate(TEXT, show_progress_bar=False),
+                        lambda: res.generate(TEXT, show_progress_bar=False), seed=3)
+        sizes.append(rt.pool.allocated_bytes)
+    assert sizes[2] == sizes[1], f"GPU memory grows across calls: {sizes}"
+
+
+def test_t2s_early_stop_and_prompt(rt):
+    model = t2s_from_spec(tm.build_t2s(1))  # stops at its end token after one step
+    res = ResidentT2S(model)
+    got = same_tokens(lambda: model.generate(TEXT, show_progress_bar=False),
+                      lambda: res.generate(TEXT, show_progress_bar=False), seed=1)
+    assert got.shape[1] < model.stoks_len - 1
+    model = t2s_from_spec(t2s_spec())
+    res = ResidentT2S(model)
+    prompt = torch.tensor([5, 17, 3])
+    same_tokens(lambda: model.generate(TEXT, stoks_prompt=prompt, show_progress_bar=False),
+                lambda: res.generate(TEXT, stoks_prompt=prompt, show_progress_bar=False), seed=4)
+
+
+def t2s_reference_logits(model, res, seq):
+    """Teacher-forced logits of the CPU model and of the resident decoder for tokens `seq`."""
+    from whisperspeech import languages
+
+    model.ensure_tokenizer()
+    tt = torch.tensor(model.tokenizer.encode(TEXT))
+    tt = torch.nn.functional.pad(tt, (1, model.ttoks_len - len(tt) - 1))[None]
+    langs, cpss = torch.tensor([languages.to_id("en")]), torch.tensor([15])
+    xenc, xpos, cps_emb = res.start_chunk(tt, langs, cpss)
+    pos = torch.arange(len(seq))
+    ref, got = [], []
+    with torch.no_grad():
+        for i, t in enumerate(seq):
+            r, _ = model(None, None, None, None, torch.tensor([[t]]), in_stoks_positions=pos[i:i + 1], loss=None,
+                         xenc=xenc, xenc_positions=xpos, cps_emb=cps_emb)
+            ref.append(r)
+            got.append(res.logits(t, i))
+    return torch.cat(ref), torch.cat(got)
+
+
+@pytest.mark.parametrize("head_width", [32, 33])  # 33: width 66, the scalar (K % 4 != 0) gemv path
+def test_t2s_teacher_forced_logits(rt, head_width):
+    model = t2s_from_spec(t2s_spec(head_width=head_width))
+    res = ResidentT2S(model, ch=4)
+    ref, got = t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
+    assert got.shape == ref.shape == (8, 1, model.stoks_codes + 1)
+    err = rel_err(got.numpy(), ref.numpy())
+    assert err < 2e-6, err
+
+
+def test_one_submit_per_step(rt, t2s):
+    res = ResidentT2S(t2s)
+    t2s_reference_logits(t2s, res, [t2s.stoks_codes])  # sets up the chunk
+    n = res.counters()["dispatches_per_step"]
+    assert n == 8 * len(t2s.decoder.layers) + 2  # embed + 8 per layer + ln_post/unembed
+    for pos, tok in enumerate([1, 2, 3], start=1):
+        s0, d0, r0 = rt.stats["submits"], rt.stats["dispatches"], rt.stats["readbacks"]
+        res.logits(tok, pos)
+        assert rt.stats["submits"] - s0 == 1
+        assert rt.stats["dispatches"] - d0 == n
+        assert rt.stats["readbacks"] - r0 == 1
+    assert res.counters()["record_s"] > 0
+
+
+def test_errors(rt, t2s):
+    res = ResidentT2S(t2s)
+    with pytest.raises(ValueError, match="batch 1"):
+        res.generate(TEXT, bs=2)
+    with pytest.raises(ValueError, match="token ids"):
+        res.resident_decoder.step([t2s.stoks_codes + 1], 0)
+    with pytest.raises(ValueError, match="position"):
+        res.resident_decoder.step([0], t2s.stoks_len)
+    with pytest.raises(ValueError, match="positions"):
+        res.generate(TEXT, N=t2s.stoks_len + 1)
+    with pytest.raises(RuntimeError, match="outside a recorder"):
+        with rt.recorder():
+            res.resident_decoder.step([0], 0)
+    from whisperspeech import t2s_up_wds_mlang_enclm as t2s_mod
+
+    spec = tm.build_t2s(0)
+    raw = t2s_mod.TSARTransformer(**spec["config"], tunables=t2s_mod.Tunables(**spec["tunables"])).eval()
+    with pytest.raises(ValueError, match="for_cpu"):
+        ResidentT2S(raw)
+
+
+# ---------------------------------------------------------------- S2A
+
+
+@pytest.fixture(scope="module")
+def s2a():
+    return s2a_from_spec(tm.build_s2a(0))
+
+
+@pytest.mark.parametrize("ch", [128, 8])  # 8: up to 6 key splits
+def test_s2a_generate_same_tokens(rt, s2a, ch):
+    res = ResidentS2A(s2a, ch=ch)
+    stoks, spk = s2a_inputs(0)
+    s0 = rt.stats["submits"]
+    got = same_tokens(lambda: s2a.generate(stoks, spk, show_progress_bar=False),
+                      lambda: res.generate(stoks, spk, show_progress_bar=False), seed=2)
+    steps = res.counters()["steps"]
+    assert got.shape == (1, 4, 3 * len(stoks) - 4) and len(set(got[0, 0].tolist())) > 3
+    assert rt.stats["submits"] - s0 < steps + 12  # one per step + the per-chunk encoder and cross K/V
+    stoks, spk = s2a_inputs(1, n=8)  # second call: longer input, other speaker and temperature
+    same_tokens(lambda: s2a.generate(stoks, spk, T=1.2, show_progress_bar=False),
+                lambda: res.generate(stoks, spk, T=1.2, show_progress_bar=False), seed=3)
+
+
+def test_s2a_teacher_forced_logits(rt, s2a):
+    res = ResidentS2A(s2a, ch=8)
+    stoks, spk = s2a_inputs(0)
+    stoks = torch.nn.functional.pad(stoks, (1, s2a.stoks_len - len(stoks) - 1), value=s2a.stoks_codes - 1)[None]
+    xenc, xpos = res.start_chunk(stoks, spk)
+    g = torch.Generator().manual_seed(5)
+    cols = torch.randint(0, 1026, (12, 4), generator=g)
+    cols[0] = 1025  # the start column, then codes with the delay pattern's 1025 fillers
+    cols[1, 2:] = 1025
+    pos = torch.arange(12)
+    ref, got = [], []
+    with torch.no_grad():
+        for i in range(12):
+            ref.append(s2a(None, cols[i].reshape(1, 4, 1), None, noloss=True, xenc=xenc, xenc_positions=xpos,
+                           atoks_positions=pos[i:i + 1]))
+            got.append(res.logits(cols[i].tolist(), i))
+    ref, got = torch.cat(ref), torch.cat(got)
+    assert got.shape == ref.shape == (12, 4, 1, 1026)
+    assert rel_err(got.numpy(), ref.numpy()) < 2e-6
+    assert res.counters()["dispatches_per_step"] == 8 * len(s2a.decoder.layers) + 3
+
+
+def test_s2a_conditioned_variant(rt):
+    model = s2a_from_spec(s2a_cond_spec())
+    assert hasattr(model, "cond_embeddings")
+    res = ResidentS2A(model)
+    stoks, spk = s2a_inputs(2)
+    same_tokens(lambda: model.generate(stoks, spk, show_progress_bar=False),
+                lambda: res.generate(stoks, spk, show_progress_bar=False), seed=5)
+
+
+def test_fallbacks_give_the_same_logits(rt, monkeypatch):
+    """Shared-memory reductions (adapters without subgroups) and wgpu-py's public recording API."""
+    import wsvk.resident_decoder as rd
+
+    model = t2s_from_spec(t2s_spec())
+    seq = [model.stoks_codes, 3, 9, 27]
+    ref, fast = t2s_reference_logits(model, ResidentT2S(model, ch=4), seq)
+    monkeypatch.setattr(rd, "_force_shared_reduction", True)
+    res = ResidentT2S(model, ch=4)
+    res.resident_decoder.raw_calls = None
+    _, slow = t2s_reference_logits(model, res, seq)
+    assert rel_err(slow.numpy(), ref.numpy()) < 2e-6
+    assert rel_err(slow.numpy(), fast.numpy()) < 2e-6

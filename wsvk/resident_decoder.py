@@ -1,0 +1,353 @@
+"""A WhisperSpeech decoder (whisperspeech.modules.BaseDecoder) resident on the GPU.
+
+Weights (with the already-merged QKV) and the KV caches are uploaded once; every bind group and
+uniform is built once. One decode step (batch 1, one new position) writes a tiny `step` buffer
+[pos, token ids...], records every layer into ONE compute pass and ONE submit, copies the logits
+into a mappable buffer inside that same submit and reads them back.
+
+Per layer, 8 dispatches (shaders/decoder.wgsl):
+    gemv  LN(attn_ln) -> qkv                   attn  self (appends k/v at pos, stops at pos + 1)
+    gemv  combine splits -> out + bias, x +=   gemv  LN(cross_attn_ln) -> q
+    attn  cross (fixed keys)                   gemv  combine splits -> out + bias, x +=
+    gemv  LN(mlp_ln) -> fc1 + bias + GELU      gemv  fc2 + bias, x +=
+plus one embedding dispatch and the head stages (ln_post fused into the first).
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import weakref
+
+import numpy as np
+
+from .runtime import GpuArray, Runtime, get_runtime, shader_source
+
+SHADER = "decoder"
+_UNIFORM = 64 | 8   # UNIFORM | COPY_DST
+_MAP_READ = 1 | 8   # MAP_READ | COPY_DST
+GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
+MAX_STAGED = 1920   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 8 KiB scratch <= 16 KiB)
+
+# Pipelines built from the shader minus its "// [sg]" lines, per runtime (adapters without the
+# subgroup feature: naga validates the whole module, so the lines must go, not just go unused).
+_NO_SUBGROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
+_force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
+
+
+def _raw_calls():
+    """wgpu-native's compute-pass functions through wgpu-py's cffi handles, or None.
+
+    Recording a step calls them ~150 times; skipping wgpu-py's Python wrappers saves ~20% of the
+    host time (measured 6.4 -> 5.0 us per dispatch). Falls back to the public API when the
+    private handles are not there (another wgpu-py version).
+    """
+    try:
+        from wgpu.backends.wgpu_native._api import ffi, libf
+
+        return (libf.wgpuComputePassEncoderSetPipeline, libf.wgpuComputePassEncoderSetBindGroup,
+                libf.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
+    except Exception:
+        return None
+
+
+def _pipeline(rt, entry: str, constants: dict | None = None):
+    """The decoder.wgsl pipeline for `entry`, subgroup reductions where the adapter has them."""
+    constants = {k: float(v) for k, v in (constants or {}).items()}
+    if rt.has_subgroups and not _force_shared_reduction:
+        return rt.pipeline(SHADER, entry, {**constants, "SUBGROUPS": 1.0} if entry == "gemv" else constants)
+    cache = _NO_SUBGROUPS.setdefault(rt, {})
+    key = (entry, tuple(sorted(constants.items())))
+    pipe = cache.get(key)
+    if pipe is None:
+        lines = [ln for ln in shader_source(SHADER).splitlines() if not ln.rstrip().endswith("// [sg]")]
+        module = rt.device.create_shader_module(label="decoder (no subgroups)", code="\n".join(lines))
+        if entry == "gemv":
+            constants = {**constants, "SUBGROUPS": 0.0}
+        stage = {"module": module, "entry_point": entry}
+        if constants:
+            stage["constants"] = constants
+        pipe = rt.device.create_compute_pipeline(label=f"decoder:{entry}", layout="auto", compute=stage)
+        cache[key] = pipe
+    return pipe
+
+
+def _np(t) -> np.ndarray:
+    """A torch tensor (any float dtype) or array as contiguous float32 numpy."""
+    if hasattr(t, "detach"):
+        t = t.detach().float().cpu().numpy()
+    return np.ascontiguousarray(t, dtype=np.float32)
+
+
+class HeadStage:
+    """One GEMV of the output head: out = act(in @ w^T + b), optional layer norm in front.
+
+    ln: (gamma, beta, eps) or None; group: rows per input group (row n reads input group n // group).
+    """
+
+    def __init__(self, w, b=None, ln=None, gelu=False, group=0):
+        self.w, self.b, self.ln, self.gelu, self.group = _np(w), None if b is None else _np(b), ln, gelu, group
+
+
+class ResidentDecoder:
+    """The decoder layers, embedding and head of one model on the GPU.
+
+    layers: BaseDecoder.layers (attn.qkv, cross_attn.q/kv merged by convert_for_eval).
+    tables: [NQ, V, W] token embeddings summed per step; pos_emb: [P, W] added at `pos` or None;
+    extra: True when a per-chunk [W] vector is added (T2S' cps embedding); rope: (cos, sin) [P, Dh]
+    or None; ksub: RoPE position multiplier of the cross-attention keys; self_len / cross_len: the
+    KV cache lengths; head: HeadStages, the first one reading the residual stream.
+    """
+
+    def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
+                 self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
+                 ch: int = 128):
+        rt = rt or get_runtime()
+        self.rt = rt
+        self.layers_n = len(layers)
+        W = int(layers[0].attn.n_state)
+        self.W, self.NH = W, int(n_head)
+        if W % self.NH:
+            raise ValueError(f"width {W} is not a multiple of {n_head} heads")
+        self.DH = W // self.NH
+        if self.DH > 256 or W > MAX_STAGED:
+            raise ValueError(f"head width {self.DH} / width {W} too large for the resident decoder")
+        self.tables = _np(tables)
+        if self.tables.ndim != 3 or self.tables.shape[2] != W:
+            raise ValueError(f"embedding tables must be [NQ, V, {W}], got {self.tables.shape}")
+        self.NQ, self.V = self.tables.shape[:2]
+        self.self_len, self.cross_len, self.ch, self.ksub = int(self_len), int(cross_len), int(ch), int(ksub)
+        self.rope = rope is not None
+        self._keep = []  # uniform buffers and dummies referenced by the bind groups
+
+        def up(a):
+            return rt.upload(_np(a))
+
+        # ---- per-step inputs and activations
+        self.step_buf = rt.empty((1 + self.NQ,), np.uint32)
+        self.x = rt.empty((W,))
+        self.qkv = rt.empty((3 * W,))
+        self.qx = rt.empty((W,))
+        ffn = int(layers[0].mlp[0].out_features)
+        self.h = rt.empty((ffn,))
+        self.maxs_self = -(-self.self_len // self.ch)
+        self.ns_cross = -(-self.cross_len // self.ch)
+        self.part_s = rt.empty((self.NH * self.maxs_self * (self.DH + 2),))
+        self.part_c = rt.empty((self.NH * self.ns_cross * (self.DH + 2),))
+        self.dummy = rt.empty((64,))
+        self.extra = rt.empty((W,)) if extra else None
+        if extra:
+            rt.write(self.extra, np.zeros(W, np.float32))
+
+        if self.rope:
+            cos, sin = _np(rope[0]), _np(rope[1])
+            self.P = cos.shape[0]
+            need = max(self.self_len - 1, (self.cross_len - 1) * self.ksub)
+            if cos.shape != (self.P, self.DH) or sin.shape != cos.shape or need >= self.P:
+                raise ValueError(f"RoPE tables {cos.shape} do not cover [{need + 1}, {self.DH}]")
+            self.rope_buf = up(np.concatenate([cos, sin]))
+        else:
+            self.P, self.rope_buf = 1, self.dummy
+
+        # ---- weights, once
+        self.L = []
+        for i, l in enumerate(layers):
+            if l.attn.qkv is None or l.cross_attn is None or l.cross_attn.kv is None:
+                raise ValueError(f"decoder layer {i}: QKV not merged; prepare the model with "
+                                 "wsvk.models.for_cpu(model) (convert_for_eval) first")
+            gelu = l.mlp[1]
+            if getattr(gelu, "approximate", "none") != "none":
+                raise ValueError(f"decoder layer {i}: GELU(approximate={gelu.approximate!r}) is not supported")
+            g = {}
+            for name, ln in (("attn_ln", l.attn_ln), ("cross_ln", l.cross_attn_ln), ("mlp_ln", l.mlp_ln)):
+                g[name] = (up(ln.weight), up(ln.bias), float(ln.eps))
+            for name, lin in (("qkv", l.attn.qkv), ("out", l.attn.out), ("cq", l.cross_attn.q),
+                              ("ckv", l.cross_attn.kv), ("cout", l.cross_attn.out),
+                              ("fc1", l.mlp[0]), ("fc2", l.mlp[2])):
+                g[name] = (up(lin.weight), up(lin.bias) if lin.bias is not None else None)
+            g["kc"], g["vc"] = rt.empty((self.NH, self.self_len, self.DH)), rt.empty((self.NH, self.self_len, self.DH))
+            g["ckc"], g["cvc"] = rt.empty((self.NH, self.cross_len, self.DH)), rt.empty((self.NH, self.cross_len, self.DH))
+            self.L.append(g)
+        self.tables_buf = up(self.tables)
+        self.pos_buf = up(pos_emb) if pos_emb is not None else self.dummy
+        self.P_pos = 0 if pos_emb is None else int(np.shape(pos_emb)[0])
+        self.head_w = []
+        for st in head:
+            ln = None if st.ln is None else (up(st.ln[0]), up(st.ln[1]), float(st.ln[2]))
+            self.head_w.append((st, up(st.w), None if st.b is None else up(st.b), ln))
+
+        # ---- the step plan: (pipeline, bind group, groups or None = self-attention, sized by pos)
+        self.plan = []
+        self._build_plan(head)
+        last_n = head[-1].w.shape[0]
+        self.logits = self._head_out[-1]
+        self.n_logits = last_n
+        self._map = rt.device.create_buffer(size=max(16, -(-4 * last_n // 16) * 16), usage=_MAP_READ)
+        self.dispatches_per_step = len(self.plan)
+        self.raw_calls = _raw_calls()
+        try:
+            self._raw_plan = [(p._internal, b._internal, g) for p, b, g in self.plan]
+        except AttributeError:
+            self.raw_calls = None
+        self.steps = 0
+        self.record_seconds = 0.0  # host time spent recording steps (set_pipeline/bind/dispatch)
+        self.step_seconds = 0.0    # host time of whole steps (write, record, submit, wait, read)
+
+    # ------------------------------------------------------------ building
+    def _uniform(self, values, fmt):
+        packed = np.zeros(-(-len(values) // 4) * 4, np.uint32)
+        for i, (c, v) in enumerate(zip(fmt, values)):
+            packed[i] = np.float32(v).view(np.uint32) if c == "f" else np.uint32(int(v))
+        buf = self.rt.device.create_buffer(size=max(16, packed.nbytes), usage=_UNIFORM)
+        self.rt.queue.write_buffer(buf, 0, packed)
+        self._keep.append(buf)
+        return buf
+
+    def _bind(self, pipe, resources):
+        entries = []
+        for i, r in enumerate(resources):
+            b = r.buffer if isinstance(r, GpuArray) else r
+            entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
+        self._keep.append(resources)
+        return self.rt.device.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=entries)
+
+    def _gemv(self, x, w, b, out, N, K, *, ln=None, gelu=False, resid=False, combine=None, group=0):
+        """Plan one gemv: out[N] (+)= act(xin @ w^T + b); combine = (n_split or 0, maxs)."""
+        xmode = 1 if ln is not None else 2 if combine is not None else 0
+        if xmode and K > MAX_STAGED:
+            raise ValueError(f"gemv with a fused prologue needs K <= {MAX_STAGED}, got {K}")
+        consts = {"XMODE": xmode, "HAS_BIAS": b is not None, "GELU": gelu, "RESID": resid,
+                  "VEC4": K % 4 == 0, "XS": K if xmode else 4, "GROUP": group}
+        if combine is not None:
+            consts.update(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1])
+        pipe = _pipeline(self.rt, "gemv", consts)
+        groups = -(-N // GEMV_ROWS)
+        eps = ln[2] if ln is not None else 0.0
+        uni = self._uniform([N, K, K // 4, groups, eps], "IIIIf")
+        gam, bet = (ln[0], ln[1]) if ln is not None else (self.dummy, self.dummy)
+        bg = self._bind(pipe, [self.step_buf, x, w, w, b if b is not None else self.dummy, gam, bet, out, uni])
+        self.plan.append((pipe, bg, self.rt.grid(groups)))
+
+    def _attn(self, src, kc, vc, part, L, maxs, self_attn):
+        consts = {"DH": self.DH, "CH": self.ch, "SELF": self_attn, "ROPE": self.rope}
+        pipe = _pipeline(self.rt, "attn", consts)
+        uni = self._uniform([self.NH, L, self.W, maxs, maxs, self.P, 1.0 / math.sqrt(self.DH)], "IIIIIIf")
+        bg = self._bind(pipe, [self.step_buf, src, kc, vc, self.rope_buf, part, uni])
+        self.plan.append((pipe, bg, None if self_attn else self.rt.grid(self.NH * maxs)))
+
+    def _build_plan(self, head):
+        W, rt = self.W, self.rt
+        flags = (1 if self.P_pos else 0) | (2 if self.extra is not None else 0)
+        pipe = _pipeline(rt, "embed")
+        uni = self._uniform([W, self.V, self.NQ, flags], "IIII")
+        bg = self._bind(pipe, [self.step_buf, self.tables_buf, self.pos_buf,
+                               self.extra if self.extra is not None else self.dummy, self.x, uni])
+        self.plan.append((pipe, bg, (-(-W // 256), 1, 1)))
+        ffn = self.h.shape[0]
+        for g in self.L:
+            self._gemv(self.x, *g["qkv"], self.qkv, 3 * W, W, ln=g["attn_ln"])
+            self._attn(self.qkv, g["kc"], g["vc"], self.part_s, self.self_len, self.maxs_self, True)
+            self._gemv(self.part_s, *g["out"], self.x, W, W, resid=True, combine=(0, self.maxs_self))
+            self._gemv(self.x, *g["cq"], self.qx, W, W, ln=g["cross_ln"])
+            self._attn(self.qx, g["ckc"], g["cvc"], self.part_c, self.cross_len, self.ns_cross, False)
+            self._gemv(self.part_c, *g["cout"], self.x, W, W, resid=True, combine=(self.ns_cross, self.ns_cross))
+            self._gemv(self.x, *g["fc1"], self.h, ffn, W, ln=g["mlp_ln"], gelu=True)
+            self._gemv(self.h, *g["fc2"], self.x, W, ffn, resid=True)
+        self._head_out = []
+        src = self.x
+        for st, w, b, ln in self.head_w:
+            N, K = st.w.shape
+            groups_in = N // st.group if st.group else 1
+            if (st.group and N % st.group) or src.size != groups_in * K:
+                raise ValueError(f"head stage weight {st.w.shape} (group {st.group}) does not take "
+                                 f"the {src.size} values before it")
+            out = rt.empty((N,))
+            self._gemv(src, w, b, out, N, K, ln=ln, gelu=st.gelu, group=st.group)
+            self._head_out.append(out)
+            src = out
+
+    # ------------------------------------------------------------ per chunk
+    def set_cross(self, xenc, extra=None) -> None:
+        """Per chunk: the cross-attention K/V of every layer from the encoder output [cross_len, W]
+        (tiled matmul + a scatter/RoPE kernel, one submit), and the per-chunk extra vector."""
+        from .ops import linear
+
+        rt, W = self.rt, self.W
+        xe = _np(xenc).reshape(-1, W)
+        if xe.shape[0] != self.cross_len:
+            raise ValueError(f"encoder output has {xe.shape[0]} positions, the cross caches {self.cross_len}")
+        if extra is not None:
+            if self.extra is None:
+                raise ValueError("this decoder takes no per-chunk extra vector")
+            rt.write(self.extra, _np(extra).reshape(W))
+        gx = rt.upload(xe)
+        pipe = _pipeline(rt, "cross_kv", {"DH": self.DH, "ROPE": self.rope})
+        n = self.cross_len * W
+        uni = rt.uniform(self.NH, self.cross_len, W, self.P, self.ksub, n, 0, 0)
+        with rt.recorder("wsvk.resident.cross") as rec:
+            for g in self.L:
+                kv = linear(gx, *g["ckv"])  # [cross_len, 2W] (tiled kernel)
+                rec.dispatch(pipe, [kv, g["ckc"], g["cvc"], self.rope_buf, uni], rt.grid(-(-n // 256)), "cross_kv")
+
+    # ------------------------------------------------------------ per step
+    def step(self, tokens, pos: int) -> np.ndarray:
+        """One decode step: token ids [NQ] at position `pos` -> logits [n_logits] (float32)."""
+        rt = self.rt
+        pos = int(pos)
+        toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
+        if toks.size != self.NQ:
+            raise ValueError(f"step needs {self.NQ} token ids, got {toks.size}")
+        if toks.min() < 0 or toks.max() >= self.V:
+            raise ValueError(f"token ids {toks.tolist()} outside [0, {self.V})")
+        if not 0 <= pos < self.self_len or (self.P_pos and pos >= self.P_pos):
+            raise ValueError(f"position {pos} outside the decoder's {self.self_len} positions")
+        if rt.recording:
+            raise RuntimeError("ResidentDecoder.step reads the logits back: call it outside a recorder")
+        t0 = time.perf_counter()
+        rt.write(self.step_buf, np.concatenate([[pos], toks]).astype(np.uint32))
+        attn_groups = rt.grid(self.NH * -(-(pos + 1) // self.ch))
+        with rt.recorder("wsvk.resident.step") as rec:
+            t1 = time.perf_counter()
+            cpass = rec.encoder.begin_compute_pass()
+            last = None
+            if self.raw_calls is not None:
+                set_pipeline, set_bind_group, dispatch, null = self.raw_calls
+                h = cpass._internal
+                for pipe, bg, groups in self._raw_plan:
+                    if pipe is not last:
+                        set_pipeline(h, pipe)
+                        last = pipe
+                    set_bind_group(h, 0, bg, 0, null)
+                    dispatch(h, *(groups or attn_groups))
+            else:
+                for pipe, bg, groups in self.plan:
+                    if pipe is not last:
+                        cpass.set_pipeline(pipe)
+                        last = pipe
+                    cpass.set_bind_group(0, bg)
+                    cpass.dispatch_workgroups(*(groups or attn_groups))
+            cpass.end()
+            rec.encoder.copy_buffer_to_buffer(self.logits.buffer, 0, self._map, 0, self._map.size)
+            rt.stats["dispatches"] += len(self.plan)
+            self.record_seconds += time.perf_counter() - t1
+        with rt.lock:
+            try:
+                self._map.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
+            except Exception:
+                self._map.map_sync(1)
+            raw = self._map.read_mapped(0, self._map.size)
+            self._map.unmap()
+            rt.stats["readbacks"] += 1
+        self.steps += 1
+        self.step_seconds += time.perf_counter() - t0
+        return np.frombuffer(raw, np.float32)[: self.n_logits].copy()
+
+    def counters(self) -> dict:
+        """dispatches per step, steps run and host seconds (recording, whole steps) so far."""
+        n = max(self.steps, 1)
+        return {"dispatches_per_step": self.dispatches_per_step, "steps": self.steps,
+                "record_s": self.record_seconds, "record_s_per_step": self.record_seconds / n,
+                "step_s": self.step_seconds, "step_s_per_step": self.step_seconds / n}
+
+    def reset_counters(self) -> None:
+        self.steps, self.record_seconds, self.step_seconds = 0, 0.0, 0.0

@@ -1,0 +1,286 @@
+"""Resident Vocos: the whole vocoder (backbone + ISTFT head) in one GPU submit per call.
+
+    rv = ResidentVocos(vocos)                       # weights go to the GPU once
+    audio = rv.decode(features, bandwidth_id=bw)    # == vocos.decode(features, bandwidth_id=...)
+    audio = rv.decode_codes(codes, bandwidth_id=bw) # == vocos.decode(vocos.codes_to_features(codes), ...)
+
+Per call: one upload (features or codes), one recorder (every dispatch in one command encoder,
+one submit), one readback of the waveform. Everything runs in float32; the result equals vocos'
+CPU output to float32 rounding.
+
+Dispatches per call (L = backbone layers): embed conv (codebook gather fused in) 1, norm 1,
+per layer 3 (residual add + depthwise conv + norm fused; pw1 + GELU; pw2 with the layer scale
+folded in), final residual add + norm 1, head linear 1, spectrum 1, irfft 1, overlap-add 1:
+7 + 3 L (31 for the released 8-layer model).
+"""
+
+from __future__ import annotations
+
+import operator
+
+import numpy as np
+import torch
+
+from . import ops
+from .runtime import GpuArray, Runtime, get_runtime
+
+__all__ = ["ResidentVocos"]
+
+_K = 7  # kernel size of the backbone's convolutions (shaders/conv1d.wgsl)
+
+
+def _np(t) -> np.ndarray:
+    return np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy(), dtype=np.float32)
+
+
+class ResidentVocos:
+    """A vocos.Vocos (VocosBackbone + ISTFTHead with "same" padding) kept on the GPU."""
+
+    def __init__(self, vocos, rt: Runtime | None = None):
+        from vocos.heads import ISTFTHead
+        from vocos.models import VocosBackbone
+        from vocos.modules import AdaLayerNorm
+
+        bb, head = getattr(vocos, "backbone", None), getattr(vocos, "head", None)
+        if not isinstance(bb, VocosBackbone):
+            raise TypeError(f"ResidentVocos needs a VocosBackbone, got {type(bb).__name__}")
+        if not isinstance(head, ISTFTHead):
+            raise TypeError(f"ResidentVocos needs an ISTFTHead, got {type(head).__name__}")
+        istft = head.istft
+        if istft.padding != "same":
+            raise ValueError(f"ResidentVocos supports the ISTFT's 'same' padding only, not {istft.padding!r}")
+        if istft.n_fft % 2:
+            raise ValueError(f"ResidentVocos needs an even n_fft (the head splits n_fft + 2 outputs in two), got {istft.n_fft}")
+        if istft.win_length != istft.n_fft or not 0 < istft.hop_length <= istft.n_fft:
+            raise ValueError(f"ResidentVocos needs win_length == n_fft and 0 < hop <= n_fft "
+                             f"(n_fft {istft.n_fft}, win {istft.win_length}, hop {istft.hop_length})")
+        if bb.embed.kernel_size != (_K,) or bb.embed.padding != (3,) or bb.embed.bias is None:
+            raise ValueError("ResidentVocos expects the backbone's input conv to be kernel 7, padding 3, with bias")
+
+        self.rt = rt = rt or get_runtime()
+        self.cin = int(bb.embed.in_channels)
+        self.dim = int(bb.embed.out_channels)
+        self.n_layers = len(bb.convnext)
+        self.n_fft, self.hop = int(istft.n_fft), int(istft.hop_length)
+        self.pad = (istft.win_length - istft.hop_length) // 2
+        self.n_bins = self.n_fft // 2 + 1
+        self.adanorm = bool(bb.adanorm)
+        self.n_bandwidths = int(bb.norm.scale.num_embeddings) if self.adanorm else 1
+        up = rt.upload
+
+        # embed conv: w[o, i, k] -> [Cin, K, Cout] so that a workgroup's threads read adjacent o
+        self.embed_w = up(_np(bb.embed.weight.permute(1, 2, 0)))
+        self.embed_b = up(_np(bb.embed.bias))
+
+        def affine(norm):
+            """[(scale, shift) per bandwidth id]: AdaLayerNorm's rows, or LayerNorm's weight/bias."""
+            if isinstance(norm, AdaLayerNorm):
+                return [(up(_np(norm.scale.weight[i])), up(_np(norm.shift.weight[i])))
+                        for i in range(self.n_bandwidths)]
+            w = norm.weight if norm.weight is not None else torch.ones(self.dim)
+            b = norm.bias if norm.bias is not None else torch.zeros(self.dim)
+            return [(up(_np(w)), up(_np(b)))] * self.n_bandwidths
+
+        self.norm0, self.norm0_eps = affine(bb.norm), float(bb.norm.eps)
+        self.layers = []
+        for blk in bb.convnext:
+            gamma = blk.gamma.detach().double() if blk.gamma is not None else torch.ones(self.dim, dtype=torch.float64)
+            self.layers.append(dict(
+                dw_w=up(_np(blk.dwconv.weight[:, 0, :].T)),   # [K, C]
+                dw_b=up(_np(blk.dwconv.bias)),
+                norm=affine(blk.norm), eps=float(blk.norm.eps),
+                w1=up(_np(blk.pwconv1.weight)), b1=up(_np(blk.pwconv1.bias)),
+                # layer scale folded in: gamma * (W2 x + b2) = (gamma W2) x + gamma b2
+                w2=up(_np(blk.pwconv2.weight.double() * gamma[:, None])),
+                b2=up(_np(blk.pwconv2.bias.double() * gamma)),
+            ))
+        self.inter = int(bb.convnext[0].pwconv1.out_features) if self.layers else self.dim
+        fn = bb.final_layer_norm
+        self.final_norm, self.final_eps = affine(fn), float(fn.eps)
+        self.head_w, self.head_b = up(_np(head.out.weight)), up(_np(head.out.bias))
+        self.window = up(_np(istft.window))
+        self._spare = rt.empty((64,))  # bound where a shader's optional writable output is unused
+
+        # codes_to_features: the codebooks [Q * bins, Cin], when the feature extractor has them
+        fe = getattr(vocos, "feature_extractor", None)
+        cbw = getattr(fe, "codebook_weights", None)
+        self.codebooks = self.bins = None
+        if cbw is not None:
+            quantizer = getattr(getattr(fe, "encodec", None), "quantizer", None)
+            bins = getattr(quantizer, "bins", None)
+            if bins and cbw.shape[0] % int(bins) == 0 and cbw.shape[1] == self.cin:
+                self.bins = int(bins)
+                self.codebooks = up(_np(cbw))
+                self.n_codebooks = int(cbw.shape[0]) // self.bins
+
+        self.last_call: dict | None = None  # rt.stats deltas of the latest call
+        self.stats = {"calls": 0, "dispatches": 0, "submits": 0, "uploads": 0, "readbacks": 0,
+                      "dispatches_per_call": self.dispatches_per_call}
+
+    @property
+    def dispatches_per_call(self) -> int:
+        """The dispatches one decode records (the irfft of n_fft runs in one dispatch when its
+        half length fits a workgroup, as 1280 does)."""
+        return 7 + 3 * self.n_layers
+
+    # ---------------------------------------------------------------- inputs
+
+    def _bandwidth(self, bandwidth_id) -> int:
+        if bandwidth_id is None:
+            if self.adanorm:
+                raise ValueError("bandwidth_id is required: this Vocos conditions its norms on it")
+            return 0
+        if isinstance(bandwidth_id, torch.Tensor):
+            if bandwidth_id.numel() != 1 or bandwidth_id.is_floating_point() or bandwidth_id.is_complex():
+                raise TypeError(f"bandwidth_id must be one integer, got a {bandwidth_id.dtype} tensor "
+                                f"of shape {tuple(bandwidth_id.shape)}")
+            bandwidth_id = int(bandwidth_id.reshape(-1)[0])
+        try:
+            bw = operator.index(bandwidth_id)
+        except TypeError:
+            raise TypeError(f"bandwidth_id must be an integer, got {type(bandwidth_id).__name__}") from None
+        if self.adanorm and not 0 <= bw < self.n_bandwidths:
+            raise ValueError(f"bandwidth_id {bw} is out of range: this Vocos has {self.n_bandwidths} (0..{self.n_bandwidths - 1})")
+        return bw if self.adanorm else 0
+
+    def _check_frames(self, T: int) -> None:
+        if T < 1:
+            raise ValueError("no frames to decode (the time axis is empty)")
+        widest = max(self.dim, self.inter, 2 * self.n_bins, self.n_fft)
+        if 4 * T * widest > self.rt.max_binding or T * self.hop >= 1 << 31:
+            raise ValueError(f"{T} frames is too long for one GPU binding on this adapter "
+                             f"({self.rt.max_binding} bytes): decode in chunks")
+
+    def _features(self, features) -> np.ndarray:
+        """[1, Cin, T] (or [Cin, T]) float -> float32 numpy [Cin, T]."""
+        if isinstance(features, torch.Tensor):
+            if features.is_complex() or not features.is_floating_point():
+                raise TypeError(f"features must be a float tensor, got {features.dtype}")
+            features = features.detach().to("cpu", torch.float32).numpy()
+        elif isinstance(features, np.ndarray):
+            if features.dtype.kind != "f":
+                raise TypeError(f"features must be float, got {features.dtype}")
+        else:
+            raise TypeError(f"features must be a torch.Tensor or numpy array, got {type(features).__name__}")
+        shape = tuple(features.shape)
+        if len(shape) == 3 and shape[0] == 1:
+            features = features[0]
+        elif len(shape) != 2:
+            raise ValueError(f"features must have shape [1, {self.cin}, T] (batch 1), got {shape}")
+        if features.shape[0] != self.cin:
+            raise ValueError(f"features have {features.shape[0]} channels (shape {shape}); this Vocos takes {self.cin}")
+        self._check_frames(features.shape[1])
+        return np.ascontiguousarray(features, dtype=np.float32)
+
+    def _codes(self, codes) -> np.ndarray:
+        """[q, 1, t], [1, q, t] or [q, t] integer codes -> int32 numpy [q, t] (range-checked)."""
+        if self.codebooks is None:
+            raise TypeError("decode_codes needs a Vocos with EncodecFeatures (codebook_weights and quantizer bins)")
+        if isinstance(codes, torch.Tensor):
+            if codes.is_floating_point() or codes.is_complex() or codes.dtype == torch.bool:
+                raise TypeError(f"codes must be integers, got {codes.dtype}")
+            codes = codes.detach().to("cpu").numpy()
+        elif isinstance(codes, np.ndarray):
+            if codes.dtype.kind not in "iu":
+                raise TypeError(f"codes must be integers, got {codes.dtype}")
+        else:
+            raise TypeError(f"codes must be a torch.Tensor or numpy array, got {type(codes).__name__}")
+        shape = tuple(codes.shape)
+        if len(shape) == 3 and shape[1] == 1:
+            codes = codes[:, 0]  # [q, 1, t], vocos.codes_to_features' layout
+        elif len(shape) == 3 and shape[0] == 1:
+            codes = codes[0]  # [1, q, t], WhisperSpeech's atoks
+        elif len(shape) != 2:
+            raise ValueError(f"codes must have shape [q, 1, t], [1, q, t] or [q, t] (batch 1), got {shape}")
+        q, t = codes.shape
+        if not 1 <= q <= self.n_codebooks:
+            raise ValueError(f"codes have {q} codebooks (shape {shape}); this Vocos has {self.n_codebooks}")
+        self._check_frames(t)
+        if codes.min() < 0 or codes.max() >= self.bins:
+            raise ValueError(f"codes must lie in [0, {self.bins}), got values in [{codes.min()}, {codes.max()}]")
+        return np.ascontiguousarray(codes, dtype=np.int32)
+
+    # ---------------------------------------------------------------- public
+
+    def decode(self, features, bandwidth_id=None) -> torch.Tensor:
+        """vocos.decode(features, bandwidth_id=...): features [1, Cin, T] -> waveform [1, samples]."""
+        bw = self._bandwidth(bandwidth_id)
+        x = self._features(features)
+        before = dict(self.rt.stats)
+        return self._run(before, bw, self.rt.upload(x), None, x.shape[1])
+
+    def decode_codes(self, codes, bandwidth_id=None) -> torch.Tensor:
+        """vocos.decode(vocos.codes_to_features(codes), ...) with the codebook sum on the GPU.
+
+        codes: [q, 1, t] (vocos' layout), [1, q, t] (WhisperSpeech's atoks) or [q, t]."""
+        bw = self._bandwidth(bandwidth_id)
+        c = self._codes(codes)
+        before = dict(self.rt.stats)
+        return self._run(before, bw, self.codebooks, self.rt.upload(c), c.shape[1])
+
+    # ---------------------------------------------------------------- the recorded graph
+
+    def _run(self, before: dict, bw: int, x: GpuArray, codes: GpuArray | None, T: int) -> torch.Tensor:
+        """Record everything into one submit, read back the waveform; `before`: rt.stats at the upload."""
+        rt = self.rt
+        with rt.recorder("vocos"):
+            wave = self._record(bw, x, codes, T)
+        out = wave.numpy()
+        self.stats["calls"] += 1
+        for k in ("dispatches", "submits", "uploads", "readbacks"):
+            self.stats[k] += rt.stats[k] - before[k]
+        self.last_call = {k: rt.stats[k] - before[k] for k in ("dispatches", "submits", "uploads", "readbacks")}
+        return torch.from_numpy(out)[None]
+
+    def _norm(self, r, y, w, b, affine, eps, out, res_out, dwconv: bool):
+        """shaders/conv1d.wgsl:dwconv_norm over [T, C]: out = norm(conv(r + y)), res_out = r + y."""
+        rt = self.rt
+        T = r.shape[0]
+        pipe = rt.pipeline("conv1d", "dwconv_norm",
+                           {"DWCONV": dwconv, "RESID": y is not None, "WRITE_RES": res_out is not None})
+        g, s = affine
+        wt = w if w is not None else g  # unread when not dwconv
+        bs = b if b is not None else s
+        res = [r, y if y is not None else s, wt, bs, g, s,
+               res_out if res_out is not None else self._spare, out,
+               rt.uniform(T, self.dim, float(eps), 0, fmt="IIfI")]
+        rt.run(pipe, res, rt.grid(T))
+
+    def _record(self, bw: int, x: GpuArray, codes: GpuArray | None, T: int) -> GpuArray:
+        rt, C = self.rt, self.dim
+        # embed conv [Cin, T] (or codebook gather) -> [T, C]
+        emb = rt.empty((T, C))
+        tiles_o, tiles_t = -(-C // 64), -(-T // 16)
+        n_tiles = tiles_o * tiles_t
+        gather = codes is not None
+        q = codes.shape[0] if gather else 0
+        pipe = rt.pipeline("conv1d", "embed", {"GATHER": gather})
+        params = rt.uniform(T, self.cin, C, q, self.bins or 0, tiles_o, n_tiles, 0)
+        rt.run(pipe, [x, codes if gather else self.embed_b, self.embed_w, self.embed_b, emb, params],
+               rt.grid(n_tiles))
+
+        r = rt.empty((T, C))  # residual stream r_0 = norm(embed)
+        self._norm(emb, None, None, None, self.norm0[bw], self.norm0_eps, r, None, dwconv=False)
+        h = rt.empty((T, C))  # normed input of the pointwise layers, reused by every block
+        spare = [rt.empty((T, C)), rt.empty((T, C))]
+        y = None
+        for i, L in enumerate(self.layers):
+            nxt = None if y is None else spare[i % 2]  # r_i = r_{i-1} + y_{i-1}, never written in place
+            self._norm(r, y, L["dw_w"], L["dw_b"], L["norm"][bw], L["eps"], h, nxt, dwconv=True)
+            r = r if nxt is None else nxt
+            y = ops.linear(ops.linear(h, L["w1"], L["b1"], gelu=True), L["w2"], L["b2"])
+        hf = rt.empty((T, C))
+        self._norm(r, y, None, None, self.final_norm[bw], self.final_eps, hf, None, dwconv=False)
+
+        # ISTFT head: [T, 2F] -> spectrum [T, F, 2] -> frames [T, n_fft] -> waveform
+        z = ops.linear(hf, self.head_w, self.head_b)
+        F = self.n_bins
+        spec = rt.empty((T, F, 2))
+        rt.run(rt.pipeline("istft", "spectrum"), [z, spec, rt.uniform(T, F, 0, 0)], rt.grid(-(-T * F // 256)))
+        frames = ops.irfft(spec, n=self.n_fft)
+        n_out = (T - 1) * self.hop + self.n_fft - 2 * self.pad
+        wave = rt.empty((n_out,))
+        params = rt.uniform(T, self.n_fft, self.hop, self.pad, n_out, 0, 0, 0)
+        rt.run(rt.pipeline("istft", "overlap_add"), [frames, self.window, wave, params],
+               rt.grid(-(-n_out // 256)))
+        return wave
