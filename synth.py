@@ -48,7 +48,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same speech on every backend")
     p.add_argument("--random-weights", choices=SIZES, metavar="{tiny,base,small}",
                    help="random models of this size for the parts not given (offline test; the output is noise)")
-    p.add_argument("-v", "--verbose", action="store_true", help="print the router's per-op GPU/CPU table")
+    p.add_argument("--no-resident", action="store_true",
+                   help="route every op through the op router instead of the resident GPU decoder/vocoder")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the router's per-op GPU/CPU table and the resident modules' counters")
     return p
 
 
@@ -201,6 +204,7 @@ def run(args) -> int:
     import warnings
 
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch's weight_norm notice from encodec
+    warnings.filterwarnings("ignore", message="wsvk:")  # GPU faults: reported once, below
     from wsvk.router import active_backend
     from wsvk.speaker import read_voice
     from wsvk.whisperspeech import SAMPLE_RATE, STAGES, load_pipeline
@@ -208,7 +212,8 @@ def run(args) -> int:
     backend, adapter = active_backend()
     t0 = time.perf_counter()
     pipe = load_pipeline(t2s=args.t2s, s2a=args.s2a, vocoder=args.vocoder, speaker_model=args.speaker_model,
-                         random_weights=args.random_weights, seed=args.seed, progress=ConsoleProgress())
+                         random_weights=args.random_weights, seed=args.seed, progress=ConsoleProgress(),
+                         resident=not args.no_resident)
     speaker = None
     if args.speaker is not None:
         pipe.speaker_encoder()  # load it now: a bad speaker model fails before any synthesis
@@ -225,9 +230,9 @@ def run(args) -> int:
     if audio.size == 0:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
     write_wav(out, audio, SAMPLE_RATE)
-    faults = getattr(pipe.stats, "faults", [])
-    if faults:  # the router recomputed on the CPU after a GPU failure: the audio is still right
-        note(f"warning: {len(faults)} GPU fault(s), the rest of those stages ran on the CPU: {faults[0]}")
+    faults = pipe.last.faults
+    if faults:  # the stage was finished on the CPU after a GPU failure: the audio is still complete
+        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
 
     secs = pipe.last.seconds
     audio_s = audio.size / SAMPLE_RATE
@@ -245,6 +250,9 @@ def run(args) -> int:
                 continue
             print(f"\nrouter, {stage}:\n{pipe.stage_stats[stage].table()}")
         print(f"\nrouter, all stages:\n{pipe.stats.table()}")
+        for stage, mod in pipe.resident_modules().items():
+            print(f"\nresident {stage}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in mod.items()))
     return 0
 
 

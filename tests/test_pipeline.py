@@ -39,9 +39,9 @@ def backend(monkeypatch):
     return lambda name: monkeypatch.setenv("WSVK_BACKEND", name)
 
 
-def tiny_pipeline(tiny, seed=7):
+def tiny_pipeline(tiny, seed=7, resident=True):
     return load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]),
-                         speaker_model=str(tiny["speaker_model"]), seed=seed)
+                         speaker_model=str(tiny["speaker_model"]), seed=seed, resident=resident)
 
 
 def rel_err(a, b):
@@ -151,14 +151,15 @@ def model_data():
 # ---------------------------------------------------------------- generation
 
 
-def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend):
+@pytest.mark.parametrize("resident", [False, True], ids=["router", "resident"])
+def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
     """Same seed -> same tokens on both backends; audio within float32 rounding; every stage's
-    hot ops really ran on the GPU."""
+    hot ops really ran on the GPU (op by op through the router, or as resident modules)."""
     text = "Hi there, friend."
     runs = {}
     for name in ("cpu", "wgpu"):
         backend(name)
-        pipe = tiny_pipeline(tiny)
+        pipe = tiny_pipeline(tiny, resident=resident)
         audio = pipe.generate(text, speaker=str(tiny["voice"]), seed=11)
         spk = pipe.speaker_embedding(str(tiny["voice"]))
         runs[name] = (pipe, audio, spk)
@@ -171,11 +172,87 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend):
     assert rel_err(s_gpu, s_cpu) < 1e-4, rel_err(s_gpu, s_cpu)
     expected = {"t2s": ("linear", "sdpa"), "s2a": ("linear", "sdpa"), "vocos": ("linear", "fft"),
                 "speaker": ("fft", "matmul")}  # ECAPA is all convolutions: no linear/sdpa there
+    if resident:  # decode steps and Vocos are resident; the encoders still go through the router
+        for stage in ("t2s", "s2a", "vocos"):
+            assert gpu.stage_stats[stage].gpu_calls("resident") == 1
+            assert cpu.stage_stats[stage].gpu_calls("resident") == 0
+        del expected["vocos"]
     for stage, ops in expected.items():
         for op in ops:
             assert gpu.stage_stats[stage].gpu_calls(op) > 0, (stage, op, gpu.stage_stats[stage].table())
             assert cpu.stage_stats[stage].gpu_calls(op) == 0
             assert cpu.stage_stats[stage].cpu_calls(op) > 0
+
+
+@pytest.mark.parametrize("stage", ["t2s", "s2a", "vocos"])
+def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage):
+    """A lost device in the middle of a stage: one warning, that stage reruns on the CPU with the
+    same seed, and the WAV equals an uninterrupted CPU run."""
+    backend("cpu")
+    ref = tiny_pipeline(tiny).generate("Hi there, friend.", seed=11)
+    backend("wgpu")
+    pipe = tiny_pipeline(tiny)
+    real_run = pipe._run
+
+    def spy(st, *args):  # inject the fault a few decode steps into the stage (Vocos: its one submit)
+        if st == stage:
+            rt.fault_after = rt.stats["submits"] + (0 if stage == "vocos" else 3)
+        return real_run(st, *args)
+
+    pipe._run = spy
+    try:
+        with pytest.warns(RuntimeWarning) as caught:
+            audio = pipe.generate("Hi there, friend.", seed=11)
+    finally:
+        rt.fault_after, rt.lost = None, None
+    assert [str(w.message) for w in caught if "wsvk" in str(w.message)] == [
+        f"wsvk: {pipe.stage_stats[stage].faults[0]}; finished the {stage} stage on the CPU"]  # one warning
+    assert len(pipe.last.faults) == 1 and pipe.last.faults[0].startswith(stage)
+    assert audio.shape == ref.shape and rel_err(audio, ref) < 1e-4
+
+
+def test_threads_get_their_own_audio(tiny, rt, backend):
+    """One pipeline shared by 4 threads with different seeds: each gets what a serial run gives."""
+    import threading
+
+    backend("wgpu")
+    pipe = tiny_pipeline(tiny)
+    texts = {seed: f"Caller number {seed} speaks." for seed in (1, 2, 3, 4)}
+    serial = {seed: pipe.generate(text, seed=seed) for seed, text in texts.items()}
+    got, errors = {}, []
+
+    def work(seed):
+        try:
+            got[seed] = pipe.generate(texts[seed], seed=seed)
+        except Exception as e:  # pragma: no cover - reported below
+            errors.append(e)
+
+    threads = [threading.Thread(target=work, args=(seed,)) for seed in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    assert not errors
+    for seed in texts:
+        assert got[seed].shape == serial[seed].shape and rel_err(got[seed], serial[seed]) < 1e-5
+
+
+@pytest.mark.slow
+def test_many_generate_calls_keep_memory_flat(tiny, rt, backend):
+    """200 calls on one pipeline: the buffer pool is reused, GPU and host memory stay flat."""
+    import resource
+
+    backend("wgpu")
+    pipe = tiny_pipeline(tiny)
+    for i in range(3):
+        pipe.generate("Warm up.", seed=i)
+    gpu_before = rt.pool.allocated_bytes
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(200):
+        pipe.generate("Again and again.", seed=i % 4)
+    assert rt.pool.allocated_bytes <= gpu_before
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 64, f"host memory grew by {grown_mb:.0f} MB over 200 calls"
 
 
 def test_voice_cloning_embedding_matches_across_backends(tiny, rt, backend):

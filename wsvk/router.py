@@ -307,8 +307,9 @@ _HANDLERS = {
 
 
 class _Router(TorchFunctionMode):
-    def __init__(self, stats: RouterStats, min_work: int, cpu_reason: str | None = None):
+    def __init__(self, stats: RouterStats, min_work: int, cpu_reason: str | None = None, warn: bool = True):
         super().__init__()
+        self.warn = warn
         self.stats = stats
         self.min_work = min_work
         self.cpu_reason = cpu_reason  # set: count every hot op as a CPU call for this reason
@@ -340,7 +341,8 @@ class _Router(TorchFunctionMode):
             self.cpu_reason = "after GPU fault"
             self.stats.count(op, "GPU fault")
             self.stats.faults.append(str(e))
-            warnings.warn(f"wsvk: {e}; continuing on the CPU", RuntimeWarning, stacklevel=2)
+            if self.warn:
+                warnings.warn(f"wsvk: {e}; continuing on the CPU", RuntimeWarning, stacklevel=2)
             return func(*args, **kwargs)
         self.stats.count(op)
         return result
@@ -354,14 +356,23 @@ def default_min_work() -> int:
         raise WsvkError(f"WSVK_MIN_WORK={value!r} is not an integer") from None
 
 
+_ACTIVE = threading.local()  # the router installed by the outermost offload() of each thread
+
+
 @contextmanager
-def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_work: int | None = None):
+def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_work: int | None = None,
+            warn: bool = True):
     """Route the hot ops of any torch code in this block to the GPU kernels.
 
     enabled: None follows WSVK_BACKEND (an adapter selected -> on); min_work: calls with
-    fewer multiply-adds than this stay on the CPU (default WSVK_MIN_WORK, 0).
-    Yields the RouterStats that counts the decisions.
+    fewer multiply-adds than this stay on the CPU (default WSVK_MIN_WORK, 0); warn: one
+    RuntimeWarning when a GPU failure sends the rest of the block to the CPU. Yields the RouterStats that counts the decisions. Inside another offload() block, a call
+    with no arguments joins the outer router (and counts into its stats).
     """
+    outer = getattr(_ACTIVE, "router", None)
+    if outer is not None and stats is None and enabled is None and min_work is None:
+        yield outer.stats
+        return
     stats = RouterStats() if stats is None else stats
     if enabled is None:
         backend, why = active_backend()
@@ -370,5 +381,10 @@ def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_w
         cpu_reason = None if enabled else "offload disabled"
     if cpu_reason is None and get_runtime().lost:
         cpu_reason = "after GPU fault"
-    with _Router(stats, default_min_work() if min_work is None else min_work, cpu_reason):
-        yield stats
+    router = _Router(stats, default_min_work() if min_work is None else min_work, cpu_reason, warn)
+    _ACTIVE.router = router
+    try:
+        with router:
+            yield stats
+    finally:
+        _ACTIVE.router = outer

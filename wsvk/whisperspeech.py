@@ -14,7 +14,9 @@ seeded from (seed, chunk, stage) inside a forked RNG, the same on every backend.
 from __future__ import annotations
 
 import math
+import threading
 import time
+import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -86,12 +88,14 @@ class Generation:
     atoks: list = field(default_factory=list)  # per chunk: long tensor [1, quantizers, 3n-ish]
     seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     audio_seconds: float = 0.0
+    faults: list = field(default_factory=list)  # GPU failures that sent a stage back to the CPU
 
 
 class Pipeline:
     """T2S + S2A + Vocos (+ a lazily loaded speaker encoder). Build it with `load_pipeline`."""
 
-    def __init__(self, t2s, s2a, vocos, speaker_model=None, random_weights: str | None = None, seed: int = 0):
+    def __init__(self, t2s, s2a, vocos, speaker_model=None, random_weights: str | None = None, seed: int = 0,
+                 resident: bool = True, random_t2s: bool = False):
         from .router import RouterStats
 
         if int(t2s.stoks_len) > int(s2a.stoks_len):  # S2A would crop what T2S says
@@ -105,6 +109,10 @@ class Pipeline:
         self.stage_stats = {s: RouterStats() for s in STAGES}
         self.last = Generation()
         self._encoder: SpeakerEncoder | None = speaker_model if isinstance(speaker_model, SpeakerEncoder) else None
+        self.resident = bool(resident)  # decode steps and Vocos as one GPU submit each (wgpu backend)
+        self.random_t2s = random_t2s    # a random T2S never says "stop": bound its length by the text
+        self._resident: dict = {}       # stage -> resident module, built on first GPU use
+        self._lock = threading.Lock()   # whisperspeech samples from torch's global RNG: one call at a time
 
     @property
     def stats(self):
@@ -178,25 +186,84 @@ class Pipeline:
         return emb.float()
 
     # -- stages
+    def _gpu_runner(self, stage: str):
+        """The resident GPU module for a stage, or None (cpu backend, resident off, after a fault)."""
+        if not self.resident:
+            return None
+        from .router import active_backend
+        from .runtime import get_runtime
+
+        if active_backend()[0] != "wgpu" or get_runtime().lost:
+            return None
+        if stage not in self._resident:
+            from .resident import ResidentS2A, ResidentT2S
+            from .resident_vocos import ResidentVocos
+
+            make = {"t2s": lambda: ResidentT2S(self.t2s), "s2a": lambda: ResidentS2A(self.s2a),
+                    "vocos": lambda: ResidentVocos(self.vocos)}[stage]
+            self._resident[stage] = make()
+        return self._resident[stage]
+
+    def resident_modules(self) -> dict:
+        """Counters of the resident GPU modules used so far: dispatches and host time per step."""
+        out = {}
+        for stage, mod in self._resident.items():
+            if hasattr(mod, "counters"):
+                out[stage] = mod.counters()
+            else:  # Vocos: one submit per chunk
+                out[stage] = {"dispatches_per_call": mod.dispatches_per_call, **mod.stats}
+        return out
+
     def _run(self, stage: str, chunk: int, n_chunks: int, total, seed: int, fn):
+        """fn(model, step) on the stage's resident GPU module when there is one, else on the torch
+        model under offload(). A GPU failure reruns the stage on the CPU with the same seed, so the
+        tokens and audio equal an uninterrupted CPU run; one warning says so."""
         import torch
 
         from .router import offload
+        from .runtime import GpuError
 
+        cpu_model = {"t2s": self.t2s, "s2a": self.s2a, "vocos": self.vocos}[stage]
+        stats = self.stage_stats[stage]
         self.progress.stage_start(stage, chunk, n_chunks, total)
         t0 = time.perf_counter()
-        with torch.random.fork_rng(devices=[]), offload(self.stage_stats[stage]):
-            torch.manual_seed(seed)
-            out = fn(lambda: self.progress.step(stage))
+        runner = self._gpu_runner(stage)
+        faults_before = len(stats.faults)
+        while True:
+            try:
+                with torch.random.fork_rng(devices=[]), offload(stats, warn=False):
+                    torch.manual_seed(seed)
+                    out = fn(runner or cpu_model, lambda: self.progress.step(stage))
+                break
+            except GpuError as e:
+                if runner is None:
+                    raise
+                stats.faults.append(str(e))
+                runner = None  # rerun the stage on the CPU: same seed, same tokens
+        if len(stats.faults) > faults_before:
+            self.last.faults.append(f"{stage}: {stats.faults[faults_before]}")
+            warnings.warn(f"wsvk: {stats.faults[faults_before]}; finished the {stage} stage on the CPU",
+                          RuntimeWarning, stacklevel=3)
+        if runner is not None:
+            stats.count("resident")  # one resident run: decode steps or a Vocos chunk, one submit each
         dt = time.perf_counter() - t0
         self.last.seconds[stage] += dt
         self.progress.stage_end(stage, chunk, n_chunks, dt)
         return out
 
+    def _token_cap(self, text: str, cps: float):
+        """Semantic tokens allowed for a chunk: all of them, except for a random T2S (it never ends,
+        so noise as long as the text would take to say, at 25 tokens per second, plus margin)."""
+        if not self.random_t2s:
+            return None
+        seconds = len(text) / cps
+        return int(min(int(self.t2s.stoks_len), math.ceil(25 * 1.5 * seconds) + 10))
+
     def _t2s(self, text, lang, cps, seed, chunk, n_chunks):
-        steps = int(self.t2s.stoks_len) - 2  # upper bound: T2S stops early at its end token
-        stoks = self._run("t2s", chunk, n_chunks, steps, seed, lambda step: self.t2s.generate(
-            text, cps=cps, lang=lang, step=step, show_progress_bar=False)[0])
+        cap = self._token_cap(text, cps)
+        steps = (cap or int(self.t2s.stoks_len)) - 2  # upper bound: T2S stops early at its end token
+        stoks = self._run("t2s", chunk, n_chunks, steps, seed, lambda m, step: m.generate(
+            text, cps=cps, lang=lang, N=cap, step=step, show_progress_bar=False)[0])
         return self._until_end(stoks)
 
     def _until_end(self, stoks):
@@ -208,20 +275,26 @@ class Pipeline:
 
     def _s2a(self, stoks, spk, seed, chunk, n_chunks):
         steps = max(0, min(3 * len(stoks), int(self.s2a.ctx_n) - 1) - 2)
-        return self._run("s2a", chunk, n_chunks, steps, seed, lambda step: self.s2a.generate(
+        return self._run("s2a", chunk, n_chunks, steps, seed, lambda m, step: m.generate(
             stoks, spk.unsqueeze(0), step=step, show_progress_bar=False))
 
     def _vocos(self, atoks, chunk, n_chunks):
         import torch
 
-        def decode(step):
-            q = atoks.shape[1]
-            bandwidth = {2: 0, 4: 1, 8: 2}.get(q)
-            if bandwidth is None:
-                raise InputError(f"Vocos takes 2, 4 or 8 codebooks; the S2A model makes {q}")
+        from .resident_vocos import ResidentVocos
+
+        q = atoks.shape[1]
+        bandwidth = {2: 0, 4: 1, 8: 2}.get(q)
+        if bandwidth is None:
+            raise InputError(f"Vocos takes 2, 4 or 8 codebooks; the S2A model makes {q}")
+
+        def decode(model, step):
             with torch.inference_mode():
-                feats = self.vocos.codes_to_features(atoks.permute(1, 0, 2))  # [q, 1, t] -> [1, 128, t]
-                audio = self.vocos.decode(feats, bandwidth_id=torch.tensor(bandwidth))  # [1, samples]
+                if isinstance(model, ResidentVocos):
+                    audio = model.decode_codes(atoks, bandwidth_id=bandwidth)  # [1, samples]
+                else:
+                    feats = model.codes_to_features(atoks.permute(1, 0, 2))  # [q, 1, t] -> [1, 128, t]
+                    audio = model.decode(feats, bandwidth_id=torch.tensor(bandwidth))
             step()
             return audio[0].float().numpy()
 
@@ -229,6 +302,12 @@ class Pipeline:
 
     # -- the whole thing
     def generate(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> np.ndarray:
+        """Speech for `text`: float32 mono at 24 kHz (see _generate). Thread-safe: calls from
+        several threads run one at a time, each with its own seed."""
+        with self._lock:
+            return self._generate(text, speaker, lang, cps, seed)
+
+    def _generate(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> np.ndarray:
         """Speech for `text`: float32 mono at 24 kHz. Text longer than the T2S window is split
         into chunks (sentences, clauses, words) that are spoken in turn and joined.
 
@@ -272,13 +351,15 @@ def _merged(all_stats):
 
 def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str | None = None,
                   speaker_model: str | None = None, random_weights: str | None = None, seed: int = 0,
-                  progress: Progress | None = None) -> Pipeline:
+                  progress: Progress | None = None, resident: bool = True) -> Pipeline:
     """Load the three models (released ones by default) and return a Pipeline.
 
     Each of t2s/s2a is a local checkpoint path or a Hugging Face `owner/repo:file` reference;
     vocoder and speaker_model are a local folder or a Hugging Face repo id. random_weights
     ("tiny", "base" or "small") builds random models from whisperspeech's size presets for
     whichever of t2s/s2a/vocoder is not given, so the pipeline runs offline (it makes noise).
+    resident: on the wgpu backend, run T2S/S2A decode steps and Vocos as resident GPU modules
+    (one submit per step/chunk); False keeps the op-by-op router for every stage.
     """
     if random_weights is not None and random_weights not in RANDOM_SIZES:
         raise InputError(f"random_weights must be one of {', '.join(RANDOM_SIZES)}, not {random_weights!r}")
@@ -301,7 +382,7 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     s2a_model = load_s2a(refs["s2a"]) if "s2a" in refs else random_s2a(random_weights, seed)
     vocos_model = load_vocos(refs["vocoder"]) if "vocoder" in refs else random_vocos(seed)
     pipe = Pipeline(t2s_model, s2a_model, vocos_model, speaker_model=speaker_model,
-                    random_weights=random_weights, seed=seed)
+                    random_weights=random_weights, seed=seed, resident=resident, random_t2s="t2s" not in refs)
     if progress is not None:
         pipe.progress = progress
     return pipe
