@@ -86,6 +86,14 @@ def limits_choice() -> str:
     return value
 
 
+def precision_choice() -> str:
+    """WSVK_PRECISION: f32, f16 or auto (default: f16 storage where the adapter has shader-f16)."""
+    value = os.environ.get("WSVK_PRECISION", "auto").strip().lower() or "auto"
+    if value not in ("auto", "f32", "f16"):
+        raise ConfigError(f"WSVK_PRECISION={value!r} is not valid; use one of: auto, f32, f16")
+    return value
+
+
 def list_adapters() -> list:
     """Every adapter wgpu finds, in its own order (the indices WSVK_ADAPTER takes)."""
     try:
@@ -328,6 +336,14 @@ class Runtime:
     @property
     def has_timestamps(self) -> bool:
         return "timestamp-query" in self.features
+
+    @property
+    def weight_dtype(self) -> np.dtype:
+        """Storage type for transformer weights/activations under WSVK_PRECISION (math stays f32)."""
+        choice = precision_choice()
+        if choice == "f16" and not self.has_f16:
+            raise ConfigError(f"WSVK_PRECISION=f16 but {self.info['name']} lacks shader-f16 (use auto or f32)")
+        return np.dtype(np.float16 if choice == "f16" or (choice == "auto" and self.has_f16) else np.float32)
 
     @property
     def max_groups(self) -> int:
