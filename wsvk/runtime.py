@@ -355,26 +355,28 @@ class Runtime:
 
     # -- pipelines
     def pipeline(self, shader: str, entry: str = "main", constants: dict | None = None,
-                 aliases: dict | None = None, enables: tuple = ()):
+                 aliases: dict | None = None, subgroups: bool | None = None):
         """A cached compute pipeline.
 
         `aliases` maps type names used by the shader to "f32"/"f16" (prepended as
-        `alias NAME = TYPE;`); `constants` fills WGSL `override` declarations.
+        `alias NAME = TYPE;`); `constants` fills WGSL `override` declarations. Lines ending in
+        `// [sg]` use subgroup builtins: they are kept only with `subgroups` (default: when the
+        adapter has the feature), since naga rejects a module that mentions them without it.
         """
         constants = dict(sorted((constants or {}).items()))
         aliases = dict(sorted((aliases or {}).items()))
-        key = (shader, entry, tuple(constants.items()), tuple(aliases.items()), tuple(enables))
+        subgroups = self.has_subgroups if subgroups is None else bool(subgroups) and self.has_subgroups
+        key = (shader, entry, tuple(constants.items()), tuple(aliases.items()), subgroups)
         pipe = self._pipelines.get(key)
         if pipe is None:
             if "f16" in aliases.values() and not self.has_f16:
                 raise TypeError(f"float16 needs the shader-f16 feature, which {self.info['name']} lacks")
-            header = []
-            if "f16" in aliases.values():
-                header.append("enable f16;")
-            header += [f"enable {e};" for e in enables]
+            header = ["enable f16;"] if "f16" in aliases.values() else []
             header += [f"alias {k} = {v};" for k, v in aliases.items()]
-            code = "\n".join(header) + "\n" + shader_source(shader)
-            module = self.device.create_shader_module(label=shader, code=code)
+            lines = shader_source(shader).splitlines()
+            if not subgroups:
+                lines = [ln for ln in lines if not ln.rstrip().endswith("// [sg]")]
+            module = self.device.create_shader_module(label=shader, code="\n".join(header + lines))
             stage = {"module": module, "entry_point": entry}
             if constants:
                 stage["constants"] = {k: float(v) for k, v in constants.items()}

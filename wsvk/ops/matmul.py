@@ -7,42 +7,22 @@ once; everything else runs the 64x64 tiled kernel. f32 accumulation for f32 and 
 from __future__ import annotations
 
 import math
-import weakref
 
 import numpy as np
 
-from ..runtime import shader_source
 from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 GEMV_MAX_M = 8
 _TILE = 64
 _U32 = 1 << 32
 
-# Pipelines built from the shader minus its subgroup lines, per runtime (adapters without the
-# subgroup feature: naga validates the whole module, so the lines must go, not just go unused).
-_NO_SUBGROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
 
 
 def _pipeline(rt, entry: str, dt, **constants):
-    """The matmul.wgsl pipeline for `entry` (subgroup-capable source when the adapter allows)."""
-    constants = {k: float(v) for k, v in constants.items()}
-    if rt.has_subgroups and not _force_shared_reduction:
-        return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": 1.0}, aliases={"T": alias(dt)})
-    cache = _NO_SUBGROUPS.setdefault(rt, {})
-    key = (entry, tuple(sorted(constants.items())), alias(dt))
-    pipe = cache.get(key)
-    if pipe is None:
-        if alias(dt) == "f16" and not rt.has_f16:
-            raise TypeError(f"float16 needs the shader-f16 feature, which {rt.info['name']} lacks")
-        lines = [ln for ln in shader_source("matmul").splitlines() if not ln.rstrip().endswith("// [sg]")]
-        header = ("enable f16;\n" if alias(dt) == "f16" else "") + f"alias T = {alias(dt)};\n"
-        module = rt.device.create_shader_module(label="matmul (no subgroups)", code=header + "\n".join(lines))
-        pipe = rt.device.create_compute_pipeline(
-            label=f"matmul:{entry}", layout="auto",
-            compute={"module": module, "entry_point": entry, "constants": {**constants, "SUBGROUPS": 0.0}})
-        cache[key] = pipe
-    return pipe
+    """The matmul.wgsl pipeline for `entry`, with subgroup reductions where the adapter has them."""
+    sg = rt.has_subgroups and not _force_shared_reduction
+    return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": sg}, aliases={"T": alias(dt)}, subgroups=sg)
 
 
 def _check_size(rt, what: str, shape) -> None:

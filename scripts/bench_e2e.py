@@ -1,0 +1,188 @@
+#!/usr/bin/env python
+"""End-to-end WhisperSpeech speed: wsvk's resident GPU path against torch CPU and torch CUDA.
+
+    python scripts/bench_e2e.py --size small [--json OUT] [--steps 100] [--vocos-seconds 10]
+
+Builds random-weight models of whisperspeech's size presets (no download) and times, in one
+process and one run, for every backend available here:
+  T2S ms/token and S2A ms/step (decode steps only: the encoder and prefill are timed apart),
+  Vocos ms per --vocos-seconds of audio, the end-to-end real-time factor for 10 s of speech
+  (250 semantic tokens, 750 acoustic steps, 10 s of Vocos), and for wsvk the GPU submits and
+  dispatches per decode step and the host time spent recording one.
+Backends: wsvk (WSVK_BACKEND/WSVK_ADAPTER pick the adapter), torch CPU (all threads), torch CUDA
+eager (where CUDA exists). Timings on a software adapter (lavapipe) mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import copy
+import json
+import os
+import sys
+import time
+from pathlib import Path
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+import torch  # noqa: E402
+
+from wsvk.models import random_s2a, random_t2s, random_vocos  # noqa: E402
+
+TEXT = "The quick brown fox jumps over the lazy dog, then rests in the warm afternoon sun."
+
+
+class StepClock:
+    """Times decode steps through whisperspeech's `step` callback: from the first call to the last."""
+
+    def __init__(self, sync=lambda: None, submits=lambda: 0):
+        self.sync, self.submits, self.times, self.counts = sync, submits, [], []
+
+    def __call__(self):
+        self.sync()
+        self.times.append(time.perf_counter())
+        self.counts.append(self.submits())
+
+    def submits_per_step(self) -> float:
+        return (self.counts[-1] - self.counts[0]) / (len(self.counts) - 1)
+
+    def per_step_ms(self) -> float:
+        if len(self.times) < 2:
+            raise RuntimeError("too few decode steps to time: raise --steps")
+        return 1e3 * (self.times[-1] - self.times[0]) / (len(self.times) - 1)
+
+
+def time_t2s(model, steps: int, clock: StepClock) -> tuple[float, float]:
+    """(ms per decode token, ms before the first step: encoder + prefill)."""
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model.generate(TEXT, N=steps + 2, step=clock, show_progress_bar=False)
+    return clock.per_step_ms(), 1e3 * (clock.times[0] - t0)
+
+
+def time_s2a(model, stoks, spk, steps: int, clock: StepClock) -> tuple[float, float]:
+    torch.manual_seed(0)
+    t0 = time.perf_counter()
+    model.generate(stoks, spk, N=steps + 3, step=clock, show_progress_bar=False)
+    return clock.per_step_ms(), 1e3 * (clock.times[0] - t0)
+
+
+def time_vocos(decode, reps: int, sync) -> float:
+    decode()  # warm-up: pipelines, buffers
+    sync()
+    t0 = time.perf_counter()
+    for _ in range(reps):
+        decode()
+    sync()
+    return 1e3 * (time.perf_counter() - t0) / reps
+
+
+def rtf(t2s_ms: float, s2a_ms: float, vocos10_ms: float) -> float:
+    """How many times faster than real time 10 s of speech is made (decode steps + Vocos)."""
+    seconds = (250 * t2s_ms + 750 * s2a_ms + vocos10_ms) / 1e3
+    return 10.0 / seconds
+
+
+def inputs(args, s2a):
+    g = torch.Generator().manual_seed(1)
+    n_stoks = max(2, min(int(s2a.stoks_len) - 2, args.steps // 3 + 2))
+    stoks = torch.randint(0, int(s2a.stoks_codes) - 1, (n_stoks,), generator=g)
+    spk = torch.randn(1, int(s2a.spk_width or s2a.width), generator=g)
+    frames = max(1, int(75 * args.vocos_seconds))
+    codes = torch.randint(0, 1024, (1, 4, frames), generator=g)
+    return stoks, spk, codes
+
+
+def bench_torch(t2s, s2a, vocos, args, device: str) -> dict:
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    if device == "cuda":
+        t2s, s2a, vocos = (copy.deepcopy(m).to(device) for m in (t2s, s2a, vocos))
+    stoks, spk, codes = inputs(args, s2a)
+    t2s_ms, t2s_pre = time_t2s(t2s, args.steps, StepClock(sync))
+    s2a_ms, s2a_pre = time_s2a(s2a, stoks, spk.to(device), args.steps, StepClock(sync))
+    codes = codes.to(device)
+
+    def decode():
+        with torch.inference_mode():
+            feats = vocos.codes_to_features(codes.permute(1, 0, 2))
+            return vocos.decode(feats, bandwidth_id=torch.tensor(1, device=device))
+
+    voc_ms = time_vocos(decode, args.reps, sync)
+    return {"t2s_ms_per_token": t2s_ms, "t2s_first_ms": t2s_pre, "s2a_ms_per_step": s2a_ms,
+            "s2a_first_ms": s2a_pre, "vocos_ms": voc_ms}
+
+
+def bench_wsvk(t2s, s2a, vocos, args) -> dict:
+    from wsvk.resident import ResidentS2A, ResidentT2S
+    from wsvk.resident_vocos import ResidentVocos
+    from wsvk.router import offload
+    from wsvk.runtime import get_runtime
+
+    rt = get_runtime()
+    r_t2s, r_s2a, r_voc = ResidentT2S(t2s), ResidentS2A(s2a), ResidentVocos(vocos)
+    stoks, spk, codes = inputs(args, s2a)
+    out = {"adapter": f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})"}
+    with offload():  # the encoders go op by op through the router
+        submits = lambda: rt.stats["submits"]  # noqa: E731
+        for name, run in (("t2s", lambda clock: time_t2s(r_t2s, args.steps, clock)),
+                          ("s2a", lambda clock: time_s2a(r_s2a, stoks, spk, args.steps, clock))):
+            mod = r_t2s if name == "t2s" else r_s2a
+            run(StepClock())  # warm-up: pipelines, bind groups, buffers
+            mod.reset_counters()
+            clock = StepClock(submits=submits)
+            per_step, first = run(clock)
+            c = mod.counters()
+            unit = "token" if name == "t2s" else "step"
+            out.update({f"{name}_ms_per_{unit}": per_step, f"{name}_first_ms": first,
+                        f"{name}_dispatches_per_step": c["dispatches_per_step"],
+                        f"{name}_submits_per_step": clock.submits_per_step(),
+                        f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"]})
+    out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
+    out["vocos_dispatches"] = r_voc.dispatches_per_call
+    return out
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=("tiny", "base", "small"), default="small")
+    p.add_argument("--steps", type=int, default=100, help="decode steps timed per stage (>= 3)")
+    p.add_argument("--vocos-seconds", type=float, default=10.0, help="audio length of the Vocos timing")
+    p.add_argument("--reps", type=int, default=3, help="Vocos repetitions")
+    p.add_argument("--json", type=Path, help="write the results here")
+    p.add_argument("--skip-cpu", action="store_true", help="no torch CPU baseline (slow for 'small')")
+    args = p.parse_args(argv)
+    if args.steps < 3:
+        p.error("--steps must be at least 3")
+    torch.set_num_threads(os.cpu_count() or 1)
+    t2s, s2a, vocos = random_t2s(args.size), random_s2a(args.size), random_vocos()
+    results = {}
+    results["wsvk"] = bench_wsvk(t2s, s2a, vocos, args)
+    if not args.skip_cpu:
+        results["torch_cpu"] = bench_torch(t2s, s2a, vocos, args, "cpu")
+    if torch.cuda.is_available():
+        results["torch_cuda"] = bench_torch(t2s, s2a, vocos, args, "cuda")
+    scale = 10.0 / args.vocos_seconds  # Vocos figures per 10 s of audio
+    for r in results.values():
+        r["vocos_ms_per_10s"] = r["vocos_ms"] * scale
+        r["realtime_x"] = rtf(r["t2s_ms_per_token"], r["s2a_ms_per_step"], r["vocos_ms_per_10s"])
+    print(f"size {args.size}, {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
+          f"{results['wsvk']['adapter']}")
+    keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
+            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
+            ("t2s_dispatches_per_step", "T2S dispatches/step"), ("t2s_submits_per_step", "T2S submits/step"),
+            ("t2s_record_ms_per_step", "T2S record ms/step"), ("s2a_dispatches_per_step", "S2A dispatches/step"),
+            ("s2a_submits_per_step", "S2A submits/step"), ("s2a_record_ms_per_step", "S2A record ms/step")]
+    names = list(results)
+    print(f"{'':<22}" + "".join(f"{n:>13}" for n in names))
+    for key, label in keys:
+        cells = [results[n].get(key) for n in names]
+        print(f"{label:<22}" + "".join(f"{'-':>13}" if c is None else f"{c:>13.3f}" for c in cells))
+    if args.json:
+        args.json.write_text(json.dumps({"size": args.size, "steps": args.steps, "torch": torch.__version__,
+                                         "results": results}, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

@@ -1,0 +1,36 @@
+"""The benchmark scripts run end to end (on lavapipe their timings mean nothing)."""
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run_script(name, *args, env=None):
+    full = {**os.environ, "XDG_RUNTIME_DIR": "/tmp", "WSVK_BACKEND": "wgpu", **(env or {})}
+    return subprocess.run([sys.executable, str(ROOT / "scripts" / name), *args], capture_output=True,
+                          text=True, env=full, timeout=900)
+
+
+def test_bench_ops_quick(rt, tmp_path):
+    r = run_script("bench_ops.py", "--quick", "--min-time", "0.01", "--json", str(tmp_path / "ops.json"))
+    assert r.returncode == 0, r.stderr
+    data = json.loads((tmp_path / "ops.json").read_text())
+    assert {row["family"] for row in data["results"]} == {"linear", "attention", "fft"}
+    assert all(row["wsvk_ms"] > 0 and row["torch_cpu_ms"] > 0 for row in data["results"])
+    assert "gemv" in r.stdout and "irfft" in r.stdout
+
+
+def test_bench_e2e_tiny(rt, tmp_path):
+    r = run_script("bench_e2e.py", "--size", "tiny", "--steps", "3", "--vocos-seconds", "0.2", "--reps", "1",
+                   "--json", str(tmp_path / "e2e.json"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "e2e.json").read_text())["results"]
+    assert set(res) >= {"wsvk", "torch_cpu"}
+    w = res["wsvk"]
+    assert w["t2s_submits_per_step"] == 1 and w["s2a_submits_per_step"] == 1  # one submit per decode step
+    assert w["t2s_dispatches_per_step"] > 0 and w["t2s_record_ms_per_step"] > 0
+    assert all(r_["realtime_x"] > 0 for r_ in res.values())
