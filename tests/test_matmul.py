@@ -185,3 +185,16 @@ def test_errors(rt):
         mm.matmul(np.zeros((2, 2), np.int64), np.zeros((2, 2), np.int64))
     with pytest.raises(TypeError):
         mm.matmul("abc", f)
+
+
+def test_linear_splits_weights_larger_than_one_binding(rt, monkeypatch):
+    """Low-limit adapters: a weight past max-storage-buffer-binding-size is split by rows."""
+    x, w, b = rand((3, 40), 7), rand((300, 40), 8), rand(300, 9)
+    monkeypatch.setitem(rt.limits, "max-storage-buffer-binding-size", 64 * 40 * 4)  # 64 rows a binding
+    calls = []
+    real = mm._gemv
+    monkeypatch.setattr(mm, "_gemv", lambda *a, **k: calls.append(a[6]) or real(*a, **k))
+    got = mm.linear(x, w, b, gelu=True)
+    assert calls == [64, 64, 64, 64, 44]  # N of each part
+    ref = torch.nn.functional.gelu(torch.from_numpy(x.astype(np.float64) @ w.T.astype(np.float64) + b)).numpy()
+    assert rel_err(got, ref) < 1e-5

@@ -10,6 +10,7 @@ import math
 
 import numpy as np
 
+from ..runtime import GpuArray
 from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 GEMV_MAX_M = 8
@@ -89,6 +90,11 @@ def linear(x, weight, bias=None, gelu: bool = False):
     dt = common_dtype(x=x, weight=weight, bias=bias)
     rt = runtime()
     M = math.prod(xs[:-1])
+    rows = rt.max_binding // (K * dt.itemsize)  # weight rows that fit one storage binding
+    if N > rows > 0 and not isinstance(weight, GpuArray):  # low-limit adapters: split the weight by rows
+        parts = [linear(x, weight[i:i + rows], None if bias is None else bias[i:i + rows], gelu)
+                 for i in range(0, N, rows)]
+        return np.concatenate([np.asarray(p) for p in parts], axis=-1)
     _check_size(rt, "linear: x", xs)
     _check_size(rt, "linear: weight", ws)
     _check_size(rt, "linear: output", (M, N))
