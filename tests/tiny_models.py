@@ -7,6 +7,7 @@ the logits are far from uniform and a backend bug changes the sampled tokens.
 
 from __future__ import annotations
 
+import copy
 import dataclasses
 import math
 from pathlib import Path
@@ -15,28 +16,18 @@ import numpy as np
 import torch
 import yaml
 
+from wsvk.models import RELEASED_VOCOS_CONFIG
+
 # the T2S text window (bytes) and semantic-token window of the tiny models
 TTOKS_LEN = 48
 STOKS_LEN = 16
 STOKS_CODES = 65
 SPK_WIDTH = 192
 
-TINY_VOCOS_CONFIG = {
-    "feature_extractor": {
-        "class_path": "vocos.feature_extractors.EncodecFeatures",
-        "init_args": {"encodec_model": "encodec_24khz", "bandwidths": [1.5, 3.0, 6.0, 12.0],
-                      "train_codebooks": False},
-    },
-    "backbone": {
-        "class_path": "vocos.models.VocosBackbone",
-        "init_args": {"input_channels": 128, "dim": 32, "intermediate_dim": 64, "num_layers": 2,
-                      "adanorm_num_embeddings": 4},
-    },
-    "head": {
-        "class_path": "vocos.heads.ISTFTHead",
-        "init_args": {"dim": 32, "n_fft": 1280, "hop_length": 320, "padding": "same"},
-    },
-}
+# the released Vocos config with a narrow backbone (same feature extractor and ISTFT head)
+TINY_VOCOS_CONFIG = copy.deepcopy(RELEASED_VOCOS_CONFIG)
+TINY_VOCOS_CONFIG["backbone"]["init_args"].update(dim=32, intermediate_dim=64, num_layers=2)
+TINY_VOCOS_CONFIG["head"]["init_args"]["dim"] = 32
 
 TINY_ECAPA_HPARAMS = """\
 # a tiny ECAPA in speechbrain's spkrec-ecapa-voxceleb layout
