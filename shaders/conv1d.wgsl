@@ -1,5 +1,8 @@
 // 1-D convolutions of the Vocos backbone, kernel size 7, "same" padding (3 zeros each side), bias.
-// Activations are time-major [T, C] (the layout the linear layers read); f32 throughout.
+// Activations are time-major [T, C] (the layout the linear layers read). Storage types are
+// aliases prepended by wsvk/resident_vocos.py (f32 or f16, WSVK_PRECISION): WT conv weights,
+// YT the previous block's output y, OT the norm's output; math, the residual stream, biases,
+// norm parameters and the norm statistics are f32.
 //
 // embed:       the backbone's input conv (dense, Cin -> Cout), reading features channel-major
 //              [Cin, T] as vocos passes them, or (GATHER) summing codebook rows on the fly:
@@ -20,7 +23,7 @@ struct EmbedParams { T: u32, Cin: u32, Cout: u32, Q: u32, bins: u32, tiles_o: u3
 
 @group(0) @binding(0) var<storage, read> ex: array<f32>;       // [Cin, T] features, or [Q*bins, Cin] codebooks
 @group(0) @binding(1) var<storage, read> ecodes: array<i32>;   // [Q, T] (GATHER only; any buffer otherwise)
-@group(0) @binding(2) var<storage, read> ew: array<f32>;       // [Cin, K, Cout]: w[o, i, k] at (i*K + k)*Cout + o
+@group(0) @binding(2) var<storage, read> ew: array<WT>;        // [Cin, K, Cout]: w[o, i, k] at (i*K + k)*Cout + o
 @group(0) @binding(3) var<storage, read> eb: array<f32>;       // [Cout]
 @group(0) @binding(4) var<storage, read_write> eout: array<f32>;  // [T, Cout]
 @group(0) @binding(5) var<uniform> ep: EmbedParams;
@@ -71,7 +74,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             for (var ii = 0u; ii < n_i; ii++) {
                 let wbase = (i0 + ii) * K * ep.Cout + o;
                 for (var k = 0u; k < K; k++) {
-                    let w = ew[wbase + k * ep.Cout];
+                    let w = f32(ew[wbase + k * ep.Cout]);
                     for (var j = 0u; j < TJ; j++) {
                         acc[j] = fma(w, xs[(lt + j + k) * IC + ii], acc[j]);
                     }
@@ -92,17 +95,19 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 override DWCONV: bool = true;     // depthwise conv before the norm (off: norm only)
 override RESID: bool = true;      // the input is r + y (previous residual + previous block output)
 override WRITE_RES: bool = true;  // store r + y as the next block's residual
+override STASH: bool = true;      // OT is f32: keep the pre-norm values in nout between passes
+                                  // (f16 would round them before the statistics: recompute then)
 
 struct NormParams { T: u32, C: u32, eps: f32, _p: u32 }
 
 @group(0) @binding(0) var<storage, read> nr: array<f32>;     // [T, C] residual stream
-@group(0) @binding(1) var<storage, read> ny: array<f32>;     // [T, C] previous block output (RESID)
-@group(0) @binding(2) var<storage, read> nw: array<f32>;     // [K, C] depthwise weights w[c, 0, k] at k*C + c
+@group(0) @binding(1) var<storage, read> ny: array<YT>;      // [T, C] previous block output (RESID)
+@group(0) @binding(2) var<storage, read> nw: array<WT>;      // [K, C] depthwise weights w[c, 0, k] at k*C + c
 @group(0) @binding(3) var<storage, read> ncb: array<f32>;    // [C] conv bias
 @group(0) @binding(4) var<storage, read> ng: array<f32>;     // [C] norm scale (AdaLayerNorm row or LayerNorm weight)
 @group(0) @binding(5) var<storage, read> nb: array<f32>;     // [C] norm shift
 @group(0) @binding(6) var<storage, read_write> nres: array<f32>;  // [T, C] next residual (WRITE_RES)
-@group(0) @binding(7) var<storage, read_write> nout: array<f32>;  // [T, C]
+@group(0) @binding(7) var<storage, read_write> nout: array<OT>;   // [T, C]
 @group(0) @binding(8) var<uniform> np: NormParams;
 
 const WG: u32 = 256u;
@@ -122,8 +127,26 @@ fn row_sum(v: f32, lid: u32) -> f32 {
 
 fn stream(t: u32, c: u32) -> f32 {
     let i = t * np.C + c;
-    if (RESID) { return nr[i] + ny[i]; }
+    if (RESID) { return nr[i] + f32(ny[i]); }
     return nr[i];
+}
+
+// the value before the norm at (t, c): the depthwise conv of the stream, or the stream itself
+fn pre_norm(t: u32, c: u32) -> f32 {
+    if (!DWCONV) { return stream(t, c); }
+    // torch's conv1d: bias + sum_k w[k] x[t + k - 3], zeros outside [0, T)
+    var acc = 0.0;
+    for (var k = 0u; k < K; k++) {
+        if (t + k >= PAD && t + k - PAD < np.T) {
+            acc = fma(f32(nw[k * np.C + c]), stream(t + k - PAD, c), acc);
+        }
+    }
+    return acc + ncb[c];
+}
+
+fn stashed(base: u32, t: u32, c: u32) -> f32 {
+    if (STASH) { return f32(nout[base + c]); }
+    return pre_norm(t, c);
 }
 
 @compute @workgroup_size(256)
@@ -134,28 +157,16 @@ fn dwconv_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) n
     let base = t * np.C;
     var s = 0.0;
     for (var c = lid; c < np.C; c += WG) {
-        var v: f32;
-        if (DWCONV) {
-            // torch's conv1d: bias + sum_k w[k] x[t + k - 3], zeros outside [0, T)
-            var acc = 0.0;
-            for (var k = 0u; k < K; k++) {
-                if (t + k >= PAD && t + k - PAD < np.T) {
-                    acc = fma(nw[k * np.C + c], stream(t + k - PAD, c), acc);
-                }
-            }
-            v = acc + ncb[c];
-        } else {
-            v = stream(t, c);
-        }
+        let v = pre_norm(t, c);
         if (WRITE_RES) { nres[base + c] = stream(t, c); }
-        nout[base + c] = v;  // pre-norm value, re-read by this same thread below
+        if (STASH) { nout[base + c] = OT(v); }  // exact (OT = f32), re-read by this same thread below
         s += v;
     }
     let mean = row_sum(s, lid) / f32(np.C);
     var q = 0.0;
-    for (var c = lid; c < np.C; c += WG) { let d = nout[base + c] - mean; q += d * d; }
+    for (var c = lid; c < np.C; c += WG) { let d = stashed(base, t, c) - mean; q += d * d; }
     let inv = 1.0 / sqrt(row_sum(q, lid) / f32(np.C) + np.eps);
     for (var c = lid; c < np.C; c += WG) {
-        nout[base + c] = (nout[base + c] - mean) * inv * ng[c] + nb[c];
+        nout[base + c] = OT((stashed(base, t, c) - mean) * inv * ng[c] + nb[c]);
     }
 }

@@ -1,6 +1,9 @@
 // Kernels of the resident decoder step (wsvk/resident.py): one decode step of a WhisperSpeech
 // decoder (batch 1, one new position) recorded as a handful of dispatches per layer.
-// All f32. Values that change per step (the position, the token ids) come from the `step`
+// WT (prepended by wsvk/resident_decoder.py as f32 or f16, WSVK_PRECISION): the storage type of
+// the weight matrices, embedding tables and KV caches. Everything else (activations, biases,
+// layer-norm parameters, softmax/layer-norm statistics, partials, logits) is f32, and every
+// product accumulates in f32: WT values are widened on load. Values that change per step (the position, the token ids) come from the `step`
 // storage buffer written once per step: step[0] = position, step[1 + q] = token id of quantizer q.
 // So every bind group and uniform is built once, at load.
 //
@@ -18,8 +21,8 @@
 struct EmbP { W: u32, V: u32, NQ: u32, flags: u32 }  // flags: 1 = add pos_emb[pos], 2 = add extra
 
 @group(0) @binding(0) var<storage, read> e_step: array<u32>;
-@group(0) @binding(1) var<storage, read> e_tab: array<f32>;    // [NQ, V, W]
-@group(0) @binding(2) var<storage, read> e_pos: array<f32>;    // [P, W]
+@group(0) @binding(1) var<storage, read> e_tab: array<WT>;     // [NQ, V, W]
+@group(0) @binding(2) var<storage, read> e_pos: array<WT>;     // [P, W]
 @group(0) @binding(3) var<storage, read> e_extra: array<f32>;  // [W]
 @group(0) @binding(4) var<storage, read_write> e_out: array<f32>;  // [W]
 @group(0) @binding(5) var<uniform> ep: EmbP;
@@ -32,9 +35,9 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
     var v = 0.0;
     for (var q = 0u; q < ep.NQ; q++) {
         let tok = min(e_step[1u + q], ep.V - 1u);  // the host validates ids; never read out of bounds
-        v += e_tab[(q * ep.V + tok) * ep.W + i];
+        v += f32(e_tab[(q * ep.V + tok) * ep.W + i]);
     }
-    if ((ep.flags & 1u) != 0u) { v += e_pos[e_step[0] * ep.W + i]; }
+    if ((ep.flags & 1u) != 0u) { v += f32(e_pos[e_step[0] * ep.W + i]); }
     if ((ep.flags & 2u) != 0u) { v += e_extra[i]; }
     e_out[i] = v;
 }
@@ -68,8 +71,8 @@ struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, _p0: u32, _p1: u32, 
 
 @group(0) @binding(0) var<storage, read> g_step: array<u32>;
 @group(0) @binding(1) var<storage, read> g_x: array<f32>;       // [K] (or [groups of K]) or partials
-@group(0) @binding(2) var<storage, read> g_w: array<f32>;       // [N, K]
-@group(0) @binding(3) var<storage, read> g_w4: array<vec4<f32>>;  // the same buffer as vec4
+@group(0) @binding(2) var<storage, read> g_w: array<WT>;        // [N, K]
+@group(0) @binding(3) var<storage, read> g_w4: array<vec4<WT>>;  // the same buffer as vec4
 @group(0) @binding(4) var<storage, read> g_bias: array<f32>;    // [N]
 @group(0) @binding(5) var<storage, read> g_gamma: array<f32>;   // [K] layer-norm weight
 @group(0) @binding(6) var<storage, read> g_beta: array<f32>;    // [K] layer-norm bias
@@ -201,7 +204,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var r = 0u; r < GR; r++) {
                 let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
                 if (GROUP > 0u) { xv = xin4((row / GROUP) * K + 4u * k4); }
-                acc[r] += dot(xv, g_w4[row * K4 + k4]);
+                acc[r] += dot(xv, vec4<f32>(g_w4[row * K4 + k4]));
             }
         }
     } else {
@@ -210,7 +213,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var r = 0u; r < GR; r++) {
                 let row = min(row0 + r, gp.N - 1u);
                 if (GROUP > 0u) { xv = xin((row / GROUP) * K + k); }
-                acc[r] += xv * g_w[row * K + k];
+                acc[r] += xv * f32(g_w[row * K + k]);
             }
         }
     }
@@ -241,8 +244,8 @@ struct AP { NH: u32, L: u32, W: u32, MAXS: u32, nsplit: u32, P: u32, scale: f32,
 
 @group(0) @binding(0) var<storage, read> a_step: array<u32>;
 @group(0) @binding(1) var<storage, read> a_src: array<f32>;          // q [W] or qkv [3W]
-@group(0) @binding(2) var<storage, read_write> a_kc: array<f32>;     // [NH, L, DH]
-@group(0) @binding(3) var<storage, read_write> a_vc: array<f32>;     // [NH, L, DH]
+@group(0) @binding(2) var<storage, read_write> a_kc: array<WT>;      // [NH, L, DH]
+@group(0) @binding(3) var<storage, read_write> a_vc: array<WT>;      // [NH, L, DH]
 @group(0) @binding(4) var<storage, read> a_rope: array<f32>;         // cos [P, DH] then sin [P, DH]
 @group(0) @binding(5) var<storage, read_write> a_part: array<f32>;   // [NH, MAXS, DH + 2]
 @group(0) @binding(6) var<uniform> ap: AP;
@@ -281,8 +284,8 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     if (SELF && pos >= k0 && pos < k0 + CH) {
         let cb = (h * ap.L + pos) * DH;
         for (var d = t; d < DH; d += AWG) {
-            a_kc[cb + d] = rope_at(ap.W + hb, d, pos);
-            a_vc[cb + d] = a_src[2u * ap.W + hb + d];
+            a_kc[cb + d] = WT(rope_at(ap.W + hb, d, pos));
+            a_vc[cb + d] = WT(a_src[2u * ap.W + hb + d]);
         }
     }
     storageBarrier();  // the new key/value are read below by other threads of this workgroup
@@ -293,7 +296,7 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     for (var j = t; j < n; j += AWG) {
         var s = 0.0;
         let kb = kvb + j * DH;
-        for (var d = 0u; d < DH; d++) { s += dq[d] * a_kc[kb + d]; }
+        for (var d = 0u; d < DH; d++) { s += dq[d] * f32(a_kc[kb + d]); }
         dp[j] = s;
         lmax = max(lmax, s);
     }
@@ -321,7 +324,7 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let pb = (h * ap.MAXS + sp) * (DH + 2u);
     for (var d = t; d < DH; d += AWG) {
         var o = 0.0;
-        for (var j = 0u; j < n; j++) { o += dp[j] * a_vc[kvb + j * DH + d]; }
+        for (var j = 0u; j < n; j++) { o += dp[j] * f32(a_vc[kvb + j * DH + d]); }
         a_part[pb + 2u + d] = o;
     }
     if (t == 0u) {
@@ -336,9 +339,9 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
 struct CP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, _p0: u32, _p1: u32 }
 
-@group(0) @binding(0) var<storage, read> c_kv: array<f32>;
-@group(0) @binding(1) var<storage, read_write> c_kc: array<f32>;
-@group(0) @binding(2) var<storage, read_write> c_vc: array<f32>;
+@group(0) @binding(0) var<storage, read> c_kv: array<WT>;   // [L, 2W] (ops.linear's output, WT)
+@group(0) @binding(1) var<storage, read_write> c_kc: array<WT>;
+@group(0) @binding(2) var<storage, read_write> c_vc: array<WT>;
 @group(0) @binding(3) var<storage, read> c_rope: array<f32>;
 @group(0) @binding(4) var<uniform> cp: CP;
 
@@ -352,15 +355,15 @@ fn cross_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg:
     let h = c / DH;
     let d = c % DH;
     let rb = j * 2u * cp.W;
-    var k = c_kv[rb + c];
+    var k = f32(c_kv[rb + c]);
     if (ROPE) {
         let half = DH / 2u;
         let p = j * cp.KSUB;
         var rot: f32;
-        if (d < half) { rot = -c_kv[rb + c + half]; } else { rot = c_kv[rb + c - half]; }
+        if (d < half) { rot = -f32(c_kv[rb + c + half]); } else { rot = f32(c_kv[rb + c - half]); }
         k = k * c_rope[p * DH + d] + rot * c_rope[(cp.P + p) * DH + d];
     }
     let o = (h * cp.L + j) * DH + d;
-    c_kc[o] = k;
+    c_kc[o] = WT(k);
     c_vc[o] = c_kv[rb + cp.W + c];
 }

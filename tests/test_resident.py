@@ -15,6 +15,15 @@ from wsvk.router import offload
 TEXT = "hello world"
 
 
+@pytest.fixture(scope="module", autouse=True)
+def pin_f32():
+    """These tests demand identical tokens / float32 rounding against the CPU: WSVK_PRECISION=f32
+    (auto picks f16 on adapters with shader-f16; tests/test_precision.py covers f16)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WSVK_PRECISION", "f32")
+        yield
+
+
 def t2s_spec(seed=0, emb_scale=0.2, head_width=32):
     """tests/tiny_models' T2S; its unit-scale token embeddings make it repeat its input token,
     so they are scaled down here to get varied tokens. head_width 33: K % 4 != 0 everywhere."""

@@ -11,17 +11,25 @@ Per layer, 8 dispatches (shaders/decoder.wgsl):
     attn  cross (fixed keys)                   gemv  combine splits -> out + bias, x +=
     gemv  LN(mlp_ln) -> fc1 + bias + GELU      gemv  fc2 + bias, x +=
 plus one embedding dispatch and the head stages (ln_post fused into the first).
+
+Precision (WSVK_PRECISION, read once at construction through Runtime.weight_dtype): the weight
+matrices, embedding tables and the KV caches are stored as `self.dtype` (float16 or float32,
+the shader's alias WT); activations, biases, layer-norm parameters, softmax and layer-norm
+statistics, the attention partials and the logits stay float32, and every dot product
+accumulates in f32. The KV caches follow the weights because at S2A lengths they are read as
+many bytes per step as the weights are (2 * L * W per layer vs 12 * W^2), while batch-1
+activation vectors are a few KiB: keeping those f32 costs nothing and keeps the residual stream
+unrounded.
 """
 
 from __future__ import annotations
 
 import math
 import time
-import weakref
 
 import numpy as np
 
-from .runtime import GpuArray, Runtime, get_runtime, shader_source
+from .runtime import GpuArray, Runtime, get_runtime
 
 SHADER = "decoder"
 _UNIFORM = 64 | 8   # UNIFORM | COPY_DST
@@ -29,9 +37,6 @@ _MAP_READ = 1 | 8   # MAP_READ | COPY_DST
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
 MAX_STAGED = 1920   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 8 KiB scratch <= 16 KiB)
 
-# Pipelines built from the shader minus its "// [sg]" lines, per runtime (adapters without the
-# subgroup feature: naga validates the whole module, so the lines must go, not just go unused).
-_NO_SUBGROUPS: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
 
 
@@ -51,25 +56,12 @@ def _raw_calls():
         return None
 
 
-def _pipeline(rt, entry: str, constants: dict | None = None):
-    """The decoder.wgsl pipeline for `entry`, subgroup reductions where the adapter has them."""
-    constants = {k: float(v) for k, v in (constants or {}).items()}
-    if rt.has_subgroups and not _force_shared_reduction:
-        return rt.pipeline(SHADER, entry, {**constants, "SUBGROUPS": 1.0} if entry == "gemv" else constants)
-    cache = _NO_SUBGROUPS.setdefault(rt, {})
-    key = (entry, tuple(sorted(constants.items())))
-    pipe = cache.get(key)
-    if pipe is None:
-        lines = [ln for ln in shader_source(SHADER).splitlines() if not ln.rstrip().endswith("// [sg]")]
-        module = rt.device.create_shader_module(label="decoder (no subgroups)", code="\n".join(lines))
-        if entry == "gemv":
-            constants = {**constants, "SUBGROUPS": 0.0}
-        stage = {"module": module, "entry_point": entry}
-        if constants:
-            stage["constants"] = constants
-        pipe = rt.device.create_compute_pipeline(label=f"decoder:{entry}", layout="auto", compute=stage)
-        cache[key] = pipe
-    return pipe
+def _pipeline(rt, entry: str, constants: dict | None = None, wt: str = "f32"):
+    """The decoder.wgsl pipeline for `entry` with storage type WT = `wt` ("f32"/"f16"),
+    subgroup reductions where the adapter has them."""
+    sg = rt.has_subgroups and not _force_shared_reduction
+    constants = {**(constants or {}), **({"SUBGROUPS": sg} if entry == "gemv" else {})}
+    return rt.pipeline(SHADER, entry, constants, aliases={"WT": wt}, subgroups=sg)
 
 
 def _np(t) -> np.ndarray:
@@ -104,6 +96,8 @@ class ResidentDecoder:
                  ch: int = 128):
         rt = rt or get_runtime()
         self.rt = rt
+        self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
+        self.wt = "f16" if self.dtype == np.float16 else "f32"
         self.layers_n = len(layers)
         W = int(layers[0].attn.n_state)
         self.W, self.NH = W, int(n_head)
@@ -122,6 +116,9 @@ class ResidentDecoder:
 
         def up(a):
             return rt.upload(_np(a))
+
+        def upw(a):  # weight matrices / tables in the storage type
+            return rt.upload(_np(a).astype(self.dtype))
 
         # ---- per-step inputs and activations
         self.step_buf = rt.empty((1 + self.NQ,), np.uint32)
@@ -164,17 +161,23 @@ class ResidentDecoder:
             for name, lin in (("qkv", l.attn.qkv), ("out", l.attn.out), ("cq", l.cross_attn.q),
                               ("ckv", l.cross_attn.kv), ("cout", l.cross_attn.out),
                               ("fc1", l.mlp[0]), ("fc2", l.mlp[2])):
-                g[name] = (up(lin.weight), up(lin.bias) if lin.bias is not None else None)
-            g["kc"], g["vc"] = rt.empty((self.NH, self.self_len, self.DH)), rt.empty((self.NH, self.self_len, self.DH))
-            g["ckc"], g["cvc"] = rt.empty((self.NH, self.cross_len, self.DH)), rt.empty((self.NH, self.cross_len, self.DH))
+                g[name] = (upw(lin.weight), up(lin.bias) if lin.bias is not None else None)
+            # ckv runs through ops.linear (one dtype for x, weight, bias): its bias is WT too
+            ckv = l.cross_attn.kv
+            g["ckv"] = (g["ckv"][0], None if ckv.bias is None else upw(ckv.bias))
+            kv_shape = (self.NH, self.self_len, self.DH)
+            g["kc"], g["vc"] = rt.empty(kv_shape, self.dtype), rt.empty(kv_shape, self.dtype)
+            ckv_shape = (self.NH, self.cross_len, self.DH)
+            g["ckc"], g["cvc"] = rt.empty(ckv_shape, self.dtype), rt.empty(ckv_shape, self.dtype)
             self.L.append(g)
-        self.tables_buf = up(self.tables)
-        self.pos_buf = up(pos_emb) if pos_emb is not None else self.dummy
+        self.tables_buf = upw(self.tables)
+        self.dummy_w = rt.empty((64,), self.dtype)  # bound where a WT buffer is unused
+        self.pos_buf = upw(pos_emb) if pos_emb is not None else self.dummy_w
         self.P_pos = 0 if pos_emb is None else int(np.shape(pos_emb)[0])
         self.head_w = []
         for st in head:
             ln = None if st.ln is None else (up(st.ln[0]), up(st.ln[1]), float(st.ln[2]))
-            self.head_w.append((st, up(st.w), None if st.b is None else up(st.b), ln))
+            self.head_w.append((st, upw(st.w), None if st.b is None else up(st.b), ln))
 
         # ---- the step plan: (pipeline, bind group, groups or None = self-attention, sized by pos)
         self.plan = []
@@ -220,7 +223,7 @@ class ResidentDecoder:
                   "VEC4": K % 4 == 0, "XS": K if xmode else 4, "GROUP": group}
         if combine is not None:
             consts.update(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1])
-        pipe = _pipeline(self.rt, "gemv", consts)
+        pipe = _pipeline(self.rt, "gemv", consts, self.wt)
         groups = -(-N // GEMV_ROWS)
         eps = ln[2] if ln is not None else 0.0
         uni = self._uniform([N, K, K // 4, groups, eps], "IIIIf")
@@ -230,7 +233,7 @@ class ResidentDecoder:
 
     def _attn(self, src, kc, vc, part, L, maxs, self_attn):
         consts = {"DH": self.DH, "CH": self.ch, "SELF": self_attn, "ROPE": self.rope}
-        pipe = _pipeline(self.rt, "attn", consts)
+        pipe = _pipeline(self.rt, "attn", consts, self.wt)
         uni = self._uniform([self.NH, L, self.W, maxs, maxs, self.P, 1.0 / math.sqrt(self.DH)], "IIIIIIf")
         bg = self._bind(pipe, [self.step_buf, src, kc, vc, self.rope_buf, part, uni])
         self.plan.append((pipe, bg, None if self_attn else self.rt.grid(self.NH * maxs)))
@@ -238,7 +241,7 @@ class ResidentDecoder:
     def _build_plan(self, head):
         W, rt = self.W, self.rt
         flags = (1 if self.P_pos else 0) | (2 if self.extra is not None else 0)
-        pipe = _pipeline(rt, "embed")
+        pipe = _pipeline(rt, "embed", None, self.wt)
         uni = self._uniform([W, self.V, self.NQ, flags], "IIII")
         bg = self._bind(pipe, [self.step_buf, self.tables_buf, self.pos_buf,
                                self.extra if self.extra is not None else self.dummy, self.x, uni])
@@ -280,8 +283,8 @@ class ResidentDecoder:
             if self.extra is None:
                 raise ValueError("this decoder takes no per-chunk extra vector")
             rt.write(self.extra, _np(extra).reshape(W))
-        gx = rt.upload(xe)
-        pipe = _pipeline(rt, "cross_kv", {"DH": self.DH, "ROPE": self.rope})
+        gx = rt.upload(xe.astype(self.dtype))  # ops.linear takes one dtype; it accumulates in f32
+        pipe = _pipeline(rt, "cross_kv", {"DH": self.DH, "ROPE": self.rope}, self.wt)
         n = self.cross_len * W
         uni = rt.uniform(self.NH, self.cross_len, W, self.P, self.ksub, n, 0, 0)
         with rt.recorder("wsvk.resident.cross") as rec:

@@ -5,8 +5,16 @@
     audio = rv.decode_codes(codes, bandwidth_id=bw) # == vocos.decode(vocos.codes_to_features(codes), ...)
 
 Per call: one upload (features or codes), one recorder (every dispatch in one command encoder,
-one submit), one readback of the waveform. Everything runs in float32; the result equals vocos'
-CPU output to float32 rounding.
+one submit), one readback of the waveform.
+
+Precision (WSVK_PRECISION, read once at construction through Runtime.weight_dtype): with float32
+the result equals vocos' CPU output to float32 rounding. With float16 the backbone's weights
+(input conv, depthwise convs, pointwise linears with their biases) are stored f16 and so are
+the activations between the norm and the next residual add (the normed input h, the [T, 4C]
+GELU output and the block output y: ops.linear takes one dtype, and those are its widest
+buffers); all math accumulates in f32, and the residual stream, norm parameters and statistics
+stay f32. The ISTFT head (last linear, spectrum, irfft, overlap-add) runs in f32: its phases
+multiply errors by several radians.
 
 Dispatches per call (L = backbone layers): embed conv (codebook gather fused in) 1, norm 1,
 per layer 3 (residual add + depthwise conv + norm fused; pw1 + GELU; pw2 with the layer scale
@@ -65,11 +73,18 @@ class ResidentVocos:
         self.pad = (istft.win_length - istft.hop_length) // 2
         self.n_bins = self.n_fft // 2 + 1
         self.adanorm = bool(bb.adanorm)
+        self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
+        self.wt = "f16" if self.dtype == np.float16 else "f32"
+        wd = self.dtype
+
+        def upw(a):  # backbone weights in the storage type
+            return rt.upload(a.astype(wd))
+
         self.n_bandwidths = int(bb.norm.scale.num_embeddings) if self.adanorm else 1
         up = rt.upload
 
         # embed conv: w[o, i, k] -> [Cin, K, Cout] so that a workgroup's threads read adjacent o
-        self.embed_w = up(_np(bb.embed.weight.permute(1, 2, 0)))
+        self.embed_w = upw(_np(bb.embed.weight.permute(1, 2, 0)))
         self.embed_b = up(_np(bb.embed.bias))
 
         def affine(norm):
@@ -86,13 +101,13 @@ class ResidentVocos:
         for blk in bb.convnext:
             gamma = blk.gamma.detach().double() if blk.gamma is not None else torch.ones(self.dim, dtype=torch.float64)
             self.layers.append(dict(
-                dw_w=up(_np(blk.dwconv.weight[:, 0, :].T)),   # [K, C]
+                dw_w=upw(_np(blk.dwconv.weight[:, 0, :].T)),   # [K, C]
                 dw_b=up(_np(blk.dwconv.bias)),
                 norm=affine(blk.norm), eps=float(blk.norm.eps),
-                w1=up(_np(blk.pwconv1.weight)), b1=up(_np(blk.pwconv1.bias)),
+                w1=upw(_np(blk.pwconv1.weight)), b1=upw(_np(blk.pwconv1.bias)),
                 # layer scale folded in: gamma * (W2 x + b2) = (gamma W2) x + gamma b2
-                w2=up(_np(blk.pwconv2.weight.double() * gamma[:, None])),
-                b2=up(_np(blk.pwconv2.bias.double() * gamma)),
+                w2=upw(_np(blk.pwconv2.weight.double() * gamma[:, None])),
+                b2=upw(_np(blk.pwconv2.bias.double() * gamma)),
             ))
         self.inter = int(bb.convnext[0].pwconv1.out_features) if self.layers else self.dim
         fn = bb.final_layer_norm
@@ -236,8 +251,12 @@ class ResidentVocos:
         """shaders/conv1d.wgsl:dwconv_norm over [T, C]: out = norm(conv(r + y)), res_out = r + y."""
         rt = self.rt
         T = r.shape[0]
+        ot = "f16" if out.dtype == np.float16 else "f32"
+        yt = "f16" if y is not None and y.dtype == np.float16 else "f32"
         pipe = rt.pipeline("conv1d", "dwconv_norm",
-                           {"DWCONV": dwconv, "RESID": y is not None, "WRITE_RES": res_out is not None})
+                           {"DWCONV": dwconv, "RESID": y is not None, "WRITE_RES": res_out is not None,
+                            "STASH": ot == "f32"},
+                           aliases={"WT": self.wt, "YT": yt, "OT": ot})
         g, s = affine
         wt = w if w is not None else g  # unread when not dwconv
         bs = b if b is not None else s
@@ -254,14 +273,14 @@ class ResidentVocos:
         n_tiles = tiles_o * tiles_t
         gather = codes is not None
         q = codes.shape[0] if gather else 0
-        pipe = rt.pipeline("conv1d", "embed", {"GATHER": gather})
+        pipe = rt.pipeline("conv1d", "embed", {"GATHER": gather}, aliases={"WT": self.wt, "YT": "f32", "OT": "f32"})  # one module: all aliases
         params = rt.uniform(T, self.cin, C, q, self.bins or 0, tiles_o, n_tiles, 0)
         rt.run(pipe, [x, codes if gather else self.embed_b, self.embed_w, self.embed_b, emb, params],
                rt.grid(n_tiles))
 
         r = rt.empty((T, C))  # residual stream r_0 = norm(embed)
         self._norm(emb, None, None, None, self.norm0[bw], self.norm0_eps, r, None, dwconv=False)
-        h = rt.empty((T, C))  # normed input of the pointwise layers, reused by every block
+        h = rt.empty((T, C), self.dtype)  # normed input of the pointwise layers, reused by every block
         spare = [rt.empty((T, C)), rt.empty((T, C))]
         y = None
         for i, L in enumerate(self.layers):
