@@ -29,6 +29,15 @@ def rt():
         pytest.skip(f"no GPU adapter: {e}")
 
 
+@pytest.fixture(scope="module")
+def f32_precision():
+    """WSVK_PRECISION=f32 for a whole module: tests demanding identical tokens or float32 rounding
+    against the CPU (auto picks f16 on adapters with shader-f16; tests/test_precision.py covers f16)."""
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setenv("WSVK_PRECISION", "f32")
+        yield
+
+
 @pytest.fixture
 def guard(rt, monkeypatch):
     """Every array allocated in the test gets a poisoned tail; `guard.check()` asserts it is intact."""

@@ -23,13 +23,7 @@ from wsvk.whisperspeech import SAMPLE_RATE, load_pipeline  # noqa: E402
 POLISH = "Zażółć gęślą jaźń, pchnąć w tę łódź jeża lub ośm skrzyń fig."
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pin_f32():
-    """The wgpu/cpu comparisons demand identical tokens: WSVK_PRECISION=f32 (auto picks f16 on
-    adapters with shader-f16; tests/test_precision.py covers f16)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WSVK_PRECISION", "f32")
-        yield
+pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 
 
 @pytest.fixture(scope="session")

@@ -15,13 +15,7 @@ from wsvk.router import offload
 TEXT = "hello world"
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pin_f32():
-    """These tests demand identical tokens / float32 rounding against the CPU: WSVK_PRECISION=f32
-    (auto picks f16 on adapters with shader-f16; tests/test_precision.py covers f16)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WSVK_PRECISION", "f32")
-        yield
+pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 
 
 def t2s_spec(seed=0, emb_scale=0.2, head_width=32):

@@ -26,13 +26,7 @@ from wsvk.resident_vocos import ResidentVocos
 BOUND_F32 = 1e-5
 
 
-@pytest.fixture(scope="module", autouse=True)
-def pin_f32():
-    """These tests demand identical tokens / float32 rounding against the CPU: WSVK_PRECISION=f32
-    (auto picks f16 on adapters with shader-f16; tests/test_precision.py covers f16)."""
-    with pytest.MonkeyPatch.context() as mp:
-        mp.setenv("WSVK_PRECISION", "f32")
-        yield
+pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 # Frame counts are 1 or > 8: every distinct count <= 8 compiles its own GEMV pipelines in
 # wsvk.ops.linear, which takes seconds on lavapipe.
 
