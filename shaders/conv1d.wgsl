@@ -110,20 +110,7 @@ struct NormParams { T: u32, C: u32, eps: f32, _p: u32 }
 @group(0) @binding(7) var<storage, read_write> nout: array<OT>;   // [T, C]
 @group(0) @binding(8) var<uniform> np: NormParams;
 
-const WG: u32 = 256u;
-var<workgroup> red: array<f32, WG>;
-
-fn row_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();  // red is reused by the next reduction
-    return total;
-}
+// #include row_sum
 
 fn stream(t: u32, c: u32) -> f32 {
     let i = t * np.C + c;

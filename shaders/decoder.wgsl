@@ -86,15 +86,7 @@ var<workgroup> gred: array<f32, 2048>;    // 256 threads x 8 sums (tree) or 64 s
 var<workgroup> slots: atomic<u32>;
 var<private> sg_inv: u32;                 // subgroup_invocation_id
 
-// GELU through erfc (as shaders/matmul.wgsl): Numerical Recipes' erfcc, fractional error < 1.2e-7.
-fn gelu(v: f32) -> f32 {
-    let z = abs(v) * 0.70710678118654752;
-    let t = 1.0 / (1.0 + 0.5 * z);
-    let p = -1.26551223 + t * (1.00002368 + t * (0.37409196 + t * (0.09678418 + t * (-0.18628806
-          + t * (0.27886807 + t * (-1.13520398 + t * (1.48851587 + t * (-0.82215223 + t * 0.17087277))))))));
-    let erfc_z = t * exp(p - z * z);
-    return select(0.5 * v * erfc_z, v - 0.5 * v * erfc_z, v >= 0.0);
-}
+// #include gelu
 
 // Sums NS values per thread over the workgroup; thread t < NS gets sum number t. Ends with a
 // barrier, so the scratch memory is free again.

@@ -13,20 +13,7 @@ struct Params { rows: u32, C: u32, eps: f32, _p: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<T>;  // [rows, C]
 @group(0) @binding(4) var<uniform> p: Params;
 
-const WG: u32 = 256u;
-var<workgroup> red: array<f32, WG>;
-
-fn row_sum(v: f32, lid: u32) -> f32 {
-    red[lid] = v;
-    workgroupBarrier();
-    for (var s = WG / 2u; s > 0u; s = s >> 1u) {
-        if (lid < s) { red[lid] += red[lid + s]; }
-        workgroupBarrier();
-    }
-    let total = red[0];
-    workgroupBarrier();  // red is reused by the next reduction
-    return total;
-}
+// #include row_sum
 
 @compute @workgroup_size(256)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,

@@ -161,7 +161,8 @@ def test_wheel_carries_the_shaders(tmp_path, rt):
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
     wheel = next(tmp_path.glob("wsvk-*.whl"))
-    assert "wsvk/shaders/elementwise.wgsl" in zipfile.ZipFile(wheel).namelist()
+    names = zipfile.ZipFile(wheel).namelist()
+    assert "wsvk/shaders/elementwise.wgsl" in names and "wsvk/shaders/lib/gelu.wgsl" in names
     site = tmp_path / "site"
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                        capture_output=True, text=True, timeout=600)

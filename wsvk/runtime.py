@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import math
 import os
+import re
 import threading
 import weakref
 from collections import OrderedDict
@@ -181,12 +182,17 @@ def shader_dir() -> Path:
 _SOURCES: dict[str, str] = {}
 
 
+_INCLUDE = re.compile(r"^// #include (\w+)[ \t]*$", re.M)
+
+
 def shader_source(name: str) -> str:
+    """shaders/NAME.wgsl with each `// #include LIB` line replaced by shaders/lib/LIB.wgsl
+    (WGSL has no includes; helpers shared by several kernel files live there)."""
     if name not in _SOURCES:
         path = shader_dir() / f"{name}.wgsl"
         if not path.is_file():
             raise WsvkError(f"no shader {path}")
-        _SOURCES[name] = path.read_text()
+        _SOURCES[name] = _INCLUDE.sub(lambda m: shader_source(f"lib/{m.group(1)}"), path.read_text())
     return _SOURCES[name]
 
 
