@@ -8,7 +8,9 @@ process and one run, for every backend available here:
   T2S ms/token and S2A ms/step (decode steps only: the encoder and prefill are timed apart),
   Vocos ms per --vocos-seconds of audio, the end-to-end real-time factor for 10 s of speech
   (250 semantic tokens, 750 acoustic steps, 10 s of Vocos), and for wsvk the GPU submits and
-  dispatches per decode step and the host time spent recording one.
+  dispatches per decode step, the host time spent recording one (hidden behind the GPU: the
+  next step is recorded while one runs), the host time waiting for the logits, and the step time
+  with each step recorded when it runs ("inline": what the pre-recording saves).
 Backends: wsvk (WSVK_BACKEND/WSVK_ADAPTER pick the adapter), torch CPU (all threads), torch CUDA
 eager (where CUDA exists). Timings on a software adapter (lavapipe) mean nothing.
 """
@@ -133,11 +135,16 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
             clock = StepClock(submits=submits)
             per_step, first = run(clock)
             c = mod.counters()
+            mod.resident_decoder.prerecord = False  # the same steps, each recorded when it runs
+            inline, _ = run(StepClock())
+            mod.resident_decoder.prerecord = True
             unit = "token" if name == "t2s" else "step"
             out.update({f"{name}_ms_per_{unit}": per_step, f"{name}_first_ms": first,
                         f"{name}_dispatches_per_step": c["dispatches_per_step"],
                         f"{name}_submits_per_step": clock.submits_per_step(),
-                        f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"]})
+                        f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"],
+                        f"{name}_wait_ms_per_step": 1e3 * c["wait_s_per_step"],
+                        f"{name}_inline_ms_per_{unit}": inline})
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
     out["vocos_dispatches"] = r_voc.dispatches_per_call
     return out
@@ -171,8 +178,10 @@ def main(argv=None) -> int:
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
             ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
             ("t2s_dispatches_per_step", "T2S dispatches/step"), ("t2s_submits_per_step", "T2S submits/step"),
-            ("t2s_record_ms_per_step", "T2S record ms/step"), ("s2a_dispatches_per_step", "S2A dispatches/step"),
-            ("s2a_submits_per_step", "S2A submits/step"), ("s2a_record_ms_per_step", "S2A record ms/step")]
+            ("t2s_record_ms_per_step", "T2S record ms/step"), ("t2s_wait_ms_per_step", "T2S wait ms/step"),
+            ("t2s_inline_ms_per_token", "T2S ms/tok inline"), ("s2a_dispatches_per_step", "S2A dispatches/step"),
+            ("s2a_submits_per_step", "S2A submits/step"), ("s2a_record_ms_per_step", "S2A record ms/step"),
+            ("s2a_wait_ms_per_step", "S2A wait ms/step"), ("s2a_inline_ms_per_step", "S2A ms/step inline")]
     names = list(results)
     print(f"{'':<22}" + "".join(f"{n:>13}" for n in names))
     for key, label in keys:

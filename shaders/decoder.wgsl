@@ -45,10 +45,8 @@ fn embed(@builtin(global_invocation_id) gid: vec3<u32>) {
 // ------------------------------------------------------------------ gemv
 // One 256-thread workgroup owns 8 output rows; every thread sweeps K (thread t reads vec4 t,
 // t + 256, ... of each row: consecutive threads read consecutive addresses) for all 8 rows, so
-// every thread holds partials of the same 8 sums and a subgroupAdd is right whatever the
-// subgroup size or layout; subgroup leaders claim slots with an atomic counter. Without the
-// subgroup feature: a shared-memory tree. (As the GEMV of shaders/matmul.wgsl; lines ending in
-// "// [sg]" are dropped by wsvk/resident_decoder.py on adapters without subgroups.)
+// every thread holds partials of the same 8 sums, reduced by wg_sums (shaders/lib/wg_sums.wgsl,
+// shared with the GEMV of shaders/matmul.wgsl; it declares the SUBGROUPS override).
 // Before the sweep the workgroup stages its input in workgroup memory when it is computed
 // (XMODE 1: layer norm, 2: combine attention splits); XMODE 0 reads x from memory (GROUP > 0:
 // row n reads x[(n / GROUP) * K ..], e.g. the S2A unembeddings of all quantizers in one launch).
@@ -60,7 +58,6 @@ override RESID: bool = false;     // out[n] += value (the residual stream, updat
 override VEC4: bool = false;      // K % 4 == 0
 override XS: u32 = 4u;            // staged input length (K for XMODE 1 and 2)
 override GROUP: u32 = 0u;
-override SUBGROUPS: bool = false;
 // XMODE 2: the partials of `attn` are [NH, MAXS, DH + 2] = (max, sum, unnormalized out[DH])
 override G_DH: u32 = 64u;
 override G_CH: u32 = 256u;
@@ -82,53 +79,19 @@ struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, _p0: u32, _p1: u32, 
 const GWG: u32 = 256u;
 const GR: u32 = 8u;                       // rows per workgroup
 var<workgroup> xs: array<f32, XS>;
-var<workgroup> gred: array<f32, 2048>;    // 256 threads x 8 sums (tree) or 64 slots x 8 (subgroups)
-var<workgroup> slots: atomic<u32>;
-var<private> sg_inv: u32;                 // subgroup_invocation_id
 
 // #include gelu
+// #include wg_sums
 
-// Sums NS values per thread over the workgroup; thread t < NS gets sum number t. Ends with a
-// barrier, so the scratch memory is free again.
-fn wg_sums(acc_in: array<f32, 8>, NS: u32, t: u32) -> f32 {
-    var acc = acc_in;
-    var total = 0.0;
-    if (SUBGROUPS) {
-        if (t == 0u) { atomicStore(&slots, 0u); }
-        workgroupBarrier();  // also rejoins lanes that left their loops early
-        for (var j = 0u; j < NS; j++) { acc[j] = subgroupAdd(acc[j]); }  // [sg]
-        if (sg_inv == 0u) {
-            let s = atomicAdd(&slots, 1u);  // < 64: subgroups have at least 4 invocations
-            for (var j = 0u; j < NS; j++) { gred[s * GR + j] = acc[j]; }
-        }
-        workgroupBarrier();
-        let ns = atomicLoad(&slots);
-        if (t < NS) {
-            for (var q = 0u; q < ns; q++) { total += gred[q * GR + t]; }
-        }
-    } else {
-        for (var j = 0u; j < GR; j++) { gred[t * GR + j] = select(0.0, acc[j], j < NS); }
-        workgroupBarrier();
-        for (var h = GWG / 2u; h > 0u; h >>= 1u) {
-            if (t < h) {
-                for (var j = 0u; j < NS; j++) { gred[t * GR + j] += gred[(t + h) * GR + j]; }
-            }
-            workgroupBarrier();
-        }
-        if (t < NS) { total = gred[t]; }
-    }
-    workgroupBarrier();
-    return total;
-}
-
+// The sum of one value per thread, returned to every thread.
 fn wg_sum(v: f32, t: u32) -> f32 {
-    var a: array<f32, 8>;
+    var a: array<f32, SUMS_MAX>;
     a[0] = v;
     let s = wg_sums(a, 1u, t);
-    if (t == 0u) { gred[0] = s; }
+    if (t == 0u) { sums_red[0] = s; }  // only thread 0 reads sums_red in wg_sums(.., 1u, ..)
     workgroupBarrier();
-    let total = gred[0];
-    workgroupBarrier();
+    let total = sums_red[0];
+    workgroupBarrier();  // free for the next wg_sums
     return total;
 }
 
@@ -188,7 +151,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     }
 
     let row0 = g * GR;
-    var acc: array<f32, 8>;
+    var acc: array<f32, SUMS_MAX>;  // acc[r] for r < GR
     if (VEC4) {
         let K4 = gp.K4;
         for (var k4 = t; k4 < K4; k4 += GWG) {

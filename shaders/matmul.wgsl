@@ -1,8 +1,8 @@
 // Matrix products. T: storage type (f32 or f16, prepended by the runtime); accumulation in f32.
 //
 // Two entry points share the epilogue (bias + optional GELU):
-//   tiled:             c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B
-//   gemv / gemv_vec4:  out[M, N]  = x[M, K] @ weight[N, K]^T for the decode case M <= 8
+//   tiled:  c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B
+//   gemv:   out[M, N]  = x[M, K] @ weight[N, K]^T for the decode case M <= 8
 // Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) so counts past
 // 65,535 work; ids past the end return at once (uniform per workgroup, before any barrier).
 
@@ -124,79 +124,23 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // ------------------------------------------------------------------ GEMV (decode, M <= 8)
 // One workgroup owns NR weight rows and all MROWS rows of x, so each weight row is read once.
 // All 256 threads sweep K for every owned row (thread t reads elements t, t+256, ... or vec4s):
-// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR partial sums;
-// every thread of the workgroup holds partials of the same sums, so a subgroupAdd is correct
-// whatever the subgroup size or layout. Subgroup leaders then claim slots with an atomic counter
-// (no assumption on how invocations map to subgroups). Without subgroups: a shared-memory tree.
-//
-// Lines ending in "// [sg]" use subgroup builtins: on adapters without the subgroup feature the
-// wrapper drops them (naga rejects the whole module otherwise; it needs no `enable subgroups;`).
+// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR partial sums
+// of the same outputs, reduced by wg_sums (subgroups where SUBGROUPS, else a shared-memory tree).
 
 override MROWS: u32 = 1u;         // rows of x, 1..8
 override NR: u32 = 4u;            // weight rows per workgroup; MROWS * NR <= 32
-override SUBGROUPS: bool = false;
+override VEC4: bool = false;      // K % 4 == 0: read x and w as vec4
 
 struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
 
 @group(0) @binding(0) var<storage, read> x: array<T>;          // [MROWS, K]
-@group(0) @binding(0) var<storage, read> x4: array<vec4<T>>;   // the same, when K % 4 == 0
+@group(0) @binding(0) var<storage, read> x4: array<vec4<T>>;   // the same, when VEC4
 @group(0) @binding(1) var<storage, read> w: array<T>;          // [N, K]
 @group(0) @binding(1) var<storage, read> w4: array<vec4<T>>;
 @group(0) @binding(3) var<storage, read_write> out: array<T>;  // [MROWS, N]
 @group(0) @binding(4) var<uniform> gp: GVParams;
 
-const MAXMR: u32 = 32u;
-var<workgroup> red: array<f32, 2048>;  // 64 subgroup slots x 32 sums, or 256 threads x 8 sums
-var<workgroup> slots: atomic<u32>;
-var<private> sg_inv: u32;              // subgroup_invocation_id
-
-// The partial sums of all threads -> the owned outputs, written with the epilogue.
-fn gemv_finish(acc_in: array<f32, 32>, lid: u32, row0: u32) {
-    var acc = acc_in;
-    let MR = MROWS * NR;
-    var total = 0.0;  // thread lid < MR: the full sum number lid
-    if (SUBGROUPS) {
-        // Workgroup memory is not reliably zeroed (lavapipe keeps it from the previous workgroup).
-        if (lid == 0u) { atomicStore(&slots, 0u); }
-        // The barrier also rejoins lanes that left the K loop early: subgroup ops need them all.
-        workgroupBarrier();
-        for (var j = 0u; j < MR; j++) { acc[j] = subgroupAdd(acc[j]); }  // [sg]
-        if (sg_inv == 0u) {
-            let s = atomicAdd(&slots, 1u);  // < 64: subgroups have at least 4 invocations
-            for (var j = 0u; j < MR; j++) { red[s * MAXMR + j] = acc[j]; }
-        }
-        workgroupBarrier();
-        let ns = atomicLoad(&slots);
-        if (lid < MR) {
-            for (var q = 0u; q < ns; q++) { total += red[q * MAXMR + lid]; }
-        }
-    } else {
-        // chunks of 8 sums: red[t * 8 + c], tree over t
-        for (var c0 = 0u; c0 < MR; c0 += 8u) {
-            for (var c = 0u; c < 8u; c++) {
-                red[lid * 8u + c] = select(0.0, acc[min(c0 + c, MAXMR - 1u)], c0 + c < MR);
-            }
-            workgroupBarrier();
-            for (var h = 128u; h > 0u; h >>= 1u) {
-                if (lid < h) {
-                    for (var c = 0u; c < 8u; c++) { red[lid * 8u + c] += red[(lid + h) * 8u + c]; }
-                }
-                workgroupBarrier();
-            }
-            if (lid >= c0 && lid < c0 + 8u) { total = red[lid - c0]; }
-            workgroupBarrier();
-        }
-    }
-    if (lid < MR) {
-        let m = lid / NR;
-        let row = row0 + lid % NR;
-        if (row < gp.N) {
-            var bias_v = 0.0;
-            if (HAS_BIAS) { bias_v = f32(bias[row]); }
-            out[m * gp.N + row] = T(epilogue(total, bias_v));
-        }
-    }
-}
+// #include wg_sums
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -206,42 +150,40 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let g = wid.x + wid.y * nwg.x;
     if (g >= gp.groups) { return; }
     let row0 = g * NR;
-    let K = gp.K;
-    var acc: array<f32, 32>;
-    for (var k0 = 0u; k0 < K; k0 += 256u) {  // uniform trip count: all lanes reach the reduction together
-        let k = k0 + lid;
-        if (k >= K) { break; }
-        var xv: array<f32, 8>;
-        for (var m = 0u; m < MROWS; m++) { xv[m] = f32(x[m * K + k]); }
-        for (var r = 0u; r < NR; r++) {
-            let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
-            let wv = f32(w[row * K + k]);
-            for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += xv[m] * wv; }
+    var acc: array<f32, SUMS_MAX>;  // acc[m * NR + r]: x row m . weight row row0 + r
+    // uniform trip counts: all lanes reach the reduction together
+    if (VEC4) {
+        let K4 = gp.K4;
+        for (var k0 = 0u; k0 < K4; k0 += 256u) {
+            let k = k0 + lid;
+            if (k >= K4) { break; }
+            var xv: array<vec4<f32>, 8>;
+            for (var m = 0u; m < MROWS; m++) { xv[m] = vec4<f32>(x4[m * K4 + k]); }
+            for (var r = 0u; r < NR; r++) {
+                let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
+                let wv = vec4<f32>(w4[row * K4 + k]);
+                for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(xv[m], wv); }
+            }
+        }
+    } else {
+        let K = gp.K;
+        for (var k0 = 0u; k0 < K; k0 += 256u) {
+            let k = k0 + lid;
+            if (k >= K) { break; }
+            var xv: array<f32, 8>;
+            for (var m = 0u; m < MROWS; m++) { xv[m] = f32(x[m * K + k]); }
+            for (var r = 0u; r < NR; r++) {
+                let row = min(row0 + r, gp.N - 1u);
+                let wv = f32(w[row * K + k]);
+                for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += xv[m] * wv; }
+            }
         }
     }
-    gemv_finish(acc, lid, row0);
-}
-
-@compute @workgroup_size(256)
-fn gemv_vec4(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
-             @builtin(local_invocation_index) lid: u32) {
-    sg_inv = sg_id;  // [sg]
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= gp.groups) { return; }
-    let row0 = g * NR;
-    let K4 = gp.K4;
-    var acc: array<f32, 32>;
-    for (var k0 = 0u; k0 < K4; k0 += 256u) {
-        let k = k0 + lid;
-        if (k >= K4) { break; }
-        var xv: array<vec4<f32>, 8>;
-        for (var m = 0u; m < MROWS; m++) { xv[m] = vec4<f32>(x4[m * K4 + k]); }
-        for (var r = 0u; r < NR; r++) {
-            let row = min(row0 + r, gp.N - 1u);
-            let wv = vec4<f32>(w4[row * K4 + k]);
-            for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(xv[m], wv); }
-        }
+    let total = wg_sums(acc, MROWS * NR, lid);  // thread lid < MROWS * NR: output (lid / NR, row0 + lid % NR)
+    let row = row0 + lid % NR;
+    if (lid < MROWS * NR && row < gp.N) {
+        var bias_v = 0.0;
+        if (HAS_BIAS) { bias_v = f32(bias[row]); }
+        out[(lid / NR) * gp.N + row] = T(epilogue(total, bias_v));
     }
-    gemv_finish(acc, lid, row0);
 }

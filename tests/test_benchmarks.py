@@ -33,4 +33,5 @@ def test_bench_e2e_tiny(rt, tmp_path):
     w = res["wsvk"]
     assert w["t2s_submits_per_step"] == 1 and w["s2a_submits_per_step"] == 1  # one submit per decode step
     assert w["t2s_dispatches_per_step"] > 0 and w["t2s_record_ms_per_step"] > 0
+    assert w["s2a_wait_ms_per_step"] > 0 and w["s2a_inline_ms_per_step"] > 0
     assert all(r_["realtime_x"] > 0 for r_ in res.values())

@@ -159,6 +159,28 @@ def test_one_submit_per_step(rt, t2s):
     assert res.counters()["record_s"] > 0
 
 
+def test_prerecorded_steps_match(rt, t2s):
+    """Step pos + 1 is recorded while step pos runs: used when the caller goes on in order,
+    dropped when it does not (a redone position), results as if recorded on demand."""
+    seq = [(t2s.stoks_codes, 0), (3, 1), (9, 2), (27, 3), (9, 2), (14, 3), (5, 4), (60, 3)]
+    out = {}
+    for pre in (True, False):
+        res = ResidentT2S(t2s, ch=4)
+        res.resident_decoder.prerecord = pre
+        t2s_reference_logits(t2s, res, [t2s.stoks_codes])  # sets up the chunk
+        res.reset_counters()
+        out[pre] = torch.cat([res.logits(tok, pos) for tok, pos in seq])
+        c = res.counters()
+        assert c["steps"] == len(seq) and len(res.resident_decoder._next) <= 1
+        assert c["prerecorded_steps"] == (5 if pre else 0)  # 1, 2, 3, 3, 4 followed their step
+    assert torch.equal(out[True], out[False])
+    res.resident_decoder.prerecord = True
+    res.resident_decoder.step([0], t2s.stoks_len - 2)
+    assert list(res.resident_decoder._next) == [t2s.stoks_len - 1]
+    res.resident_decoder.step([0], t2s.stoks_len - 1)
+    assert not res.resident_decoder._next  # nothing recorded past the last position
+
+
 def test_errors(rt, t2s):
     res = ResidentT2S(t2s)
     with pytest.raises(ValueError, match="batch 1"):

@@ -3,7 +3,9 @@
 Weights (with the already-merged QKV) and the KV caches are uploaded once; every bind group and
 uniform is built once. One decode step (batch 1, one new position) writes a tiny `step` buffer
 [pos, token ids...], records every layer into ONE compute pass and ONE submit, copies the logits
-into a mappable buffer inside that same submit and reads them back.
+into a mappable buffer inside that same submit and reads them back. The command buffer of step
+pos + 1 is recorded while the GPU runs step pos (nothing in it depends on the sampled token), so
+the host's recording time (~150 dispatches) is hidden behind the GPU's work.
 
 Per layer, 8 dispatches (shaders/decoder.wgsl):
     gemv  LN(attn_ln) -> qkv                   attn  self (appends k/v at pos, stops at pos + 1)
@@ -29,7 +31,7 @@ import time
 
 import numpy as np
 
-from .runtime import GpuArray, Runtime, get_runtime
+from .runtime import GpuArray, Runtime, get_runtime, gpu_errors
 
 SHADER = "decoder"
 _UNIFORM = 64 | 8   # UNIFORM | COPY_DST
@@ -88,12 +90,13 @@ class ResidentDecoder:
     tables: [NQ, V, W] token embeddings summed per step; pos_emb: [P, W] added at `pos` or None;
     extra: True when a per-chunk [W] vector is added (T2S' cps embedding); rope: (cos, sin) [P, Dh]
     or None; ksub: RoPE position multiplier of the cross-attention keys; self_len / cross_len: the
-    KV cache lengths; head: HeadStages, the first one reading the residual stream.
+    KV cache lengths; head: HeadStages, the first one reading the residual stream; prerecord:
+    record step pos + 1 while step pos runs (off only to measure what it saves).
     """
 
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
-                 ch: int = 128):
+                 ch: int = 128, prerecord: bool = True):
         rt = rt or get_runtime()
         self.rt = rt
         self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
@@ -185,16 +188,20 @@ class ResidentDecoder:
         last_n = head[-1].w.shape[0]
         self.logits = self._head_out[-1]
         self.n_logits = last_n
-        self._map = rt.device.create_buffer(size=max(16, -(-4 * last_n // 16) * 16), usage=_MAP_READ)
+        self._maps = [rt.device.create_buffer(size=max(16, -(-4 * last_n // 16) * 16), usage=_MAP_READ)
+                      for _ in range(2)]
+        self.prerecord = bool(prerecord)
+        self._next: dict = {}  # position -> its pre-recorded command buffer
         self.dispatches_per_step = len(self.plan)
         self.raw_calls = _raw_calls()
         try:
             self._raw_plan = [(p._internal, b._internal, g) for p, b, g in self.plan]
         except AttributeError:
             self.raw_calls = None
-        self.steps = 0
+        self.steps = self.prerecorded_steps = 0  # steps run; of them, run from a pre-recorded buffer
         self.record_seconds = 0.0  # host time spent recording steps (set_pipeline/bind/dispatch)
         self.step_seconds = 0.0    # host time of whole steps (write, record, submit, wait, read)
+        self.wait_seconds = 0.0    # host time waiting for the logits (GPU time not hidden by recording)
 
     # ------------------------------------------------------------ building
     def _uniform(self, values, fmt):
@@ -307,11 +314,45 @@ class ResidentDecoder:
         if rt.recording:
             raise RuntimeError("ResidentDecoder.step reads the logits back: call it outside a recorder")
         t0 = time.perf_counter()
-        rt.write(self.step_buf, np.concatenate([[pos], toks]).astype(np.uint32))
-        attn_groups = rt.grid(self.NH * -(-(pos + 1) // self.ch))
-        with rt.recorder("wsvk.resident.step") as rec:
+        with rt.lock:
+            cmd = self._next.pop(pos, None)
+            self._next.clear()  # a pre-recorded step for another position is stale
+            if cmd is None:
+                cmd = self._record(pos)
+            else:
+                self.prerecorded_steps += 1
+            rt.write(self.step_buf, np.concatenate([[pos], toks]).astype(np.uint32))
+            rt.submit_commands(cmd)
+            rt.stats["dispatches"] += len(self.plan)
+            if self.prerecord and pos + 1 < self.self_len:
+                # the likely next step is recorded while the GPU runs this one; its ids and
+                # position reach the GPU through step_buf, written just before its submit
+                self._next[pos + 1] = self._record(pos + 1)
             t1 = time.perf_counter()
-            cpass = rec.encoder.begin_compute_pass()
+            buf = self._maps[pos % 2]
+            with gpu_errors("reading the logits back"):
+                try:
+                    buf.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
+                except AttributeError:
+                    buf.map_sync(1)
+                raw = buf.read_mapped(0, buf.size)
+                buf.unmap()
+            rt.stats["readbacks"] += 1
+        self.steps += 1
+        t2 = time.perf_counter()
+        self.wait_seconds += t2 - t1
+        self.step_seconds += t2 - t0
+        return np.frombuffer(raw, np.float32)[: self.n_logits].copy()
+
+    def _record(self, pos: int):
+        """The finished command buffer of the step at `pos`: the whole plan in one compute pass
+        (self-attention's grid covers pos + 1 keys), then the logits copied to a mappable buffer
+        (two, alternating by position, so a pre-recorded step never targets the mapped one)."""
+        t0 = time.perf_counter()
+        attn_groups = self.rt.grid(self.NH * -(-(pos + 1) // self.ch))
+        with gpu_errors("recording a decode step"):
+            enc = self.rt.device.create_command_encoder(label="wsvk.resident.step")
+            cpass = enc.begin_compute_pass()
             last = None
             if self.raw_calls is not None:
                 set_pipeline, set_bind_group, dispatch, null = self.raw_calls
@@ -330,27 +371,23 @@ class ResidentDecoder:
                     cpass.set_bind_group(0, bg)
                     cpass.dispatch_workgroups(*(groups or attn_groups))
             cpass.end()
-            rec.encoder.copy_buffer_to_buffer(self.logits.buffer, 0, self._map, 0, self._map.size)
-            rt.stats["dispatches"] += len(self.plan)
-            self.record_seconds += time.perf_counter() - t1
-        with rt.lock:
-            try:
-                self._map.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
-            except Exception:
-                self._map.map_sync(1)
-            raw = self._map.read_mapped(0, self._map.size)
-            self._map.unmap()
-            rt.stats["readbacks"] += 1
-        self.steps += 1
-        self.step_seconds += time.perf_counter() - t0
-        return np.frombuffer(raw, np.float32)[: self.n_logits].copy()
+            buf = self._maps[pos % 2]
+            enc.copy_buffer_to_buffer(self.logits.buffer, 0, buf, 0, buf.size)
+            cmd = enc.finish()
+        self.record_seconds += time.perf_counter() - t0
+        return cmd
 
     def counters(self) -> dict:
-        """dispatches per step, steps run and host seconds (recording, whole steps) so far."""
+        """dispatches per step, steps run and host seconds so far: recording (hidden behind the
+        GPU when pre-recorded), waiting for the logits, whole steps; totals and per step."""
         n = max(self.steps, 1)
-        return {"dispatches_per_step": self.dispatches_per_step, "steps": self.steps,
-                "record_s": self.record_seconds, "record_s_per_step": self.record_seconds / n,
-                "step_s": self.step_seconds, "step_s_per_step": self.step_seconds / n}
+        out = {"dispatches_per_step": self.dispatches_per_step, "steps": self.steps,
+               "prerecorded_steps": self.prerecorded_steps}
+        for name, v in (("record_s", self.record_seconds), ("wait_s", self.wait_seconds),
+                        ("step_s", self.step_seconds)):
+            out[name], out[name + "_per_step"] = v, v / n
+        return out
 
     def reset_counters(self) -> None:
-        self.steps, self.record_seconds, self.step_seconds = 0, 0.0, 0.0
+        self.steps = self.prerecorded_steps = 0
+        self.record_seconds, self.wait_seconds, self.step_seconds = 0.0, 0.0, 0.0

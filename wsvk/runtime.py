@@ -481,6 +481,21 @@ class Runtime:
                 self._local.recorder = None
             rec.submit()
 
+    def submit_commands(self, commands) -> None:
+        """Submit a command encoder (finished here) or a command buffer finished earlier (the
+        resident decoder's pre-recorded steps): fault injection, error wrapping and the submit
+        count in one place. Any GPU error marks the device unusable."""
+        try:
+            with gpu_errors("submitting work"):
+                self.check_fault()
+                if hasattr(commands, "finish"):
+                    commands = commands.finish()
+                self.queue.submit([commands])
+        except GpuError as e:
+            self.lost = self.lost or str(e)
+            raise
+        self.stats["submits"] += 1
+
     @property
     def recording(self) -> bool:
         return getattr(self._local, "recorder", None) is not None
@@ -558,14 +573,7 @@ class Recorder:
             n = 2 * len(self.labels)
             resolve = rt.device.create_buffer(size=8 * n, usage=512 | 4)  # QUERY_RESOLVE | COPY_SRC
             self.encoder.resolve_query_set(self._query, 0, n, resolve, 0)
-        try:
-            with gpu_errors("submitting work"):
-                rt.check_fault()
-                rt.queue.submit([self.encoder.finish()])
-        except GpuError as e:
-            rt.lost = rt.lost or str(e)
-            raise
-        rt.stats["submits"] += 1
+        rt.submit_commands(self.encoder)
         if resolve is not None:
             ticks = np.frombuffer(rt.queue.read_buffer(resolve), dtype=np.uint64).astype(np.float64)
             period = 1.0  # wgpu reports timestamps in nanoseconds

@@ -60,9 +60,7 @@ def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape):
     out = rt.empty(out_shape, dt)
     nr = 8 if M <= 4 else 4  # M * NR <= 32 partial sums per thread
     groups = -(-N // nr)
-    vec = K % 4 == 0
-    pipe = _pipeline(rt, "gemv_vec4" if vec else "gemv", dt, MROWS=M, NR=nr,
-                     HAS_BIAS=bias is not None, GELU=gelu)
+    pipe = _pipeline(rt, "gemv", dt, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
     params = rt.uniform(N, K, K // 4, groups)
     rt.run(pipe, [x, w, w if bias is None else bias, out, params], rt.grid(groups))
     return out
