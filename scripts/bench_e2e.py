@@ -10,7 +10,8 @@ process and one run, for every backend available here:
   (250 semantic tokens, 750 acoustic steps, 10 s of Vocos), and for wsvk the GPU submits and
   dispatches per decode step, the host time spent recording one (hidden behind the GPU: the
   next step is recorded while one runs), the host time waiting for the logits, and the step time
-  with each step recorded when it runs ("inline": what the pre-recording saves).
+  with each step recorded when it runs ("inline": what the pre-recording saves), and the GPU
+  time of one step by kind of dispatch (timestamps, where the adapter has timestamp-query).
 Backends: wsvk (WSVK_BACKEND/WSVK_ADAPTER pick the adapter), torch CPU (all threads), torch CUDA
 eager (where CUDA exists). Timings on a software adapter (lavapipe) mean nothing.
 """
@@ -115,6 +116,18 @@ def bench_torch(t2s, s2a, vocos, args, device: str) -> dict:
             "s2a_first_ms": s2a_pre, "vocos_ms": voc_ms}
 
 
+def gpu_profile(name: str, dec, pos: int) -> dict:
+    """GPU time of one decode step at `pos`, from per-dispatch timestamps, summed per kind of
+    dispatch (label), largest first; {} without timestamp-query."""
+    if not dec.rt.has_timestamps:
+        return {}
+    kinds: dict[str, float] = {}
+    for label, ms in dec.profile_step([0] * dec.NQ, pos):
+        kinds[label] = kinds.get(label, 0.0) + ms
+    top = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+    return {f"{name}_gpu_ms_per_step": sum(top.values()), f"{name}_gpu_ms_by_kernel": top}
+
+
 def bench_wsvk(t2s, s2a, vocos, args) -> dict:
     from wsvk.resident import ResidentS2A, ResidentT2S
     from wsvk.resident_vocos import ResidentVocos
@@ -145,6 +158,7 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
                         f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"],
                         f"{name}_wait_ms_per_step": 1e3 * c["wait_s_per_step"],
                         f"{name}_inline_ms_per_{unit}": inline})
+            out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
     out["vocos_dispatches"] = r_voc.dispatches_per_call
     return out
@@ -176,17 +190,22 @@ def main(argv=None) -> int:
     print(f"size {args.size}, {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
           f"{results['wsvk']['adapter']}")
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
-            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
-            ("t2s_dispatches_per_step", "T2S dispatches/step"), ("t2s_submits_per_step", "T2S submits/step"),
-            ("t2s_record_ms_per_step", "T2S record ms/step"), ("t2s_wait_ms_per_step", "T2S wait ms/step"),
-            ("t2s_inline_ms_per_token", "T2S ms/tok inline"), ("s2a_dispatches_per_step", "S2A dispatches/step"),
-            ("s2a_submits_per_step", "S2A submits/step"), ("s2a_record_ms_per_step", "S2A record ms/step"),
-            ("s2a_wait_ms_per_step", "S2A wait ms/step"), ("s2a_inline_ms_per_step", "S2A ms/step inline")]
+            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time")]
+    for st, unit in (("t2s", "token"), ("s2a", "step")):
+        S = st.upper()
+        keys += [(f"{st}_dispatches_per_step", f"{S} dispatches/step"), (f"{st}_submits_per_step", f"{S} submits/step"),
+                 (f"{st}_record_ms_per_step", f"{S} record ms/step"), (f"{st}_wait_ms_per_step", f"{S} wait ms/step"),
+                 (f"{st}_inline_ms_per_{unit}", f"{S} ms/{unit} inline"), (f"{st}_gpu_ms_per_step", f"{S} GPU ms/step")]
     names = list(results)
     print(f"{'':<22}" + "".join(f"{n:>13}" for n in names))
     for key, label in keys:
         cells = [results[n].get(key) for n in names]
         print(f"{label:<22}" + "".join(f"{'-':>13}" if c is None else f"{c:>13.3f}" for c in cells))
+    for stage in ("t2s", "s2a"):
+        kinds = results["wsvk"].get(f"{stage}_gpu_ms_by_kernel")
+        if kinds:
+            print(f"{stage.upper()} GPU ms per step by dispatch kind (one timestamped pass each): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:6]))
     if args.json:
         args.json.write_text(json.dumps({"size": args.size, "steps": args.steps, "torch": torch.__version__,
                                          "results": results}, indent=2))

@@ -34,4 +34,7 @@ def test_bench_e2e_tiny(rt, tmp_path):
     assert w["t2s_submits_per_step"] == 1 and w["s2a_submits_per_step"] == 1  # one submit per decode step
     assert w["t2s_dispatches_per_step"] > 0 and w["t2s_record_ms_per_step"] > 0
     assert w["s2a_wait_ms_per_step"] > 0 and w["s2a_inline_ms_per_step"] > 0
+    if rt.has_timestamps:  # per-kind GPU times of one step add up to the step's GPU time
+        kinds = w["s2a_gpu_ms_by_kernel"]
+        assert w["s2a_gpu_ms_per_step"] > 0 and abs(sum(kinds.values()) - w["s2a_gpu_ms_per_step"]) < 1e-9
     assert all(r_["realtime_x"] > 0 for r_ in res.values())

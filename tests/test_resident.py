@@ -181,6 +181,26 @@ def test_prerecorded_steps_match(rt, t2s):
     assert not res.resident_decoder._next  # nothing recorded past the last position
 
 
+def test_profile_step(rt, t2s):
+    """Per-dispatch GPU times of one step; the step's effect on the KV caches is a normal step's."""
+    if not rt.has_timestamps:
+        pytest.skip("adapter without timestamp-query")
+    out = []
+    for profile in (False, True):
+        res = ResidentT2S(t2s, ch=4)
+        t2s_reference_logits(t2s, res, [t2s.stoks_codes])
+        dec = res.resident_decoder
+        if profile:
+            times = dec.profile_step([3], 1)
+            assert [lab for lab, _ in times] == dec.labels and len(times) == dec.dispatches_per_step
+            assert all(ms >= 0 for _, ms in times) and sum(ms for _, ms in times) > 0
+            assert {"embed", "attn self", "attn cross"} <= set(dec.labels)
+        else:
+            res.logits(3, 1)
+        out.append(res.logits(9, 2))
+    assert torch.equal(out[0], out[1])
+
+
 def test_errors(rt, t2s):
     res = ResidentT2S(t2s)
     with pytest.raises(ValueError, match="batch 1"):

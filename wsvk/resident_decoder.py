@@ -184,6 +184,7 @@ class ResidentDecoder:
 
         # ---- the step plan: (pipeline, bind group, groups or None = self-attention, sized by pos)
         self.plan = []
+        self.labels = []  # one per plan entry, for profile_step
         self._build_plan(head)
         last_n = head[-1].w.shape[0]
         self.logits = self._head_out[-1]
@@ -237,6 +238,7 @@ class ResidentDecoder:
         gam, bet = (ln[0], ln[1]) if ln is not None else (self.dummy, self.dummy)
         bg = self._bind(pipe, [self.step_buf, x, w, w, b if b is not None else self.dummy, gam, bet, out, uni])
         self.plan.append((pipe, bg, self.rt.grid(groups)))
+        self.labels.append(f"gemv {N}x{K}" + (" +ln" if ln is not None else "") + (" +attn-combine" if combine else ""))
 
     def _attn(self, src, kc, vc, part, L, maxs, self_attn):
         consts = {"DH": self.DH, "CH": self.ch, "SELF": self_attn, "ROPE": self.rope}
@@ -244,6 +246,7 @@ class ResidentDecoder:
         uni = self._uniform([self.NH, L, self.W, maxs, maxs, self.P, 1.0 / math.sqrt(self.DH)], "IIIIIIf")
         bg = self._bind(pipe, [self.step_buf, src, kc, vc, self.rope_buf, part, uni])
         self.plan.append((pipe, bg, None if self_attn else self.rt.grid(self.NH * maxs)))
+        self.labels.append("attn self" if self_attn else "attn cross")
 
     def _build_plan(self, head):
         W, rt = self.W, self.rt
@@ -253,6 +256,7 @@ class ResidentDecoder:
         bg = self._bind(pipe, [self.step_buf, self.tables_buf, self.pos_buf,
                                self.extra if self.extra is not None else self.dummy, self.x, uni])
         self.plan.append((pipe, bg, (-(-W // 256), 1, 1)))
+        self.labels.append("embed")
         ffn = self.h.shape[0]
         for g in self.L:
             self._gemv(self.x, *g["qkv"], self.qkv, 3 * W, W, ln=g["attn_ln"])
@@ -300,9 +304,8 @@ class ResidentDecoder:
                 rec.dispatch(pipe, [kv, g["ckc"], g["cvc"], self.rope_buf, uni], rt.grid(-(-n // 256)), "cross_kv")
 
     # ------------------------------------------------------------ per step
-    def step(self, tokens, pos: int) -> np.ndarray:
-        """One decode step: token ids [NQ] at position `pos` -> logits [n_logits] (float32)."""
-        rt = self.rt
+    def _step_input(self, tokens, pos) -> np.ndarray:
+        """The checked step buffer [pos, token ids...] (uint32)."""
         pos = int(pos)
         toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if toks.size != self.NQ:
@@ -311,8 +314,15 @@ class ResidentDecoder:
             raise ValueError(f"token ids {toks.tolist()} outside [0, {self.V})")
         if not 0 <= pos < self.self_len or (self.P_pos and pos >= self.P_pos):
             raise ValueError(f"position {pos} outside the decoder's {self.self_len} positions")
-        if rt.recording:
-            raise RuntimeError("ResidentDecoder.step reads the logits back: call it outside a recorder")
+        if self.rt.recording:
+            raise RuntimeError("a resident decode step reads its results back: call it outside a recorder")
+        return np.concatenate([[pos], toks]).astype(np.uint32)
+
+    def step(self, tokens, pos: int) -> np.ndarray:
+        """One decode step: token ids [NQ] at position `pos` -> logits [n_logits] (float32)."""
+        rt = self.rt
+        data = self._step_input(tokens, pos)
+        pos = int(pos)
         t0 = time.perf_counter()
         with rt.lock:
             cmd = self._next.pop(pos, None)
@@ -321,7 +331,7 @@ class ResidentDecoder:
                 cmd = self._record(pos)
             else:
                 self.prerecorded_steps += 1
-            rt.write(self.step_buf, np.concatenate([[pos], toks]).astype(np.uint32))
+            rt.write(self.step_buf, data)
             rt.submit_commands(cmd)
             rt.stats["dispatches"] += len(self.plan)
             if self.prerecord and pos + 1 < self.self_len:
@@ -376,6 +386,21 @@ class ResidentDecoder:
             cmd = enc.finish()
         self.record_seconds += time.perf_counter() - t0
         return cmd
+
+    def profile_step(self, tokens, pos: int) -> list[tuple[str, float]]:
+        """Run one step (it updates the KV caches at `pos` as `step` does) with every dispatch in
+        its own timestamped pass: [(label, GPU ms)] in plan order. Needs timestamp-query."""
+        rt = self.rt
+        data = self._step_input(tokens, pos)
+        if not rt.has_timestamps:
+            raise RuntimeError(f"{rt.info['name']} has no timestamp-query: GPU times are not available")
+        attn_groups = rt.grid(self.NH * -(-(int(pos) + 1) // self.ch))
+        rt.write(self.step_buf, data)
+        self._next.clear()
+        with rt.recorder("wsvk.resident.profile", timestamps=True) as rec:
+            for (pipe, bg, groups), label in zip(self.plan, self.labels):
+                rec.dispatch_bound(pipe, bg, groups or attn_groups, label)
+        return rec.gpu_ms
 
     def counters(self) -> dict:
         """dispatches per step, steps run and host seconds so far: recording (hidden behind the

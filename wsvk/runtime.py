@@ -533,9 +533,13 @@ class Recorder:
             self._query = rt.device.create_query_set(type="timestamp", count=2 * self._cap)
 
     def dispatch(self, pipeline, resources, groups, label: str = "") -> None:
-        groups = tuple(groups) + (1,) * (3 - len(groups))
         group = self.rt.bind_group(pipeline, resources)
         self._keep.append(resources)
+        self.dispatch_bound(pipeline, group, groups, label)
+
+    def dispatch_bound(self, pipeline, group, groups, label: str = "") -> None:
+        """A dispatch with a bind group built by the caller (the resident modules build theirs once)."""
+        groups = tuple(groups) + (1,) * (3 - len(groups))
         if self.timestamps and len(self.labels) < self._cap:
             i = len(self.labels)
             cpass = self.encoder.begin_compute_pass(timestamp_writes={
