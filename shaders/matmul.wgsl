@@ -133,12 +133,14 @@ override VEC4: bool = false;      // K % 4 == 0: read x and w as vec4
 
 struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
 
+// x4/w4 view the buffers of x/w (bound twice): one entry point may not put two variables on
+// one binding, even if an override makes one of them unused.
 @group(0) @binding(0) var<storage, read> x: array<T>;          // [MROWS, K]
-@group(0) @binding(0) var<storage, read> x4: array<vec4<T>>;   // the same, when VEC4
 @group(0) @binding(1) var<storage, read> w: array<T>;          // [N, K]
-@group(0) @binding(1) var<storage, read> w4: array<vec4<T>>;
 @group(0) @binding(3) var<storage, read_write> out: array<T>;  // [MROWS, N]
 @group(0) @binding(4) var<uniform> gp: GVParams;
+@group(0) @binding(5) var<storage, read> x4: array<vec4<T>>;   // x as [MROWS, K / 4] when VEC4
+@group(0) @binding(6) var<storage, read> w4: array<vec4<T>>;   // w as [N, K / 4] when VEC4
 
 // #include wg_sums
 

@@ -62,7 +62,8 @@ def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape):
     groups = -(-N // nr)
     pipe = _pipeline(rt, "gemv", dt, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
     params = rt.uniform(N, K, K // 4, groups)
-    rt.run(pipe, [x, w, w if bias is None else bias, out, params], rt.grid(groups))
+    # bindings 5, 6: x and w again, read as vec4 when VEC4 (shaders/matmul.wgsl)
+    rt.run(pipe, [x, w, w if bias is None else bias, out, params, x, w], rt.grid(groups))
     return out
 
 
