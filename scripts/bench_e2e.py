@@ -5,7 +5,8 @@
 
 Builds random-weight models of whisperspeech's size presets (no download) and times, in one
 process and one run, for every backend available here:
-  T2S ms/token and S2A ms/step (decode steps only: the encoder and prefill are timed apart),
+  T2S ms/token and S2A ms/step (decode steps only: the per-chunk encoder and prefill are timed
+  apart, as "first_ms"),
   Vocos ms per --vocos-seconds of audio, the end-to-end real-time factor for 10 s of speech
   (250 semantic tokens, 750 acoustic steps, 10 s of Vocos), and for wsvk the GPU submits and
   dispatches per decode step, the host time spent recording one (hidden behind the GPU: the
@@ -131,34 +132,32 @@ def gpu_profile(name: str, dec, pos: int) -> dict:
 def bench_wsvk(t2s, s2a, vocos, args) -> dict:
     from wsvk.resident import ResidentS2A, ResidentT2S
     from wsvk.resident_vocos import ResidentVocos
-    from wsvk.router import offload
     from wsvk.runtime import get_runtime
 
     rt = get_runtime()
     r_t2s, r_s2a, r_voc = ResidentT2S(t2s), ResidentS2A(s2a), ResidentVocos(vocos)
     stoks, spk, codes = inputs(args, s2a)
     out = {"adapter": f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})"}
-    with offload():  # the encoders go op by op through the router
-        submits = lambda: rt.stats["submits"]  # noqa: E731
-        for name, run in (("t2s", lambda clock: time_t2s(r_t2s, args.steps, clock)),
-                          ("s2a", lambda clock: time_s2a(r_s2a, stoks, spk, args.steps, clock))):
-            mod = r_t2s if name == "t2s" else r_s2a
-            run(StepClock())  # warm-up: pipelines, bind groups, buffers
-            mod.reset_counters()
-            clock = StepClock(submits=submits)
-            per_step, first = run(clock)
-            c = mod.counters()
-            mod.resident_decoder.prerecord = False  # the same steps, each recorded when it runs
-            inline, _ = run(StepClock())
-            mod.resident_decoder.prerecord = True
-            unit = "token" if name == "t2s" else "step"
-            out.update({f"{name}_ms_per_{unit}": per_step, f"{name}_first_ms": first,
-                        f"{name}_dispatches_per_step": c["dispatches_per_step"],
-                        f"{name}_submits_per_step": clock.submits_per_step(),
-                        f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"],
-                        f"{name}_wait_ms_per_step": 1e3 * c["wait_s_per_step"],
-                        f"{name}_inline_ms_per_{unit}": inline})
-            out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
+    submits = lambda: rt.stats["submits"]  # noqa: E731
+    for name, run in (("t2s", lambda clock: time_t2s(r_t2s, args.steps, clock)),
+                      ("s2a", lambda clock: time_s2a(r_s2a, stoks, spk, args.steps, clock))):
+        mod = r_t2s if name == "t2s" else r_s2a
+        run(StepClock())  # warm-up: pipelines, bind groups, buffers
+        mod.reset_counters()
+        clock = StepClock(submits=submits)
+        per_step, first = run(clock)
+        c = mod.counters()
+        mod.resident_decoder.prerecord = False  # the same steps, each recorded when it runs
+        inline, _ = run(StepClock())
+        mod.resident_decoder.prerecord = True
+        unit = "token" if name == "t2s" else "step"
+        out.update({f"{name}_ms_per_{unit}": per_step, f"{name}_first_ms": first,
+                    f"{name}_dispatches_per_step": c["dispatches_per_step"],
+                    f"{name}_submits_per_step": clock.submits_per_step(),
+                    f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"],
+                    f"{name}_wait_ms_per_step": 1e3 * c["wait_s_per_step"],
+                    f"{name}_inline_ms_per_{unit}": inline})
+        out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
     out["vocos_dispatches"] = r_voc.dispatches_per_call
     return out
@@ -190,7 +189,8 @@ def main(argv=None) -> int:
     print(f"size {args.size}, {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
           f"{results['wsvk']['adapter']}")
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
-            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time")]
+            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
+            ("t2s_first_ms", "T2S ms to 1st token"), ("s2a_first_ms", "S2A ms to 1st step")]
     for st, unit in (("t2s", "token"), ("s2a", "step")):
         S = st.upper()
         keys += [(f"{st}_dispatches_per_step", f"{S} dispatches/step"), (f"{st}_submits_per_step", f"{S} submits/step"),

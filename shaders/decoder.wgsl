@@ -13,7 +13,6 @@
 //             attention partials: the layer norm and the split-K combine are fused in front
 //   attn      decode attention of one query over a KV cache, split over keys (partials out);
 //             SELF: appends the new key/value (RoPE'd) at `pos` and stops at pos + 1 keys
-//   cross_kv  per chunk: the cross-attention K/V projection [L, 2W] -> head-major caches (RoPE'd keys)
 // Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) where counts can be large.
 
 // ------------------------------------------------------------------ embed
@@ -286,39 +285,4 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         a_part[pb] = m;
         a_part[pb + 1u] = l;
     }
-}
-
-// ------------------------------------------------------------------ cross_kv
-// kv [L, 2W] (keys then values, the merged projection) -> kc, vc [NH, L, DH]; keys RoPE'd at
-// position j * KSUB (whisperspeech's key_subsampling). One thread per (j, channel).
-
-struct CP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, _p0: u32, _p1: u32 }
-
-@group(0) @binding(0) var<storage, read> c_kv: array<WT>;   // [L, 2W] (ops.linear's output, WT)
-@group(0) @binding(1) var<storage, read_write> c_kc: array<WT>;
-@group(0) @binding(2) var<storage, read_write> c_vc: array<WT>;
-@group(0) @binding(3) var<storage, read> c_rope: array<f32>;
-@group(0) @binding(4) var<uniform> cp: CP;
-
-@compute @workgroup_size(256)
-fn cross_kv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-            @builtin(local_invocation_index) t: u32) {
-    let i = (wid.x + wid.y * nwg.x) * 256u + t;
-    if (i >= cp.n) { return; }
-    let j = i / cp.W;
-    let c = i % cp.W;
-    let h = c / DH;
-    let d = c % DH;
-    let rb = j * 2u * cp.W;
-    var k = f32(c_kv[rb + c]);
-    if (ROPE) {
-        let half = DH / 2u;
-        let p = j * cp.KSUB;
-        var rot: f32;
-        if (d < half) { rot = -f32(c_kv[rb + c + half]); } else { rot = f32(c_kv[rb + c - half]); }
-        k = k * c_rope[p * DH + d] + rot * c_rope[(cp.P + p) * DH + d];
-    }
-    let o = (h * cp.L + j) * DH + d;
-    c_kc[o] = WT(k);
-    c_vc[o] = c_kv[rb + cp.W + c];
 }

@@ -29,6 +29,9 @@ def test_layer_norm_f16_and_gpu_face(rt):
         pytest.skip("adapter lacks shader-f16")
     check(lambda x: ops.layer_norm(x.astype(np.float16), w.astype(np.float16), b.astype(np.float16)),
           lambda x: ref_ln(x, w, b), 2e-3, x)
+    half = ops.layer_norm(x, w, b, out_dtype=np.float16)  # f32 in, f16 out (rounded once)
+    assert half.dtype == np.float16
+    check(lambda x: half, lambda x: ref_ln(x, w, b), 5e-4, x)
 
 
 def test_layer_norm_errors(rt):
@@ -40,3 +43,5 @@ def test_layer_norm_errors(rt):
         ops.layer_norm(np.zeros((2, 0), np.float32))
     with pytest.raises(TypeError, match="int32"):
         ops.layer_norm(np.zeros((2, 3), np.int32))
+    with pytest.raises(TypeError, match="float64"):
+        ops.layer_norm(rand((2, 3)), out_dtype=np.float64)

@@ -85,7 +85,7 @@ def _s2a_logits(model, monkeypatch, precision):
     res = ResidentS2A(model, ch=8)
     stoks, spk = tr.s2a_inputs(0)
     stoks = torch.nn.functional.pad(stoks, (1, model.stoks_len - len(stoks) - 1), value=model.stoks_codes - 1)[None]
-    xenc, _ = res.start_chunk(stoks, spk)
+    res.start_chunk(stoks, spk)
     cols = torch.randint(0, 1026, (8, 4), generator=torch.Generator().manual_seed(5))
     cols[0] = 1025
     cols[1, 2:] = 1025

@@ -123,7 +123,9 @@ def t2s_reference_logits(model, res, seq):
     tt = torch.tensor(model.tokenizer.encode(TEXT))
     tt = torch.nn.functional.pad(tt, (1, model.ttoks_len - len(tt) - 1))[None]
     langs, cpss = torch.tensor([languages.to_id("en")]), torch.tensor([15])
-    xenc, xpos, cps_emb = res.start_chunk(tt, langs, cpss)
+    res.start_chunk(tt, langs, cpss)
+    with torch.no_grad():
+        xenc, xpos, cps_emb = model.run_encoder(tt, langs, cpss)  # the CPU reference's own encoder
     pos = torch.arange(len(seq))
     ref, got = [], []
     with torch.no_grad():
@@ -249,7 +251,9 @@ def test_s2a_teacher_forced_logits(rt, s2a):
     res = ResidentS2A(s2a, ch=8)
     stoks, spk = s2a_inputs(0)
     stoks = torch.nn.functional.pad(stoks, (1, s2a.stoks_len - len(stoks) - 1), value=s2a.stoks_codes - 1)[None]
-    xenc, xpos = res.start_chunk(stoks, spk)
+    res.start_chunk(stoks, spk)
+    with torch.no_grad():
+        xenc, xpos, _ = s2a.run_encoder(stoks, spk)
     g = torch.Generator().manual_seed(5)
     cols = torch.randint(0, 1026, (12, 4), generator=g)
     cols[0] = 1025  # the start column, then codes with the delay pattern's 1025 fillers

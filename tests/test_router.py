@@ -104,6 +104,21 @@ def test_fallbacks_are_counted(rt, g):
     same(small, (x.double() @ lin.weight.double().T + lin.bias.double()).float())
 
 
+def test_nested_offload(rt, g):
+    """A bare inner offload() joins the outer one; one with settings decides alone for its block."""
+    lin = torch.nn.Linear(8, 8)
+    x = torch.randn(2, 8, generator=g)
+    with torch.no_grad(), offload() as outer:
+        with offload() as joined:
+            lin(x)
+        with offload(enabled=False) as off:
+            kept = lin(x)
+        lin(x)
+    assert joined is outer and outer.gpu_calls("linear") == 2 and outer.cpu_calls("linear") == 0
+    assert off.cpu_calls("linear") == 1 and off.gpu_calls("linear") == 0
+    assert torch.equal(kept, torch.nn.functional.linear(x, lin.weight, lin.bias))  # torch's own result
+
+
 def test_cpu_backend_counts_fallbacks(monkeypatch):
     monkeypatch.setenv("WSVK_BACKEND", "cpu")
     with offload() as stats, torch.no_grad():

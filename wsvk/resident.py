@@ -7,19 +7,23 @@
 
 Both take a model prepared by `wsvk.models.for_cpu` (merged QKV, float32), keep its
 attributes (stoks_len, tunables, ... are forwarded) and return what its own generate returns
-for the same torch seed: per chunk the model's own encoder runs under `wsvk.router.offload()`
-(its matmuls and attention on the GPU, op by op), the cross-attention K/V of every layer are
-computed on the GPU in one submit; per step only the position and token ids are uploaded, the
-decoder runs as one submit (wsvk.resident_decoder) and the logits come back to be sampled with
-whisperspeech's `inference.sample` on torch's global RNG, exactly as the model does.
+for the same torch seed. Per chunk, one submit: the model's embeddings on the CPU, its encoder
+layers (wsvk.resident_encoder) and the cross-attention K/V of every decoder layer on the GPU,
+nothing read back. Per step only the position and token ids are uploaded, the decoder runs as
+one submit (wsvk.resident_decoder) and the logits come back to be sampled with whisperspeech's
+`inference.sample` on torch's global RNG, exactly as the model does.
 """
 
 from __future__ import annotations
+
+import threading
+from contextlib import contextmanager
 
 import torch
 import torch.nn.functional as F
 
 from .resident_decoder import HeadStage, ResidentDecoder
+from .resident_encoder import ResidentEncoder
 from .runtime import Runtime
 
 
@@ -32,10 +36,25 @@ def _rope_tables(layer):
     return cos[0, :, 0, :], sin[0, :, 0, :]
 
 
-def _encoder_context():
-    from .router import offload
+@contextmanager
+def _layers_bypassed(owner, attr: str, ln_post, captured: list):
+    """Run the model's own run_encoder without its encoder layers: `owner.attr` (the layer list)
+    is emptied and ln_post records its input (the embedded input x0) and returns zeros, so
+    run_encoder returns just the per-chunk terms it adds after ln_post. The embeddings, language
+    / cps / speaker / condition terms thus come from whisperspeech's code, whatever the variant."""
+    layers = getattr(owner, attr)
 
-    return offload()
+    def hook(module, args, out):
+        captured.append(args[0])
+        return torch.zeros_like(out)
+
+    handle = ln_post.register_forward_hook(hook)
+    setattr(owner, attr, type(layers)())
+    try:
+        yield
+    finally:
+        setattr(owner, attr, layers)
+        handle.remove()
 
 
 class _Resident:
@@ -45,6 +64,17 @@ class _Resident:
         if model.training:
             raise ValueError("the model must be in eval mode (wsvk.models.for_cpu(model))")
         self.model = model
+        self._lock = threading.Lock()  # the encoder-input capture briefly edits the model
+
+    def _encoder_input(self, owner, attr: str, ln_post, run_encoder):
+        """(x0 [L, W], run_encoder's outputs with zeros in place of the encoder's own output).
+        The embeddings are small CPU work: kept off the op router, so a chunk stays one submit."""
+        from .router import offload
+
+        captured = []
+        with self._lock, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
+            outs = run_encoder()
+        return captured[0][0], outs
 
     def __getattr__(self, name):  # stoks_len, tunables, ... of the wrapped model
         if name == "model":
@@ -79,16 +109,22 @@ class ResidentT2S(_Resident):
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
             extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=model.stoks_len,
             cross_len=model.ttoks_len, head=head, rt=rt, ch=ch)
+        enc = model.encoder
+        self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
+                                                causal=model.tunables.causal_encoder,
+                                                rope=_rope_tables(enc.layers[0]), rt=rt)
 
     @torch.no_grad()
-    def start_chunk(self, ttoks, langs, cpss):
-        """Encoder (offloaded) + cross-attention K/V on the GPU; returns the model's
-        (xenc, xenc_positions, cps_emb) for reference."""
+    def start_chunk(self, ttoks, langs, cpss) -> None:
+        """One submit per chunk: the encoder (resident) and the cross-attention K/V of every
+        decoder layer; the inputs as TSARTransformer.generate builds them."""
         m = self.model
-        with _encoder_context():
-            xenc, xenc_positions, cps_emb = m.run_encoder(ttoks, langs, cpss)
-        self.resident_decoder.set_cross(xenc[0], None if cps_emb is None else cps_emb.reshape(-1))
-        return xenc, xenc_positions, cps_emb
+        x0, (_, _, cps_emb) = self._encoder_input(m.encoder, "layers", m.encoder.ln_post,
+                                                  lambda: m.run_encoder(ttoks, langs, cpss))
+        dec = self.resident_decoder
+        with dec.rt.recorder("wsvk.resident.chunk"):
+            xenc = self.resident_encoder.run(x0, out_dtype=dec.dtype)
+            dec.set_cross(xenc, None if cps_emb is None else cps_emb.reshape(-1))
 
     def logits(self, tok: int, pos: int) -> torch.Tensor:
         """[1, 1, V] logits for token `tok` at position `pos`, scaled as the model's forward."""
@@ -192,19 +228,24 @@ class ResidentS2A(_Resident):
             model.decoder.layers, model.n_head, tables, None, extra=False,
             rope=_rope_tables(model.decoder.layers[0]), ksub=model.decoder.layers[0].cross_attn.key_subsampling,
             self_len=model.ctx_n, cross_len=model.stoks_len, head=head, rt=rt, ch=ch)
+        self.resident_encoder = ResidentEncoder(model.encoder, model.n_head, model.ln_post,
+                                                causal=model.tunables.causal_encoder,
+                                                rope=_rope_tables(model.encoder[0]), rt=rt)
 
     @torch.no_grad()
-    def start_chunk(self, stoks, speakers):
-        """Encoder (offloaded) + cross-attention K/V on the GPU; stoks [1, stoks_len] padded as
-        generate pads them, speakers [1, D]. Returns the model's (xenc, xenc_positions)."""
+    def start_chunk(self, stoks, speakers) -> None:
+        """One submit per chunk: the encoder (resident, the speaker/condition term added through
+        ln_post) and the cross-attention K/V of every decoder layer; stoks [1, stoks_len] padded
+        as generate pads them, speakers [1, D]."""
         m = self.model
-        with _encoder_context():
-            if hasattr(m, "cond_embeddings"):  # s2a_delar_mup_wds_mlang_cond
-                xenc, xenc_positions, _ = m.run_encoder(stoks, [dict(speaker=s, snr=60, c50=60) for s in speakers])
-            else:
-                xenc, xenc_positions, _ = m.run_encoder(stoks, speakers)
-        self.resident_decoder.set_cross(xenc[0])
-        return xenc, xenc_positions
+        if hasattr(m, "cond_embeddings"):  # s2a_delar_mup_wds_mlang_cond
+            run = lambda: m.run_encoder(stoks, [dict(speaker=s, snr=60, c50=60) for s in speakers])  # noqa: E731
+        else:
+            run = lambda: m.run_encoder(stoks, speakers)  # noqa: E731
+        x0, (extra, _, _) = self._encoder_input(m, "encoder", m.ln_post, run)
+        dec = self.resident_decoder
+        with dec.rt.recorder("wsvk.resident.chunk"):
+            dec.set_cross(self.resident_encoder.run(x0, extra[0, 0], out_dtype=dec.dtype))
 
     def logits(self, toks, pos: int) -> torch.Tensor:
         """[1, Q, 1, V] logits for the quantizer tokens `toks` [Q] at position `pos`, scaled as forward."""

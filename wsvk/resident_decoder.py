@@ -283,25 +283,35 @@ class ResidentDecoder:
     # ------------------------------------------------------------ per chunk
     def set_cross(self, xenc, extra=None) -> None:
         """Per chunk: the cross-attention K/V of every layer from the encoder output [cross_len, W]
-        (tiled matmul + a scatter/RoPE kernel, one submit), and the per-chunk extra vector."""
+        (tiled matmul + heads.wgsl's split with RoPE on the keys), and the per-chunk extra vector.
+        xenc: a GpuArray of self.dtype (the resident encoder's output: nothing leaves the GPU) or
+        a CPU array/tensor (uploaded). Joins an open recorder, else submits once."""
         from .ops import linear
 
         rt, W = self.rt, self.W
-        xe = _np(xenc).reshape(-1, W)
-        if xe.shape[0] != self.cross_len:
-            raise ValueError(f"encoder output has {xe.shape[0]} positions, the cross caches {self.cross_len}")
+        if isinstance(xenc, GpuArray):
+            if xenc.dtype != self.dtype or xenc.shape != (self.cross_len, W):
+                raise ValueError(f"encoder output {xenc.dtype} {xenc.shape} is not {np.dtype(self.dtype)} "
+                                 f"({self.cross_len}, {W})")
+            gx = xenc
+        else:
+            xe = _np(xenc).reshape(-1, W)
+            if xe.shape[0] != self.cross_len:
+                raise ValueError(f"encoder output has {xe.shape[0]} positions, the cross caches {self.cross_len}")
+            gx = rt.upload(xe.astype(self.dtype))  # ops.linear takes one dtype; it accumulates in f32
         if extra is not None:
             if self.extra is None:
                 raise ValueError("this decoder takes no per-chunk extra vector")
             rt.write(self.extra, _np(extra).reshape(W))
-        gx = rt.upload(xe.astype(self.dtype))  # ops.linear takes one dtype; it accumulates in f32
-        pipe = _pipeline(rt, "cross_kv", {"DH": self.DH, "ROPE": self.rope}, self.wt)
+        pipe = rt.pipeline("heads", "split", {"DH": self.DH, "NP": 2, "ROPE_PARTS": int(self.rope)},
+                           aliases={"S": self.wt, "D": self.wt})
         n = self.cross_len * W
         uni = rt.uniform(self.NH, self.cross_len, W, self.P, self.ksub, n, 0, 0)
         with rt.recorder("wsvk.resident.cross") as rec:
             for g in self.L:
                 kv = linear(gx, *g["ckv"])  # [cross_len, 2W] (tiled kernel)
-                rec.dispatch(pipe, [kv, g["ckc"], g["cvc"], self.rope_buf, uni], rt.grid(-(-n // 256)), "cross_kv")
+                rec.dispatch(pipe, [kv, g["ckc"], g["cvc"], self.dummy_w, self.rope_buf, uni],
+                             rt.grid(-(-n // 256)), "cross kv")
 
     # ------------------------------------------------------------ per step
     def _step_input(self, tokens, pos) -> np.ndarray:

@@ -313,6 +313,7 @@ class _Router(TorchFunctionMode):
         self.stats = stats
         self.min_work = min_work
         self.cpu_reason = cpu_reason  # set: count every hot op as a CPU call for this reason
+        self.paused = 0  # > 0 while an inner offload() with its own settings decides (its CPU calls reach us)
 
     def worth(self, work: int) -> None:
         if work < self.min_work:
@@ -321,7 +322,7 @@ class _Router(TorchFunctionMode):
     def __torch_function__(self, func, types, args=(), kwargs=None):
         kwargs = kwargs or {}
         entry = _HANDLERS.get(func)
-        if entry is None:
+        if entry is None or self.paused:
             return func(*args, **kwargs)
         op, handler = entry
         if self.cpu_reason is not None:
@@ -366,8 +367,10 @@ def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_w
 
     enabled: None follows WSVK_BACKEND (an adapter selected -> on); min_work: calls with
     fewer multiply-adds than this stay on the CPU (default WSVK_MIN_WORK, 0); warn: one
-    RuntimeWarning when a GPU failure sends the rest of the block to the CPU. Yields the RouterStats that counts the decisions. Inside another offload() block, a call
-    with no arguments joins the outer router (and counts into its stats).
+    RuntimeWarning when a GPU failure sends the rest of the block to the CPU. Yields the
+    RouterStats that counts the decisions. Inside another offload() block, a call with no
+    arguments joins the outer router (and counts into its stats); one with arguments decides
+    alone for its block (e.g. offload(enabled=False) keeps a block on the CPU).
     """
     outer = getattr(_ACTIVE, "router", None)
     if outer is not None and stats is None and enabled is None and min_work is None:
@@ -383,8 +386,12 @@ def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_w
         cpu_reason = "after GPU fault"
     router = _Router(stats, default_min_work() if min_work is None else min_work, cpu_reason, warn)
     _ACTIVE.router = router
+    if outer is not None:
+        outer.paused += 1  # this block's settings win: the outer router passes its calls through
     try:
         with router:
             yield stats
     finally:
         _ACTIVE.router = outer
+        if outer is not None:
+            outer.paused -= 1

@@ -5,8 +5,10 @@
 
 Stages per text chunk: T2S (text bytes -> semantic tokens), S2A (semantic -> 4 EnCodec
 codebooks), Vocos (codebooks -> waveform); plus an ECAPA speaker embedding for voice
-cloning. Each stage runs inside `wsvk.router.offload()`, which sends F.linear / matmul /
-SDPA / FFT calls to the WGSL kernels when the backend selects an adapter. Sampling stays
+cloning. On the wgpu backend T2S, S2A and Vocos run as resident GPU modules (wsvk.resident*:
+one submit per chunk and per decode step); everything else, and every stage with resident=False,
+runs inside `wsvk.router.offload()`, which sends F.linear / matmul / SDPA / FFT calls to the
+WGSL kernels when the backend selects an adapter. Sampling stays
 on the CPU: whisperspeech samples with the global torch RNG, so each stage of each chunk is
 seeded from (seed, chunk, stage) inside a forked RNG, the same on every backend.
 """
@@ -358,8 +360,8 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     vocoder and speaker_model are a local folder or a Hugging Face repo id. random_weights
     ("tiny", "base" or "small") builds random models from whisperspeech's size presets for
     whichever of t2s/s2a/vocoder is not given, so the pipeline runs offline (it makes noise).
-    resident: on the wgpu backend, run T2S/S2A decode steps and Vocos as resident GPU modules
-    (one submit per step/chunk); False keeps the op-by-op router for every stage.
+    resident: on the wgpu backend, run T2S/S2A (encoder per chunk, decode steps) and Vocos as
+    resident GPU modules (one submit per chunk/step); False keeps the op-by-op router for every stage.
     """
     if random_weights is not None and random_weights not in RANDOM_SIZES:
         raise InputError(f"random_weights must be one of {', '.join(RANDOM_SIZES)}, not {random_weights!r}")

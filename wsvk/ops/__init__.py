@@ -7,7 +7,8 @@ GpuArrays the result stays on the GPU (the face the resident path chains without
 from .attention import attention
 from .elementwise import axpy
 from .fft import fft, ifft, irfft, rfft
+from .heads import merge_heads, split_heads
 from .matmul import linear, matmul
 from .norm import layer_norm
 
-__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "layer_norm", "linear", "matmul", "rfft"]
+__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "layer_norm", "linear", "matmul", "merge_heads", "rfft", "split_heads"]

@@ -35,6 +35,15 @@ def check_float(name: str, x) -> np.dtype:
     return dt
 
 
+def out_dtype(name: str, requested, default) -> np.dtype:
+    """An output dtype argument: float32 or float16 (with shader-f16); `default` when None."""
+    dt = np.dtype(default if requested is None else requested)
+    if dt not in FLOATS:
+        raise TypeError(f"{name}: output dtype {dt} is not supported (float32, or float16 with shader-f16)")
+    require_f16(name, dt)
+    return dt
+
+
 def common_dtype(**arrays) -> np.dtype:
     """All float inputs must share one storage dtype (float64 counts as float32)."""
     dts = {name: storage_dtype(name, a) for name, a in arrays.items() if a is not None}

@@ -3,10 +3,12 @@
 from __future__ import annotations
 
 from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+from ._common import out_dtype as _out_dtype
 
 
-def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
-    """x[..., C] normalized over C, then * weight[C] + bias[C] when given (both or neither)."""
+def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, out_dtype=None):
+    """x[..., C] normalized over C, then * weight[C] + bias[C] when given (both or neither).
+    out_dtype: float32 or float16 (default: x's), e.g. to hand f32 activations to f16 weights."""
     x = as_array(x)
     if x.ndim < 1 or x.shape[-1] < 1 or x.size == 0:
         raise ValueError(f"layer_norm: input shape {tuple(x.shape)} has nothing to normalize")
@@ -21,12 +23,14 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5):
     if not eps > 0:
         raise ValueError(f"layer_norm: eps must be > 0, got {eps}")
     dt = common_dtype(x=x, weight=weight, bias=bias)
+    od = _out_dtype("layer_norm", out_dtype, dt)
     rt = runtime()
     gx = to_gpu(x, dt)
     gw = gx if weight is None else to_gpu(weight, dt)
     gb = gx if bias is None else to_gpu(bias, dt)
     rows = gx.size // C
-    out = rt.empty(gx.shape, dt)
-    pipe = rt.pipeline("norm", "layer_norm", {"AFFINE": weight is not None}, aliases={"T": alias(dt)})
+    out = rt.empty(gx.shape, od)
+    pipe = rt.pipeline("norm", "layer_norm", {"AFFINE": weight is not None},
+                       aliases={"T": alias(dt), "O": alias(od)})
     rt.run(pipe, [gx, gw, gb, out, rt.uniform(rows, C, float(eps), 0)], rt.grid(rows))
     return finish(out, on_gpu(x, weight, bias))

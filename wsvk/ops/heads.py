@@ -1,0 +1,69 @@
+"""Attention head layout (shaders/heads.wgsl): fused projection rows <-> head-major tensors."""
+
+from __future__ import annotations
+
+import numpy as np
+
+from ._common import alias, as_array, check_float, finish, on_gpu, runtime, to_gpu
+from ._common import out_dtype as _out_dtype
+
+
+def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope_step: int = 1,
+                out_dtype=None):
+    """x[L, parts * W] (rows of a fused q|k|v or k|v projection) -> `parts` arrays [1, n_head, L, W / n_head].
+
+    rope: a [2P, Dh] float32 table ([cos; sin] as whisperspeech's Rotary caches them) applied, as
+    whisperspeech's rope_rotate, to the first `rope_parts` parts at position row * rope_step
+    (rope_step: the layer's key/query subsampling). out_dtype: float32 or float16 (default: x's).
+    """
+    x = as_array(x)
+    dt = check_float("split_heads", x)
+    od = _out_dtype("split_heads", out_dtype, dt)
+    if parts not in (2, 3):
+        raise ValueError(f"split_heads: parts must be 2 or 3, got {parts}")
+    if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] % parts:
+        raise ValueError(f"split_heads: x must be [L, {parts} * W], got shape {tuple(x.shape)}")
+    L, W = int(x.shape[0]), int(x.shape[1]) // parts
+    if n_head < 1 or W % n_head:
+        raise ValueError(f"split_heads: width {W} is not a multiple of {n_head} heads")
+    dh = W // n_head
+    if not 0 <= rope_parts <= parts or (rope_parts and rope is None) or (rope is not None and not rope_parts):
+        raise ValueError("split_heads: pass a rope table together with rope_parts in 1..parts")
+    rt = runtime()
+    gx = to_gpu(x, dt)
+    if rope is not None:
+        rope = as_array(rope)
+        if rope.ndim != 2 or rope.shape[1] != dh or rope.shape[0] % 2 or dh % 2:
+            raise ValueError(f"split_heads: rope table must be [2P, {dh}] (even head width), got {tuple(rope.shape)}")
+        P = int(rope.shape[0]) // 2
+        if (L - 1) * rope_step >= P:
+            raise ValueError(f"split_heads: rope table covers {P} positions, rows need {(L - 1) * rope_step + 1}")
+        grope = to_gpu(rope, np.float32)
+    else:
+        P, grope = 1, rt.empty((4,))
+    outs = [rt.empty((1, n_head, L, dh), od) for _ in range(parts)]
+    pipe = rt.pipeline("heads", "split", {"DH": dh, "NP": parts, "ROPE_PARTS": rope_parts},
+                       aliases={"S": alias(dt), "D": alias(od)})
+    n = L * W
+    third = outs[2] if parts == 3 else rt.empty((4,), od)
+    rt.run(pipe, [gx, outs[0], outs[1], third, grope, rt.uniform(n_head, L, W, P, int(rope_step), n, 0, 0)],
+           rt.grid(-(-n // 256)))
+    gpu = on_gpu(x)
+    return tuple(finish(o, gpu) for o in outs)
+
+
+def merge_heads(x, out_dtype=None):
+    """x[1, H, L, Dh] -> [L, H * Dh] (attention output back into rows). out_dtype: default x's."""
+    x = as_array(x)
+    dt = check_float("merge_heads", x)
+    od = _out_dtype("merge_heads", out_dtype, dt)
+    if x.ndim != 4 or x.shape[0] != 1 or min(x.shape) < 1:
+        raise ValueError(f"merge_heads: x must be [1, H, L, Dh], got shape {tuple(x.shape)}")
+    _, H, L, dh = (int(s) for s in x.shape)
+    rt = runtime()
+    gx = to_gpu(x, dt)
+    out = rt.empty((L, H * dh), od)
+    n = L * H * dh
+    pipe = rt.pipeline("heads", "merge", {"DH": dh}, aliases={"S": alias(dt), "D": alias(od)})
+    rt.run(pipe, [gx, out, rt.uniform(H, L, H * dh, 1, 1, n, 0, 0)], rt.grid(-(-n // 256)))
+    return finish(out, on_gpu(x))
