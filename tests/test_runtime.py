@@ -196,4 +196,5 @@ def test_selftest_passes(rt, limits):
     r = run_py("-m", "wsvk", "info", "--selftest", env={"WSVK_BACKEND": "wgpu", "WSVK_LIMITS": limits})
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
-    assert r.stdout.count("PASS") >= 15
+    assert r.stdout.count("PASS") >= 20
+    assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))

@@ -66,7 +66,8 @@ def main(argv=None) -> int:
     sub = parser.add_subparsers(dest="cmd", required=True)
     p_info = sub.add_parser("info", help="list the adapters wgpu finds and the one wsvk selects")
     p_info.add_argument("--selftest", action="store_true",
-                        help="also run every kernel once against numpy on the selected adapter")
+                        help="also run every kernel once against numpy on the selected adapter, and the "
+                             "resident T2S/S2A/Vocos against CPU torch on small random models")
     args = parser.parse_args(argv)
     if args.cmd == "info":
         rc = info()
