@@ -33,9 +33,10 @@ def resident_xenc(res, rt, start):
     seen = []
     real = res.resident_decoder.set_cross
     res.resident_decoder.set_cross = lambda xenc, *a: (seen.append(xenc), real(xenc, *a))
-    s0, r0 = rt.stats["submits"], rt.stats["readbacks"]
+    s0, r0, d0 = rt.stats["submits"], rt.stats["readbacks"], rt.stats["dispatches"]
     start()
     assert rt.stats["submits"] - s0 == 1 and rt.stats["readbacks"] == r0  # one submit, nothing read back
+    assert rt.stats["dispatches"] - d0 == res.counters()["encoder_dispatches_per_chunk"]
     return seen[0].numpy()
 
 

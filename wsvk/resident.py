@@ -82,8 +82,10 @@ class _Resident:
         return getattr(self.model, name)
 
     def counters(self) -> dict:
-        """dispatches_per_step, steps, record_s (host seconds recording steps), step_s."""
-        return self.resident_decoder.counters()
+        """The decoder's counters (dispatches_per_step, steps, record_s, wait_s, step_s, ...) and
+        the encoder's dispatches per chunk (which also computes the cross K/V: 2 per decoder layer)."""
+        enc = self.resident_encoder.dispatches_per_chunk + 2 * self.resident_decoder.layers_n
+        return {"encoder_dispatches_per_chunk": enc, **self.resident_decoder.counters()}
 
     def reset_counters(self) -> None:
         self.resident_decoder.reset_counters()
