@@ -311,12 +311,16 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
     }
 }
 
-// out[row, d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s, M = max over splits with l_s > 0
+// combine: the split partials of each row merged (shaders/lib/splitk_combine.wgsl).
 // combine binds (part, out, params) at 0..2: layout="auto" and Runtime.bind_group number
 // bindings from 0, and no entry point uses both these and the ones above.
 @group(0) @binding(0) var<storage, read> cpart: array<f32>;
 @group(0) @binding(1) var<storage, read_write> cout: array<T>;
 @group(0) @binding(2) var<uniform> cp: Params;
+
+fn partial_at(i: u32) -> f32 { return cpart[i]; }
+
+// #include splitk_combine
 
 @compute @workgroup_size(64)
 fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -327,28 +331,5 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     }
     let row = x / DDV;
     let d = x % DDV;
-    let stride = DDV + 2u;
-    let base = row * cp.n_split * stride;
-    var mx = NEG_MAX;
-    for (var s = 0u; s < cp.n_split; s++) {
-        if (cpart[base + s * stride + 1u] > 0.0) {
-            mx = max(mx, cpart[base + s * stride]);
-        }
-    }
-    var num = 0.0;
-    var den = 0.0;
-    for (var s = 0u; s < cp.n_split; s++) {
-        let o = base + s * stride;
-        let l = cpart[o + 1u];
-        if (l > 0.0) {
-            let w = exp(cpart[o] - mx);
-            num += w * cpart[o + 2u + d];
-            den += w * l;
-        }
-    }
-    var res = 0.0;  // fully masked row: 0, as torch
-    if (den > 0.0) {
-        res = num / den;
-    }
-    cout[row * DDV + d] = T(res);
+    cout[row * DDV + d] = T(splitk_combine(row * cp.n_split * (DDV + 2u), cp.n_split, DDV, d));
 }

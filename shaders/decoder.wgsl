@@ -81,6 +81,9 @@ var<workgroup> xs: array<f32, XS>;
 
 // #include gelu
 // #include wg_sums
+// #include splitk_combine
+
+fn partial_at(i: u32) -> f32 { return g_x[i]; }  // XMODE 2 reads the attention partials from x
 
 // The sum of one value per thread, returned to every thread.
 fn wg_sum(v: f32, t: u32) -> f32 {
@@ -122,29 +125,11 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var i = t; i < K; i += GWG) { xs[i] = (xs[i] - mean) * inv * g_gamma[i] + g_beta[i]; }
         workgroupBarrier();
     } else if (XMODE == 2u) {
-        // out[h, d] = sum_s e^(m_s - M) o_s[d] / sum_s e^(m_s - M) l_s over the splits with l_s > 0
+        // the attention partials of head i / G_DH merged (shaders/lib/splitk_combine.wgsl)
         var ns = G_NSPLIT;
         if (ns == 0u) { ns = (g_step[0] + G_CH) / G_CH; }
-        let stride = G_DH + 2u;
         for (var i = t; i < K; i += GWG) {
-            let base = (i / G_DH) * G_MAXS * stride;
-            let d = i % G_DH;
-            var mx = -3.40282347e38;
-            for (var sp = 0u; sp < ns; sp++) {
-                if (g_x[base + sp * stride + 1u] > 0.0) { mx = max(mx, g_x[base + sp * stride]); }
-            }
-            var num = 0.0;
-            var den = 0.0;
-            for (var sp = 0u; sp < ns; sp++) {
-                let o = base + sp * stride;
-                let l = g_x[o + 1u];
-                if (l > 0.0) {
-                    let wgt = exp(g_x[o] - mx);
-                    num += wgt * g_x[o + 2u + d];
-                    den += wgt * l;
-                }
-            }
-            xs[i] = select(0.0, num / den, den > 0.0);
+            xs[i] = splitk_combine((i / G_DH) * G_MAXS * (G_DH + 2u), ns, G_DH, i % G_DH);
         }
         workgroupBarrier();
     }

@@ -17,6 +17,7 @@ import torch
 import yaml
 
 from wsvk.models import RELEASED_VOCOS_CONFIG
+from wsvk.speaker import ecapa_hparams
 
 # the T2S text window (bytes) and semantic-token window of the tiny models
 TTOKS_LEN = 48
@@ -29,25 +30,9 @@ TINY_VOCOS_CONFIG = copy.deepcopy(RELEASED_VOCOS_CONFIG)
 TINY_VOCOS_CONFIG["backbone"]["init_args"].update(dim=32, intermediate_dim=64, num_layers=2)
 TINY_VOCOS_CONFIG["head"]["init_args"]["dim"] = 32
 
-TINY_ECAPA_HPARAMS = """\
 # a tiny ECAPA in speechbrain's spkrec-ecapa-voxceleb layout
-pretrained_path: unused
-n_mels: 24
-compute_features: !new:speechbrain.lobes.features.Fbank
-    n_mels: !ref <n_mels>
-mean_var_norm: !new:speechbrain.processing.features.InputNormalization
-    norm_type: sentence
-    std_norm: False
-embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
-    input_size: !ref <n_mels>
-    channels: [32, 32, 32, 32, 96]
-    kernel_sizes: [5, 3, 3, 3, 1]
-    dilations: [1, 2, 3, 4, 1]
-    attention_channels: 16
-    se_channels: 16
-    res2net_scale: 4
-    lin_neurons: 192
-"""
+TINY_ECAPA_HPARAMS = "pretrained_path: unused\n" + ecapa_hparams(
+    n_mels=24, channels=(32, 32, 32, 32, 96), attention_channels=16, se_channels=16, res2net_scale=4)
 
 
 def _redraw(model: torch.nn.Module) -> None:

@@ -18,10 +18,12 @@ DEFAULT_SPEAKER_MODEL = "speechbrain/spkrec-ecapa-voxceleb"
 SPEAKER_RATE = 16000
 MAX_SECONDS = 30.0
 
-# the parts of speechbrain/spkrec-ecapa-voxceleb/hyperparams.yaml an embedding needs; used to
-# build a random-weight encoder for offline runs (--random-weights)
-RELEASED_HPARAMS = """\
-n_mels: 80
+def ecapa_hparams(n_mels: int = 80, channels=(1024, 1024, 1024, 1024, 3072), attention_channels: int = 128,
+                  se_channels: int = 128, res2net_scale: int = 8) -> str:
+    """The parts of speechbrain/spkrec-ecapa-voxceleb/hyperparams.yaml an embedding needs (the
+    defaults are the released model's; the last two are ECAPA_TDNN's defaults, which it keeps)."""
+    return f"""\
+n_mels: {n_mels}
 compute_features: !new:speechbrain.lobes.features.Fbank
     n_mels: !ref <n_mels>
 mean_var_norm: !new:speechbrain.processing.features.InputNormalization
@@ -29,12 +31,18 @@ mean_var_norm: !new:speechbrain.processing.features.InputNormalization
     std_norm: False
 embedding_model: !new:speechbrain.lobes.models.ECAPA_TDNN.ECAPA_TDNN
     input_size: !ref <n_mels>
-    channels: [1024, 1024, 1024, 1024, 3072]
+    channels: {list(channels)}
     kernel_sizes: [5, 3, 3, 3, 1]
     dilations: [1, 2, 3, 4, 1]
-    attention_channels: 128
+    attention_channels: {attention_channels}
+    se_channels: {se_channels}
+    res2net_scale: {res2net_scale}
     lin_neurons: 192
 """
+
+
+# used to build a random-weight encoder for offline runs (--random-weights)
+RELEASED_HPARAMS = ecapa_hparams()
 
 _NEEDED = ("compute_features", "mean_var_norm", "embedding_model")
 
