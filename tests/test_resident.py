@@ -175,7 +175,8 @@ def test_prerecorded_steps_match(rt, t2s):
         c = res.counters()
         assert c["steps"] == len(seq) and len(res.resident_decoder._next) <= 1
         assert c["prerecorded_steps"] == (5 if pre else 0)  # 1, 2, 3, 3, 4 followed their step
-    assert torch.equal(out[True], out[False])
+    # same kernels, same inputs: equal up to the order subgroups add in (a wrong cache is ~1e-2 off)
+    assert rel_err(out[True].numpy(), out[False].numpy()) < 1e-6
     res.resident_decoder.prerecord = True
     res.resident_decoder.step([0], t2s.stoks_len - 2)
     assert list(res.resident_decoder._next) == [t2s.stoks_len - 1]
@@ -200,7 +201,7 @@ def test_profile_step(rt, t2s):
         else:
             res.logits(3, 1)
         out.append(res.logits(9, 2))
-    assert torch.equal(out[0], out[1])
+    assert rel_err(out[0].numpy(), out[1].numpy()) < 1e-6
 
 
 def test_errors(rt, t2s):
