@@ -276,6 +276,32 @@ def test_voice_cloning_embedding_matches_across_backends(tiny, rt, backend):
     assert rel_err(embs["wgpu"], embs["cpu"]) < 1e-4
 
 
+def test_speaker_embeddings_are_cached_by_content(tiny, backend, tmp_path, monkeypatch):
+    import wsvk.whisperspeech as wws
+
+    backend("cpu")
+    pipe = tiny_pipeline(tiny)
+    calls = []
+    enc = pipe.speaker_encoder()
+    real = enc.embed_waveform
+    monkeypatch.setattr(enc, "embed_waveform", lambda wav: (calls.append(1), real(wav))[1])
+    first = pipe.speaker_embedding(str(tiny["voice"]))
+    ref = first.clone()
+    first += 1  # the caller's copy: the cache keeps its own
+    again = pipe.speaker_embedding(str(tiny["voice"]))
+    assert len(calls) == 1 and torch.equal(again, ref)
+    other = tm.write_voice(tmp_path / "other.wav", seed=1)  # same length, other samples: computed
+    assert not torch.equal(pipe.speaker_embedding(str(other)), again) and len(calls) == 2
+    copy = tmp_path / "copy.wav"  # same samples under another name: cached
+    copy.write_bytes(tiny["voice"].read_bytes())
+    pipe.speaker_embedding(str(copy))
+    assert len(calls) == 2
+    monkeypatch.setattr(wws, "SPEAKER_CACHE", 2)
+    for i in range(4):
+        pipe.speaker_embedding(torch.full((1600,), 0.01 * i))
+    assert len(pipe._speakers) == 2 and len(calls) == 6
+
+
 def test_long_text_is_split_and_every_chunk_spoken(tiny, backend):
     backend("cpu")
     pipe = tiny_pipeline(tiny)

@@ -32,6 +32,7 @@ from .textsplit import split_text
 
 SAMPLE_RATE = 24000
 STAGES = ("speaker", "t2s", "s2a", "vocos")
+SPEAKER_CACHE = 16  # speaker embeddings a pipeline keeps (a few hundred bytes each)
 
 __all__ = ["load_pipeline", "Pipeline", "Progress", "InputError", "valid_languages", "check_language",
            "Voice", "SAMPLE_RATE", "STAGES", "DEFAULT_T2S", "DEFAULT_S2A", "DEFAULT_VOCODER", "DEFAULT_SPEAKER_MODEL"]
@@ -115,6 +116,8 @@ class Pipeline:
         self.random_t2s = random_t2s    # a random T2S never says "stop": bound its length by the text
         self._resident: dict = {}       # stage -> resident module, built on first GPU use
         self._lock = threading.Lock()   # whisperspeech samples from torch's global RNG: one call at a time
+        self._speakers: dict = {}       # samples hash -> ECAPA embedding, least recently used first
+        self._speaker_lock = threading.Lock()
 
     @property
     def stats(self):
@@ -157,7 +160,12 @@ class Pipeline:
 
     def speaker_embedding(self, speaker):
         """speaker: an audio file path, a wsvk.speaker.Voice, or a 16 kHz mono waveform tensor [T]
-        -> ECAPA embedding [D], computed inside offload()."""
+        -> ECAPA embedding [D], computed inside offload(). The last SPEAKER_CACHE embeddings are
+        kept, keyed by the samples' hash: a server cloning the same voice again skips the encoder."""
+        import hashlib
+
+        import torch
+
         from .router import offload
 
         enc = self.speaker_encoder()
@@ -165,6 +173,14 @@ class Pipeline:
             wav = read_speaker_audio(speaker)
         else:
             wav = speaker.samples if isinstance(speaker, Voice) else speaker
+        wav = torch.as_tensor(wav)
+        key = hashlib.blake2b(wav.detach().cpu().contiguous().numpy().tobytes(), digest_size=16,
+                              person=str(wav.dtype).encode()[:16]).hexdigest()
+        with self._speaker_lock:
+            hit = self._speakers.pop(key, None)
+            if hit is not None:
+                self._speakers[key] = hit  # most recently used last
+                return hit.clone()
         t0 = time.perf_counter()
         self.progress.stage_start("speaker", 0, 1, None)
         with offload(self.stage_stats["speaker"]):
@@ -172,6 +188,10 @@ class Pipeline:
         dt = time.perf_counter() - t0
         self.last.seconds["speaker"] += dt
         self.progress.stage_end("speaker", 0, 1, dt)
+        with self._speaker_lock:
+            self._speakers[key] = emb.clone()
+            while len(self._speakers) > SPEAKER_CACHE:
+                self._speakers.pop(next(iter(self._speakers)))
         return emb
 
     def _speaker(self, speaker):
