@@ -73,6 +73,9 @@ def cases(big: bool, quick: bool):
     for lq, lk, h in ([(1, 2250, 6), (750, 750, 6)] if not quick else [(1, 300, 2), (64, 64, 2)]):
         rows.append(("attention", f"attention q{lq} kv{lk} h{h} d64", "GFLOP/s", 4 * h * lq * lk * 64,
                      (f32(1, h, lq, 64), f32(1, h, lk, 64), f32(1, h, lk, 64))))
+    c, t = (1024, 500) if not quick else (64, 50)  # ECAPA's dilated conv, 5 s of 100 Hz frames
+    rows.append(("conv1d", f"conv1d {c}->{c} k3 d2 T{t}", "GFLOP/s", 2 * c * c * 3 * (t - 4),
+                 (f32(1, c, t), f32(c, c, 3))))
     frames = 750 if not quick else 50
     spec = (f32(frames, 641) + 1j * f32(frames, 641)).astype(np.complex64)
     rows.append(("fft", f"irfft {frames}x641->1280", "GFLOP/s", int(2.5 * frames * 1280 * np.log2(1280)), (spec,)))
@@ -92,6 +95,14 @@ def run(args) -> list[dict]:
             gpu_fn = lambda: ops.linear(gpu_in[0], gpu_in[1])  # noqa: E731
             np_fn = lambda: arrays[0] @ arrays[1].T  # noqa: E731
             torch_fn = lambda ts: torch.nn.functional.linear(ts[0], ts[1])  # noqa: E731
+        elif family == "conv1d":
+            gpu_fn = lambda: ops.conv1d(gpu_in[0], gpu_in[1], dilation=2)  # noqa: E731
+
+            def np_fn():  # [1, C, T - 4, 3] windows of taps 0, 2, 4 . weight
+                win = np.lib.stride_tricks.sliding_window_view(arrays[0], 5, axis=-1)[..., ::2]
+                return np.einsum("bctk,ock->bot", win, arrays[1], optimize=True)
+
+            torch_fn = lambda ts: torch.nn.functional.conv1d(ts[0], ts[1], dilation=2)  # noqa: E731
         elif family == "attention":
             gpu_fn = lambda: ops.attention(*gpu_in)  # noqa: E731
 

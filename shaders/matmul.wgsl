@@ -1,13 +1,15 @@
 // Matrix products. T: storage type (f32 or f16, prepended by the runtime); accumulation in f32.
 //
 // Two entry points share the epilogue (bias + optional GELU):
-//   tiled:  c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B
+//   tiled:  c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B,
+//           or (CONV) the implicit im2col matrix of a 1-D convolution's input (see conv_input)
 //   gemv:   out[M, N]  = x[M, K] @ weight[N, K]^T for the decode case M <= 8
 // Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) so counts past
 // 65,535 work; ids past the end return at once (uniform per workgroup, before any barrier).
 
 override TRANS_B: bool = false;   // b holds weight[N, K] (linear) instead of [K, N] (matmul)
-override HAS_BIAS: bool = false;  // add bias[N]
+override CONV: bool = false;      // b is a conv input x[z, Cin, T_in]; a = weight [Cout, Cin * ks]
+override HAS_BIAS: bool = false;  // add bias[N] (bias[M] when CONV: one per output channel)
 override GELU: bool = false;      // nn.GELU() (erf form) after the bias
 
 // #include gelu
@@ -27,6 +29,8 @@ fn epilogue(acc: f32, bias_v: f32) -> f32 {
 struct MMParams {
     M: u32, N: u32, K: u32, tiles_n: u32,
     tiles_m: u32, tiles: u32, a_batch: u32, b_batch: u32,   // batch strides in elements (0 = shared)
+    t_in: u32, ks: u32, dil: u32, pad: u32,                 // CONV only: input length, kernel size,
+    stride: u32, _p0: u32, _p1: u32, _p2: u32,              // dilation, left zero padding, stride
 }
 
 @group(0) @binding(0) var<storage, read> a: array<T>;
@@ -42,6 +46,15 @@ const SS: u32 = 65u;  // shared row stride: 65 keeps the transposed stores free 
 
 var<workgroup> As: array<f32, 1040>;  // [BK][SS]: As[k * SS + m]
 var<workgroup> Bs: array<f32, 1040>;  // [BK][SS]: Bs[k * SS + n]
+
+// CONV: B[k, n] with k = ci * ks + tap is input channel ci at time n * stride + tap * dil - pad,
+// zero outside [0, t_in) -- torch's conv1d (a cross-correlation) as a GEMM, no im2col buffer.
+fn conv_input(b_off: u32, gk: u32, gn: u32) -> f32 {
+    let ci = gk / mp.ks;
+    let t = i32(gn * mp.stride + (gk % mp.ks) * mp.dil) - i32(mp.pad);
+    if (t < 0 || t >= i32(mp.t_in)) { return 0.0; }
+    return f32(b[b_off + ci * mp.t_in + u32(t)]);
+}
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -94,7 +107,9 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let cn = e % TN;
                 let gn = n0 + cn;
                 let gk = k0 + kk;
-                if (gn < N && gk < K) { v = f32(b[b_off + gk * N + gn]); }
+                if (gn < N && gk < K) {
+                    if (CONV) { v = conv_input(b_off, gk, gn); } else { v = f32(b[b_off + gk * N + gn]); }
+                }
                 Bs[kk * SS + cn] = v;
             }
         }
@@ -112,11 +127,12 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     for (var j = 0u; j < 4u; j++) {
         let gn = n0 + tx + 16u * j;
         if (gn >= N) { continue; }
-        var bias_v = 0.0;
-        if (HAS_BIAS) { bias_v = f32(bias[gn]); }
         for (var i = 0u; i < 4u; i++) {
             let gm = m0 + ty + 16u * i;
-            if (gm < M) { c[c_off + gm * N + gn] = T(epilogue(acc[i][j], bias_v)); }
+            if (gm >= M) { continue; }
+            var bias_v = 0.0;
+            if (HAS_BIAS) { bias_v = f32(bias[select(gn, gm, CONV)]); }
+            c[c_off + gm * N + gn] = T(epilogue(acc[i][j], bias_v));
         }
     }
 }

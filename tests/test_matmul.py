@@ -198,3 +198,55 @@ def test_linear_splits_weights_larger_than_one_binding(rt, monkeypatch):
     assert calls == [64, 64, 64, 64, 44]  # N of each part
     ref = torch.nn.functional.gelu(torch.from_numpy(x.astype(np.float64) @ w.T.astype(np.float64) + b)).numpy()
     assert rel_err(got, ref) < 1e-5
+
+
+# ---------------------------------------------------------------- conv1d (the tiled kernel, CONV mode)
+
+
+def ref_conv1d(x, w, b=None, **kw):
+    t = lambda a: None if a is None else torch.from_numpy(np.asarray(a, np.float64))  # noqa: E731
+    return torch.nn.functional.conv1d(t(x), t(w), t(b), **kw).numpy()
+
+
+@pytest.mark.parametrize("xshape,wshape,bias,kw", [
+    ((2, 3, 17), (5, 3, 3), True, dict(padding=2, dilation=2)),
+    ((3, 1), (4, 3, 1), False, {}),                                            # unbatched, ks 1, T 1
+    ((1, 7, 40), (9, 7, 4), True, dict(stride=3, padding=1)),
+    ((2, 6, 33), (8, 6, 4), True, dict(padding="same", dilation=3)),            # even span: extra pad right
+    ((2, 5, 12), (3, 5, 5), False, dict(padding="valid")),
+    ((1, 67, 130), (70, 67, 3), True, dict(padding=1)),                         # several tiles, K % 16 != 0
+    ((2, 4, 5000), (1, 4, 1), False, {}),                                       # long T, Cout 1
+])
+def test_conv1d(rt, guard, xshape, wshape, bias, kw):
+    x, w = rand(xshape, 1), rand(wshape, 2)
+    b = rand(wshape[0], 3) if bias else None
+    got = mm.conv1d(x, w, b, **kw)
+    ref = ref_conv1d(x, w, b, **kw)
+    assert got.shape == ref.shape and got.dtype == np.float32
+    assert rel_err(got, ref) <= bound(np.float32, wshape[1] * wshape[2]), rel_err(got, ref)
+
+
+def test_conv1d_f16_and_gpu_face(rt, guard):
+    x, w, b = rand((2, 8, 21), 4), rand((6, 8, 3), 5), rand(6, 6)
+    out = mm.conv1d(rt.upload(x), rt.upload(w), rt.upload(b), padding=1)
+    assert not isinstance(out, np.ndarray) and out.shape == (2, 6, 21)
+    assert rel_err(out.numpy(), ref_conv1d(x, w, b, padding=1)) < 1e-5
+    need(rt, np.float16)
+    h = lambda a: a.astype(np.float16)  # noqa: E731
+    assert rel_err(mm.conv1d(h(x), h(w), h(b), padding=1), ref_conv1d(x, w, b, padding=1)) < 1.5e-3
+
+
+def test_conv1d_errors(rt):
+    x, w = np.zeros((1, 3, 8), np.float32), np.zeros((2, 3, 3), np.float32)
+    for args, kw, err, match in [
+        ((x, w[:, :2]), {}, ValueError, r"x must be \[B, 2, T\]"),
+        ((x, w[0]), {}, ValueError, r"weight must be \[Cout, Cin, ks\]"),
+        ((x, w, np.zeros(3, np.float32)), {}, ValueError, r"bias must have shape \(2,\)"),
+        ((x, w), dict(padding="same", stride=2), ValueError, "stride 1"),
+        ((x, w), dict(padding=-1), ValueError, "padding"),
+        ((x, w), dict(dilation=0), ValueError, "dilation"),
+        ((x[..., :2], w), {}, ValueError, "shorter than the kernel"),
+        ((x.astype(np.int32), w.astype(np.int32)), {}, TypeError, "int32"),
+    ]:
+        with pytest.raises(err, match=match):
+            mm.conv1d(*args, **kw)

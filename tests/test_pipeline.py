@@ -174,7 +174,7 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
     assert rel_err(a_gpu, a_cpu) < 1e-4, rel_err(a_gpu, a_cpu)
     assert rel_err(s_gpu, s_cpu) < 1e-4, rel_err(s_gpu, s_cpu)
     expected = {"t2s": ("linear", "sdpa"), "s2a": ("linear", "sdpa"), "vocos": ("linear", "fft"),
-                "speaker": ("fft", "matmul")}  # ECAPA is all convolutions: no linear/sdpa there
+                "speaker": ("fft", "matmul", "conv1d")}  # ECAPA: fbank, convolutions, no linear/sdpa
     if resident:  # encoders, decode steps and Vocos are resident: only the speaker encoder is routed
         for stage in ("t2s", "s2a", "vocos"):
             assert gpu.stage_stats[stage].gpu_calls("resident") == 1

@@ -104,6 +104,20 @@ def test_fallbacks_are_counted(rt, g):
     same(small, (x.double() @ lin.weight.double().T + lin.bias.double()).float())
 
 
+def test_conv1d_modules(rt, g):
+    """nn.Conv1d as models use it (speechbrain's ECAPA pads itself and calls it with padding 0)."""
+    convs = [torch.nn.Conv1d(6, 10, 3, dilation=2), torch.nn.Conv1d(6, 10, 4, padding="same", bias=False),
+             torch.nn.Conv1d(6, 10, 5, stride=2, padding=2), torch.nn.Conv1d(6, 6, 3, groups=3)]
+    x = torch.randn(2, 6, 31, generator=g)
+    with torch.no_grad(), offload() as stats:
+        got = [c(x) for c in convs] + [convs[0](x[0])]
+    with torch.no_grad():
+        ref = [c(x) for c in convs] + [convs[0](x[0])]
+    for a, b in zip(got, ref):
+        same(a, b, 1e-5)
+    assert stats.gpu_calls("conv1d") == 4 and stats.reasons["conv1d"]["groups"] == 1
+
+
 def test_nested_offload(rt, g):
     """A bare inner offload() joins the outer one; one with settings decides alone for its block."""
     lin = torch.nn.Linear(8, 8)

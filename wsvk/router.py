@@ -4,8 +4,8 @@
         model(x)
     print(stats.table())
 
-Inside `offload()`, a TorchFunctionMode sees every torch call. F.linear, matmul/bmm,
-F.scaled_dot_product_attention, torch.fft.{fft,ifft,rfft,irfft} and torch.stft go to
+Inside `offload()`, a TorchFunctionMode sees every torch call. F.linear, F.conv1d (groups=1),
+matmul/bmm, F.scaled_dot_product_attention, torch.fft.{fft,ifft,rfft,irfft} and torch.stft go to
 `wsvk.ops` when the backend selects an adapter and the call qualifies (float dtype, no
 autograd, a shape the kernels take, enough work to pay for the transfer); everything
 else runs on CPU torch untouched. Each decision is counted per op, with the reason for
@@ -175,6 +175,23 @@ def _linear(router, input, weight, bias=None):
     return _result(out, dt)
 
 
+def _conv1d(router, input, weight, bias=None, stride=1, padding=0, dilation=1, groups=1):
+    x, w = _check_tensor(input, "input"), _check_tensor(weight, "weight")
+    if bias is not None:
+        _check_tensor(bias, "bias")
+    dt = _same_dtype(x, w, bias)
+    if groups != 1:
+        raise Fallback("groups")
+    one = lambda v: v[0] if isinstance(v, (tuple, list)) and len(v) == 1 else v  # noqa: E731
+    stride, padding, dilation = one(stride), one(padding), one(dilation)
+    if x.dim() not in (2, 3) or w.dim() != 3 or x.shape[-2] != w.shape[1]:
+        raise Fallback("shape")
+    router.worth(x.numel() * w.shape[0] * w.shape[2] // max(1, int(stride)))
+    out = ops.conv1d(_to_numpy(x), _operand(w), None if bias is None else _operand(bias),
+                     stride=stride, padding=padding, dilation=dilation)
+    return _result(out, dt)
+
+
 def _matmul(router, input, other, *, out=None):
     if out is not None:
         raise Fallback("out=")
@@ -292,6 +309,7 @@ def _stft(router, input, n_fft, hop_length=None, win_length=None, window=None, c
 
 _HANDLERS = {
     F.linear: ("linear", _linear),
+    F.conv1d: ("conv1d", _conv1d),
     torch.matmul: ("matmul", _matmul),
     torch.Tensor.matmul: ("matmul", _matmul),
     torch.Tensor.__matmul__: ("matmul", _matmul),

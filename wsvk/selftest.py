@@ -33,6 +33,14 @@ def _softmax_attn(q, k, v, causal=False):
     return (p / p.sum(-1, keepdims=True)) @ v
 
 
+def _conv1d(x, w, b, pad, dil):
+    """torch's conv1d (cross-correlation), stride 1, zero padding, in float64 numpy."""
+    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad)))
+    ks = w.shape[-1]
+    win = np.lib.stride_tricks.sliding_window_view(xp, dil * (ks - 1) + 1, axis=-1)[..., ::dil]
+    return np.einsum("bctk,ock->bot", win, w) + b[:, None]
+
+
 def _ln(x, w, b, eps=1e-5):
     mu = x.mean(-1, keepdims=True)
     var = ((x - mu) ** 2).mean(-1, keepdims=True)
@@ -73,6 +81,9 @@ def cases(rng, f16: bool):
     yield "linear gemv (M=1)", lambda: ops.linear(x1, w, b), lambda: x1 @ w.T + b, 1e-5
     yield "linear gemv gelu", lambda: ops.linear(x1, w, b, gelu=True), lambda: _gelu(x1 @ w.T + b), 1e-5
     yield "linear tiled", lambda: ops.linear(x9, w, b), lambda: x9 @ w.T + b, 1e-5
+    xc, wc, bc = r(2, 13, 40), r(11, 13, 3), r(11)
+    yield ("conv1d (dilated, padded)", lambda: ops.conv1d(xc, wc, bc, padding=2, dilation=2),
+           lambda: _conv1d(xc, wc, bc, 2, 2), 1e-5)
     yield "matmul batched", lambda: ops.matmul(q, np.swapaxes(k, -1, -2)), lambda: q @ np.swapaxes(k, -1, -2), 1e-5
     yield "attention prefill", lambda: ops.attention(q, k, v), lambda: _softmax_attn(q, k, v), 3e-5
     yield "attention causal", lambda: ops.attention(q, q, q, causal=True), lambda: _softmax_attn(q, q, q, True), 3e-5

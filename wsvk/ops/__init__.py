@@ -8,7 +8,7 @@ from .attention import attention
 from .elementwise import axpy
 from .fft import fft, ifft, irfft, rfft
 from .heads import merge_heads, split_heads
-from .matmul import linear, matmul
+from .matmul import conv1d, linear, matmul
 from .norm import layer_norm
 
-__all__ = ["attention", "axpy", "fft", "ifft", "irfft", "layer_norm", "linear", "matmul", "merge_heads", "rfft", "split_heads"]
+__all__ = ["attention", "axpy", "conv1d", "fft", "ifft", "irfft", "layer_norm", "linear", "matmul", "merge_heads", "rfft", "split_heads"]

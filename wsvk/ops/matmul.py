@@ -42,15 +42,16 @@ def _dims(name: str, x, least: int) -> tuple:
     return shape
 
 
-def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, out_shape):
-    """c[batch, M, N] through the tiled kernel; a/b batch strides in elements (0 = shared)."""
+def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, out_shape, conv=None):
+    """c[batch, M, N] through the tiled kernel; a/b batch strides in elements (0 = shared);
+    conv = (t_in, ks, dilation, pad, stride): b is a conv input [batch, Cin, t_in] (see conv1d)."""
     out = rt.empty(out_shape, dt)
     tiles_n, tiles_m = -(-N // _TILE), -(-M // _TILE)
     tiles = batch * tiles_m * tiles_n
     if tiles >= _U32:
         raise ValueError(f"matmul: {tiles} output tiles is too many for one dispatch")
-    pipe = _pipeline(rt, "tiled", dt, TRANS_B=trans_b, HAS_BIAS=bias is not None, GELU=gelu)
-    params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch)
+    pipe = _pipeline(rt, "tiled", dt, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
+    params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch, *(conv or (0,) * 5), 0, 0, 0)
     rt.run(pipe, [a, b, a if bias is None else bias, out, params], rt.grid(tiles))
     return out
 
@@ -136,3 +137,50 @@ def matmul(a, b):
         out = _tiled(rt, ga, gb, None, dt, batch, M, N, K, M * K if abat else 0, K * N, False, False,
                      out_shape)
     return finish(out, on_gpu(a, b))
+
+
+def conv1d(x, weight, bias=None, stride: int = 1, padding=0, dilation: int = 1):
+    """torch's F.conv1d with groups=1: x[B, Cin, T] (or [Cin, T]) * weight[Cout, Cin, ks] -> [B, Cout, T_out].
+
+    padding: an int (zeros on both sides), "valid" or "same" (stride 1; an odd total goes right,
+    as torch). The tiled matmul kernel with the input read as an implicit im2col matrix.
+    """
+    x, weight = as_array(x), as_array(weight)
+    bias = None if bias is None else as_array(bias)
+    if weight.ndim != 3 or min(weight.shape) < 1:
+        raise ValueError(f"conv1d: weight must be [Cout, Cin, ks], got shape {tuple(weight.shape)}")
+    Cout, Cin, ks = (int(s) for s in weight.shape)
+    if x.ndim not in (2, 3) or x.shape[-2] != Cin or x.shape[-1] < 1:
+        raise ValueError(f"conv1d: x must be [B, {Cin}, T] or [{Cin}, T], got shape {tuple(x.shape)}")
+    if bias is not None and tuple(bias.shape) != (Cout,):
+        raise ValueError(f"conv1d: bias must have shape ({Cout},), got {tuple(bias.shape)}")
+    if int(stride) < 1 or int(dilation) < 1:
+        raise ValueError(f"conv1d: stride and dilation must be >= 1, got {stride}, {dilation}")
+    stride, dilation = int(stride), int(dilation)
+    span = dilation * (ks - 1)
+    if padding == "valid":
+        pad_l = pad_r = 0
+    elif padding == "same":
+        if stride != 1:
+            raise ValueError("conv1d: padding='same' needs stride 1 (as torch)")
+        pad_l, pad_r = span // 2, span - span // 2
+    elif isinstance(padding, (int, np.integer)) and padding >= 0:
+        pad_l = pad_r = int(padding)
+    else:
+        raise ValueError(f"conv1d: padding must be an int >= 0, 'valid' or 'same', got {padding!r}")
+    batched = x.ndim == 3
+    B, T = (int(x.shape[0]) if batched else 1), int(x.shape[-1])
+    t_out = (T + pad_l + pad_r - span - 1) // stride + 1
+    if t_out < 1:
+        raise ValueError(f"conv1d: input of length {T} is shorter than the kernel's span {span + 1} (padding {padding})")
+    dt = common_dtype(x=x, weight=weight, bias=bias)
+    rt = runtime()
+    _check_size(rt, "conv1d: x", (B, Cin, T))
+    _check_size(rt, "conv1d: output", (B, Cout, t_out))
+    gx = to_gpu(x, dt)
+    gw = to_gpu(weight, dt)  # [Cout, Cin * ks] row-major: the GEMM's a
+    gb = None if bias is None else to_gpu(bias, dt)
+    out_shape = (B, Cout, t_out) if batched else (Cout, t_out)
+    out = _tiled(rt, gw, gx, gb, dt, B, Cout, t_out, Cin * ks, 0, Cin * T, False, False, out_shape,
+                 conv=(T, ks, dilation, pad_l, stride))
+    return finish(out, on_gpu(x, weight, bias))
