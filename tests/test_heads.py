@@ -73,6 +73,8 @@ def test_errors(rt):
         ops.split_heads(x, 4, 2)  # width 6, 4 heads
     with pytest.raises(ValueError, match="rope"):
         ops.split_heads(x, 2, 3, rope_parts=1)
+    with pytest.raises(ValueError, match="rope_step"):
+        ops.split_heads(x, 2, 3, rope=rope_table(4, 2), rope_parts=2, rope_step=-1)
     with pytest.raises(ValueError, match="covers"):
         ops.split_heads(x, 2, 3, rope=rope_table(2, 2), rope_parts=2)
     with pytest.raises(TypeError, match="int32"):

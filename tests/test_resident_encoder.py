@@ -96,3 +96,34 @@ def test_errors(rt):
                         rope=(torch.ones(8, 16), torch.zeros(8, 16)))
     with pytest.raises(ValueError, match="cross-attention"):
         ResidentEncoder(model.decoder.layers, model.n_head, model.encoder.ln_post, causal=False)
+
+
+def test_capture_from_two_wrappers_in_threads_leaves_the_model_whole(rt):
+    """The encoder-input capture edits the model for a moment: wrappers share one lock."""
+    import sys
+    import threading
+
+    model = t2s_from_spec(tr.t2s_spec())
+    wrappers = [ResidentT2S(model), ResidentT2S(model)]
+    tt, langs, cpss = t2s_inputs(model)
+    n_layers = len(model.encoder.layers)
+    x0s = []
+
+    def work(res):
+        for _ in range(100):
+            x0, _ = res._encoder_input(model.encoder, "layers", model.encoder.ln_post,
+                                       lambda: model.run_encoder(tt, langs, cpss))
+            x0s.append(x0)
+
+    threads = [threading.Thread(target=work, args=(w,)) for w in wrappers]
+    interval = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)  # switch threads often: without a shared lock the edits interleave
+    try:
+        for t in threads:
+            t.start()
+        for t in threads:
+            t.join()
+    finally:
+        sys.setswitchinterval(interval)
+    assert len(model.encoder.layers) == n_layers and not model.encoder.ln_post._forward_hooks
+    assert len(x0s) == 200 and all(torch.equal(x, x0s[0]) for x in x0s)

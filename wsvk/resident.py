@@ -36,6 +36,12 @@ def _rope_tables(layer):
     return cos[0, :, 0, :], sin[0, :, 0, :]
 
 
+# The capture below edits the wrapped model for one run_encoder call: one lock for every wrapper
+# (two wrappers of one model must not interleave their edits). Running the same model on the
+# CPU from another thread meanwhile is not supported (wsvk.whisperspeech.Pipeline serializes).
+_CAPTURE_LOCK = threading.Lock()
+
+
 @contextmanager
 def _layers_bypassed(owner, attr: str, ln_post, captured: list):
     """Run the model's own run_encoder without its encoder layers: `owner.attr` (the layer list)
@@ -64,7 +70,6 @@ class _Resident:
         if model.training:
             raise ValueError("the model must be in eval mode (wsvk.models.for_cpu(model))")
         self.model = model
-        self._lock = threading.Lock()  # the encoder-input capture briefly edits the model
 
     def _encoder_input(self, owner, attr: str, ln_post, run_encoder):
         """(x0 [L, W], run_encoder's outputs with zeros in place of the encoder's own output).
@@ -72,7 +77,7 @@ class _Resident:
         from .router import offload
 
         captured = []
-        with self._lock, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
+        with _CAPTURE_LOCK, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
             outs = run_encoder()
         return captured[0][0], outs
 

@@ -405,11 +405,12 @@ class ResidentDecoder:
         if not rt.has_timestamps:
             raise RuntimeError(f"{rt.info['name']} has no timestamp-query: GPU times are not available")
         attn_groups = rt.grid(self.NH * -(-(int(pos) + 1) // self.ch))
-        rt.write(self.step_buf, data)
-        self._next.clear()
-        with rt.recorder("wsvk.resident.profile", timestamps=True) as rec:
-            for (pipe, bg, groups), label in zip(self.plan, self.labels):
-                rec.dispatch_bound(pipe, bg, groups or attn_groups, label)
+        with rt.lock:
+            self._next.clear()
+            rt.write(self.step_buf, data)
+            with rt.recorder("wsvk.resident.profile", timestamps=True) as rec:
+                for (pipe, bg, groups), label in zip(self.plan, self.labels):
+                    rec.dispatch_bound(pipe, bg, groups or attn_groups, label)
         return rec.gpu_ms
 
     def counters(self) -> dict:

@@ -174,8 +174,9 @@ class Pipeline:
         else:
             wav = speaker.samples if isinstance(speaker, Voice) else speaker
         wav = torch.as_tensor(wav)
-        key = hashlib.blake2b(wav.detach().cpu().contiguous().numpy().tobytes(), digest_size=16,
-                              person=str(wav.dtype).encode()[:16]).hexdigest()
+        samples = wav.detach().cpu().float().contiguous()
+        key = hashlib.blake2b(samples.numpy().tobytes(), digest_size=16,
+                              person=str(tuple(samples.shape)).encode()[:16]).hexdigest()
         with self._speaker_lock:
             hit = self._speakers.pop(key, None)
             if hit is not None:

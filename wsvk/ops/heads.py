@@ -19,6 +19,8 @@ def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope
     x = as_array(x)
     dt = check_float("split_heads", x)
     od = _out_dtype("split_heads", out_dtype, dt)
+    if int(rope_step) < 1:
+        raise ValueError(f"split_heads: rope_step must be >= 1, got {rope_step}")
     if parts not in (2, 3):
         raise ValueError(f"split_heads: parts must be 2 or 3, got {parts}")
     if x.ndim != 2 or x.shape[0] < 1 or x.shape[1] % parts:
