@@ -37,7 +37,7 @@ SHADER = "decoder"
 _UNIFORM = 64 | 8   # UNIFORM | COPY_DST
 _MAP_READ = 1 | 8   # MAP_READ | COPY_DST
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
-MAX_STAGED = 1920   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 8 KiB scratch <= 16 KiB)
+MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 8.5 KiB of wg_sums <= 16 KiB)
 
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
 

@@ -6,8 +6,9 @@
 //
 // SUBGROUPS: every thread holds partials of the same sums, so a subgroupAdd is right whatever
 // the subgroup size or layout; subgroup leaders then claim slots with an atomic counter (no
-// assumption on how invocations map to subgroups). Otherwise a shared-memory tree, 8 sums at a
-// time. Lines ending in "// [sg]" use subgroup builtins: the runtime drops them on adapters
+// assumption on how invocations map to subgroups) and the slots are added in the order of their
+// leaders' invocation index, so the result is the same run after run (the claiming order is
+// not). Otherwise a shared-memory tree, 8 sums at a time. Lines ending in "// [sg]" use subgroup builtins: the runtime drops them on adapters
 // without the feature. The entry point sets sg_inv from its subgroup_invocation_id ([sg] lines).
 
 override SUBGROUPS: bool = false;
@@ -16,6 +17,8 @@ const SUMS_MAX: u32 = 32u;
 const SUMS_WG: u32 = 256u;                    // the callers' workgroup size
 var<workgroup> sums_red: array<f32, 2048>;    // 64 subgroup slots x 32 sums, or 256 threads x 8 sums
 var<workgroup> sums_slots: atomic<u32>;
+var<workgroup> sums_owner: array<u32, 64>;    // slot -> its leader's invocation index
+var<workgroup> sums_order: array<u32, 64>;    // rank of the leader's index -> slot
 var<private> sg_inv: u32;                     // subgroup_invocation_id
 
 // Thread t < ns gets sum number t (ns <= SUMS_MAX); all threads must call it (it has barriers).
@@ -29,14 +32,22 @@ fn wg_sums(acc_in: array<f32, SUMS_MAX>, ns: u32, t: u32) -> f32 {
         if (t == 0u) { atomicStore(&sums_slots, 0u); }
         workgroupBarrier();  // also rejoins lanes that left their loops early: subgroup ops need them all
         for (var j = 0u; j < ns; j++) { acc[j] = subgroupAdd(acc[j]); }  // [sg]
+        var slot = 0u;
         if (sg_inv == 0u) {
-            let s = atomicAdd(&sums_slots, 1u);  // < 64: subgroups have at least 4 invocations
-            for (var j = 0u; j < ns; j++) { sums_red[s * SUMS_MAX + j] = acc[j]; }
+            slot = atomicAdd(&sums_slots, 1u);  // < 64: subgroups have at least 4 invocations
+            sums_owner[slot] = t;
+            for (var j = 0u; j < ns; j++) { sums_red[slot * SUMS_MAX + j] = acc[j]; }
         }
         workgroupBarrier();
         let nslots = atomicLoad(&sums_slots);
+        if (sg_inv == 0u) {
+            var rank = 0u;
+            for (var q = 0u; q < nslots; q++) { rank += select(0u, 1u, sums_owner[q] < t); }
+            sums_order[rank] = slot;
+        }
+        workgroupBarrier();
         if (t < ns) {
-            for (var q = 0u; q < nslots; q++) { total += sums_red[q * SUMS_MAX + t]; }
+            for (var r = 0u; r < nslots; r++) { total += sums_red[sums_order[r] * SUMS_MAX + t]; }
         }
     } else {
         // chunks of 8 sums: sums_red[thread * 8 + c], a tree over the threads
