@@ -79,6 +79,10 @@ class _Resident:
         captured = []
         with _CAPTURE_LOCK, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
             outs = run_encoder()
+        if len(captured) != 1:
+            raise RuntimeError(f"{type(self.model).__name__}.run_encoder called its final layer norm "
+                               f"{len(captured)} times (expected once): a whisperspeech variant the "
+                               "resident encoder does not know; use resident=False")
         return captured[0][0], outs
 
     def __getattr__(self, name):  # stoks_len, tunables, ... of the wrapped model
