@@ -19,7 +19,7 @@ def test_bench_ops_quick(rt, tmp_path):
     r = run_script("bench_ops.py", "--quick", "--min-time", "0.01", "--json", str(tmp_path / "ops.json"))
     assert r.returncode == 0, r.stderr
     data = json.loads((tmp_path / "ops.json").read_text())
-    assert {row["family"] for row in data["results"]} == {"linear", "attention", "fft"}
+    assert {row["family"] for row in data["results"]} == {"linear", "attention", "conv1d", "fft"}
     assert all(row["wsvk_ms"] > 0 and row["torch_cpu_ms"] > 0 for row in data["results"])
     assert "gemv" in r.stdout and "irfft" in r.stdout
 
