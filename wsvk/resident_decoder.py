@@ -314,8 +314,8 @@ class ResidentDecoder:
                              rt.grid(-(-n // 256)), "cross kv")
 
     # ------------------------------------------------------------ per step
-    def _step_input(self, tokens, pos) -> np.ndarray:
-        """The checked step buffer [pos, token ids...] (uint32)."""
+    def _step_input(self, tokens, pos) -> tuple[int, np.ndarray]:
+        """(pos, the checked step buffer [pos, token ids...] as uint32)."""
         pos = int(pos)
         toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
         if toks.size != self.NQ:
@@ -326,13 +326,16 @@ class ResidentDecoder:
             raise ValueError(f"position {pos} outside the decoder's {self.self_len} positions")
         if self.rt.recording:
             raise RuntimeError("a resident decode step reads its results back: call it outside a recorder")
-        return np.concatenate([[pos], toks]).astype(np.uint32)
+        return pos, np.concatenate([[pos], toks]).astype(np.uint32)
+
+    def _attn_groups(self, pos: int) -> tuple:
+        """Self-attention's grid at `pos`: NH heads x the key splits covering pos + 1 keys."""
+        return self.rt.grid(self.NH * -(-(pos + 1) // self.ch))
 
     def step(self, tokens, pos: int) -> np.ndarray:
         """One decode step: token ids [NQ] at position `pos` -> logits [n_logits] (float32)."""
         rt = self.rt
-        data = self._step_input(tokens, pos)
-        pos = int(pos)
+        pos, data = self._step_input(tokens, pos)
         t0 = time.perf_counter()
         with rt.lock:
             cmd = self._next.pop(pos, None)
@@ -369,7 +372,7 @@ class ResidentDecoder:
         (self-attention's grid covers pos + 1 keys), then the logits copied to a mappable buffer
         (two, alternating by position, so a pre-recorded step never targets the mapped one)."""
         t0 = time.perf_counter()
-        attn_groups = self.rt.grid(self.NH * -(-(pos + 1) // self.ch))
+        attn_groups = self._attn_groups(pos)
         with gpu_errors("recording a decode step"):
             enc = self.rt.device.create_command_encoder(label="wsvk.resident.step")
             cpass = enc.begin_compute_pass()
@@ -401,10 +404,10 @@ class ResidentDecoder:
         """Run one step (it updates the KV caches at `pos` as `step` does) with every dispatch in
         its own timestamped pass: [(label, GPU ms)] in plan order. Needs timestamp-query."""
         rt = self.rt
-        data = self._step_input(tokens, pos)
+        pos, data = self._step_input(tokens, pos)
         if not rt.has_timestamps:
             raise RuntimeError(f"{rt.info['name']} has no timestamp-query: GPU times are not available")
-        attn_groups = rt.grid(self.NH * -(-(int(pos) + 1) // self.ch))
+        attn_groups = self._attn_groups(pos)
         with rt.lock:
             self._next.clear()
             rt.write(self.step_buf, data)

@@ -17,13 +17,8 @@ from __future__ import annotations
 import numpy as np
 
 from . import ops
+from .resident_decoder import _np
 from .runtime import GpuArray, Runtime, get_runtime
-
-
-def _np(t) -> np.ndarray:
-    if hasattr(t, "detach"):
-        t = t.detach().float().cpu().numpy()
-    return np.ascontiguousarray(t, dtype=np.float32)
 
 
 class ResidentEncoder:
@@ -60,7 +55,9 @@ class ResidentEncoder:
             for name, lin in (("qkv", l.attn.qkv), ("out", l.attn.out), ("fc1", l.mlp[0]), ("fc2", l.mlp[2])):
                 g[name] = (rt.upload(_np(lin.weight)), None if lin.bias is None else rt.upload(_np(lin.bias)))
             self.layers.append(g)
-        self.ln_post = (rt.upload(_np(ln_post.weight)), _np(ln_post.bias), float(ln_post.eps))
+        # the bias stays on the host too: a chunk's extra vector is added to it (see run)
+        self.ln_post = (rt.upload(_np(ln_post.weight)), rt.upload(_np(ln_post.bias)), _np(ln_post.bias),
+                        float(ln_post.eps))
         self.rope = None
         if rope is not None:
             cos, sin = _np(rope[0]), _np(rope[1])
@@ -79,9 +76,9 @@ class ResidentEncoder:
             raise ValueError(f"encoder input must be [L, {W}], got {x0.shape}")
         if self.rope is not None and x0.shape[0] > self.P:
             raise ValueError(f"encoder input has {x0.shape[0]} positions, the RoPE tables {self.P}")
-        gamma, beta, eps = self.ln_post
-        if extra is not None:
-            beta = beta + _np(extra).reshape(W)  # ln_post(x) + extra == LN with bias + extra
+        gamma, beta, host_beta, eps = self.ln_post
+        if extra is not None:  # ln_post(x) + extra == LN with bias + extra
+            beta = rt.upload(host_beta + _np(extra).reshape(W))
         rope_parts = 0 if self.rope is None else 2
         with rt.recorder("wsvk.resident.encoder"):
             x = rt.upload(x0)
@@ -92,4 +89,4 @@ class ResidentEncoder:
                 x = ops.axpy(x, ops.linear(ops.merge_heads(a), *g["out"]))
                 h = ops.linear(ops.layer_norm(x, *g["mlp_ln"]), *g["fc1"], gelu=True)
                 x = ops.axpy(x, ops.linear(h, *g["fc2"]))
-            return ops.layer_norm(x, gamma, rt.upload(beta), eps, out_dtype=out_dtype)
+            return ops.layer_norm(x, gamma, beta, eps, out_dtype=out_dtype)

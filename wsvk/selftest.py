@@ -165,16 +165,13 @@ def resident_cases(rt):
         yield name, lambda both=both: both()["got"], lambda both=both: both()["ref"].astype(np.float64), bound
 
 
-def run(out=print, resident: bool = True) -> bool:
+def run(out=print) -> bool:
     """Print pass/fail per kernel; True when all pass."""
     rt = get_runtime()
     out(f"selftest on {rt.info['name']} ({rt.info['backend']}, {rt.info['type']})")
     rng = np.random.default_rng(1234)
     ok = True
-    checks = list(cases(rng, rt.has_f16))
-    if resident:
-        checks = itertools.chain(checks, resident_cases(rt))
-    for name, ours, ref, bound in checks:
+    for name, ours, ref, bound in itertools.chain(cases(rng, rt.has_f16), resident_cases(rt)):
         t0 = time.perf_counter()
         try:
             got = ours()
