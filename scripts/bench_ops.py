@@ -6,12 +6,16 @@
 Every row is measured in this one run: the wsvk kernel (GPU-resident inputs, one submit per
 call, the time of a batch of calls divided by their number), numpy, torch on the CPU (all
 threads) and torch CUDA when present. --big adds GEMV 8192x8192 and matmul 4096^3 (the
-issue's targets; slow anywhere but a real GPU). Lavapipe timings mean nothing.
+issue's targets; slow anywhere but a real GPU) and times both tiled-matmul variants (64x64 and
+128x128 tiles, "[t64]"/"[t128]") on 4096^3 and on Vocos' pointwise conv, to check the choice
+wsvk.ops.matmul.tile_size makes. Lavapipe timings mean nothing.
 """
 
 from __future__ import annotations
 
 import argparse
+import contextlib
+import importlib
 import json
 import os
 import platform
@@ -28,6 +32,8 @@ import torch  # noqa: E402
 
 from wsvk import ops  # noqa: E402
 from wsvk.runtime import get_runtime  # noqa: E402
+
+mm = importlib.import_module("wsvk.ops.matmul")  # the module (wsvk.ops.matmul is also a function)
 
 
 def timeit(fn, min_time=0.2, max_reps=200) -> float:
@@ -56,7 +62,7 @@ def cuda_time(fn, min_time=0.2) -> float | None:
 
 
 def cases(big: bool, quick: bool):
-    """(family, name, work unit, amount, numpy fn args) for each benchmark row."""
+    """(family, name, work unit, amount, numpy fn args, tiled variant or None) for each row."""
     rng = np.random.default_rng(0)
     f32 = lambda *s: rng.standard_normal(s).astype(np.float32)  # noqa: E731
     rows = []
@@ -64,21 +70,23 @@ def cases(big: bool, quick: bool):
     if big:
         gemvs.append((8192, 8192))
     for k, n in gemvs:
-        rows.append(("linear", f"gemv 1x{k}->{n}", "GB/s", 4 * (k * n + k + n), (f32(1, k), f32(n, k))))
-    mms = [(750, 1152, 384)] if not quick else [(64, 96, 48)]
-    if big:
-        mms.append((4096, 4096, 4096))
-    for m, n, k in mms:
-        rows.append(("linear", f"matmul {m}x{k}x{n}", "GFLOP/s", 2 * m * n * k, (f32(m, k), f32(n, k))))
+        rows.append(("linear", f"gemv 1x{k}->{n}", "GB/s", 4 * (k * n + k + n), (f32(1, k), f32(n, k)), None))
+    mms = [((750, 1152, 384), (None,))] if not quick else [((64, 96, 48), (None, 128))]
+    if big:  # Vocos' pointwise conv (10 s of audio) and the issue's target shape, both variants
+        mms += [((750, 1536, 512), (None, 64, 128)), ((4096, 4096, 4096), (None, 64, 128))]
+    for (m, n, k), tiles in mms:
+        for tile in tiles:
+            tag = "" if tile is None else f" [t{tile}]"
+            rows.append(("linear", f"matmul {m}x{k}x{n}{tag}", "GFLOP/s", 2 * m * n * k, (f32(m, k), f32(n, k)), tile))
     for lq, lk, h in ([(1, 2250, 6), (750, 750, 6)] if not quick else [(1, 300, 2), (64, 64, 2)]):
         rows.append(("attention", f"attention q{lq} kv{lk} h{h} d64", "GFLOP/s", 4 * h * lq * lk * 64,
-                     (f32(1, h, lq, 64), f32(1, h, lk, 64), f32(1, h, lk, 64))))
+                     (f32(1, h, lq, 64), f32(1, h, lk, 64), f32(1, h, lk, 64)), None))
     c, t = (1024, 500) if not quick else (64, 50)  # ECAPA's dilated conv, 5 s of 100 Hz frames
     rows.append(("conv1d", f"conv1d {c}->{c} k3 d2 T{t}", "GFLOP/s", 2 * c * c * 3 * (t - 4),
-                 (f32(1, c, t), f32(c, c, 3))))
+                 (f32(1, c, t), f32(c, c, 3)), None))
     frames = 750 if not quick else 50
     spec = (f32(frames, 641) + 1j * f32(frames, 641)).astype(np.complex64)
-    rows.append(("fft", f"irfft {frames}x641->1280", "GFLOP/s", int(2.5 * frames * 1280 * np.log2(1280)), (spec,)))
+    rows.append(("fft", f"irfft {frames}x641->1280", "GFLOP/s", int(2.5 * frames * 1280 * np.log2(1280)), (spec,), None))
     return rows
 
 
@@ -87,12 +95,16 @@ def run(args) -> list[dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
     results = []
-    for family, name, unit, amount, arrays in cases(args.big, args.quick):
+    for family, name, unit, amount, arrays, tile in cases(args.big, args.quick):
         gpu_in = [rt.upload(a.view(np.float32).reshape(*a.shape[:-1], a.shape[-1], 2) if np.iscomplexobj(a) else a)
                   for a in arrays]
         t_in = [torch.from_numpy(a) for a in arrays]
         if family == "linear":
-            gpu_fn = lambda: ops.linear(gpu_in[0], gpu_in[1])  # noqa: E731
+            def gpu_fn(tile=tile):  # tile: pin the tiled variant (None: the library's choice)
+                with mm.tile_variant(tile) if tile else contextlib.nullcontext():
+                    return ops.linear(gpu_in[0], gpu_in[1])
+
+
             np_fn = lambda: arrays[0] @ arrays[1].T  # noqa: E731
             torch_fn = lambda ts: torch.nn.functional.linear(ts[0], ts[1])  # noqa: E731
         elif family == "conv1d":
@@ -125,15 +137,17 @@ def run(args) -> list[dict]:
             return keep
 
         t_gpu = timeit(gpu_batch, args.min_time) / 10
-        t_np = timeit(np_fn, args.min_time, max_reps=20)
-        t_torch = timeit(lambda: torch_fn(t_in), args.min_time, max_reps=50)
-        t_cuda = None
-        if cuda:
+        t_np = t_torch = t_cuda = None
+        if tile is None:  # baselines once per shape, not again for each pinned variant
+            t_np = timeit(np_fn, args.min_time, max_reps=20)
+            t_torch = timeit(lambda: torch_fn(t_in), args.min_time, max_reps=50)
+        if cuda and tile is None:
             t_dev = [t.cuda() for t in t_in]
             t_cuda = cuda_time(lambda: torch_fn(t_dev), args.min_time)
         rate = lambda t: None if t is None else amount / t / 1e9  # noqa: E731
         results.append({"family": family, "case": name, "unit": unit,
-                        "wsvk_ms": t_gpu * 1e3, "numpy_ms": t_np * 1e3, "torch_cpu_ms": t_torch * 1e3,
+                        "wsvk_ms": t_gpu * 1e3, "numpy_ms": None if t_np is None else t_np * 1e3,
+                        "torch_cpu_ms": None if t_torch is None else t_torch * 1e3,
                         "torch_cuda_ms": None if t_cuda is None else t_cuda * 1e3,
                         "wsvk_rate": rate(t_gpu), "numpy_rate": rate(t_np), "torch_cpu_rate": rate(t_torch),
                         "torch_cuda_rate": rate(t_cuda)})
@@ -145,6 +159,9 @@ def table(results, adapter: str) -> str:
     lines = [f"adapter: {adapter}",
              f"{'case':<34} {'unit':<8} {'wsvk':>9} {'numpy':>9} {'torchCPU':>9} {'torchCUDA':>9}   (ms: wsvk / torch CPU)"]
     for r in results:
+        if r["torch_cpu_ms"] is None:  # a variant row: the baselines are on the row above
+            lines.append(f"{r['case']:<34} {r['unit']:<8} {fmt(r['wsvk_rate'])}   ({r['wsvk_ms']:.3f} ms)")
+            continue
         lines.append(f"{r['case']:<34} {r['unit']:<8} {fmt(r['wsvk_rate'])} {fmt(r['numpy_rate'])} "
                      f"{fmt(r['torch_cpu_rate'])} {fmt(r['torch_cuda_rate'])}   "
                      f"({r['wsvk_ms']:.3f} / {r['torch_cpu_ms']:.3f})")

@@ -22,9 +22,14 @@ fn epilogue(acc: f32, bias_v: f32) -> f32 {
 }
 
 // ------------------------------------------------------------------ tiled matmul
-// 64x64 output tile per 256-thread workgroup, each thread a 4x4 block (rows ty+16i, cols tx+16j:
-// strided so that neighbouring threads touch neighbouring shared-memory words and output columns),
-// K walked in steps of 16 through shared memory. Out-of-range loads read 0, stores are checked.
+// Two tile sizes, one per entry point, sharing the loaders and the epilogue:
+//   tiled:     64x64 output tile per 256-thread workgroup, each thread a 4x4 block (rows ty+16i,
+//              cols tx+16j: neighbouring threads touch neighbouring shared words and columns),
+//              K in steps of 16. More workgroups: the choice for small and mid-size products.
+//   tiled_big: 128x128 tile, each thread an 8x8 block read as vec4s from shared memory, K in
+//              steps of 8 with the next step's global loads issued before this step's FMAs.
+//              Half the shared-memory traffic per FMA: the choice when there are enough tiles.
+// Out-of-range loads read 0, stores are checked.
 
 struct MMParams {
     M: u32, N: u32, K: u32, tiles_n: u32,
@@ -39,14 +44,6 @@ struct MMParams {
 @group(0) @binding(3) var<storage, read_write> c: array<T>;
 @group(0) @binding(4) var<uniform> mp: MMParams;
 
-const TM: u32 = 64u;
-const TN: u32 = 64u;
-const BK: u32 = 16u;
-const SS: u32 = 65u;  // shared row stride: 65 keeps the transposed stores free of bank conflicts
-
-var<workgroup> As: array<f32, 1040>;  // [BK][SS]: As[k * SS + m]
-var<workgroup> Bs: array<f32, 1040>;  // [BK][SS]: Bs[k * SS + n]
-
 // CONV: B[k, n] with k = ci * ks + tap is input channel ci at time n * stride + tap * dil - pad,
 // zero outside [0, t_in) -- torch's conv1d (a cross-correlation) as a GEMM, no im2col buffer.
 fn conv_input(b_off: u32, gk: u32, gn: u32) -> f32 {
@@ -56,61 +53,64 @@ fn conv_input(b_off: u32, gk: u32, gn: u32) -> f32 {
     return f32(b[b_off + ci * mp.t_in + u32(t)]);
 }
 
+// A[gm, gk], 0 outside the matrix
+fn a_at(a_off: u32, gm: u32, gk: u32) -> f32 {
+    if (gm < mp.M && gk < mp.K) { return f32(a[a_off + gm * mp.K + gk]); }
+    return 0.0;
+}
+
+// B[gk, gn] (b[K, N], weight[N, K]^T when TRANS_B, the conv input's im2col when CONV), 0 outside
+fn b_at(b_off: u32, gk: u32, gn: u32) -> f32 {
+    if (gn >= mp.N || gk >= mp.K) { return 0.0; }
+    if (TRANS_B) { return f32(b[b_off + gn * mp.K + gk]); }
+    if (CONV) { return conv_input(b_off, gk, gn); }
+    return f32(b[b_off + gk * mp.N + gn]);
+}
+
+fn store_c(c_off: u32, gm: u32, gn: u32, v: f32) {
+    if (gm >= mp.M || gn >= mp.N) { return; }
+    var bias_v = 0.0;
+    if (HAS_BIAS) { bias_v = f32(bias[select(gn, gm, CONV)]); }
+    c[c_off + gm * mp.N + gn] = T(epilogue(v, bias_v));
+}
+
+// (m0, n0, a_off, b_off, c_off) of this workgroup's tile; tiles ordered n fastest, so
+// neighbouring workgroups share the same rows of a
+fn tile_origin(tile: u32, size: u32) -> vec4<u32> {
+    let tn = tile % mp.tiles_n;
+    let rest = tile / mp.tiles_n;
+    let z = rest / mp.tiles_m;
+    return vec4<u32>((rest % mp.tiles_m) * size, tn * size, z, z * mp.M * mp.N);
+}
+
+const TM: u32 = 64u;
+const BK: u32 = 16u;
+const SS: u32 = 65u;  // shared row stride: 65 keeps the transposed stores free of bank conflicts
+
+var<workgroup> As: array<f32, 1040>;  // [BK][SS]: As[k * SS + m]
+var<workgroup> Bs: array<f32, 1040>;  // [BK][SS]: Bs[k * SS + n]
+
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= mp.tiles) { return; }
-    let M = mp.M;
-    let N = mp.N;
-    let K = mp.K;
-    // tile order: n fastest, so neighbouring workgroups share the same rows of a
-    let tn = tile % mp.tiles_n;
-    let rest = tile / mp.tiles_n;
-    let tm = rest % mp.tiles_m;
-    let z = rest / mp.tiles_m;
-    let m0 = tm * TM;
-    let n0 = tn * TN;
-    let a_off = z * mp.a_batch;
-    let b_off = z * mp.b_batch;
-    let c_off = z * M * N;
+    let o = tile_origin(tile, TM);
+    let a_off = o.z * mp.a_batch;
+    let b_off = o.z * mp.b_batch;
     let tx = lid % 16u;
     let ty = lid / 16u;
 
     var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < K; k0 += BK) {
-        // a tile [64 rows][16 k]: 16 consecutive threads read 16 consecutive k of one row
+    for (var k0 = 0u; k0 < mp.K; k0 += BK) {
         for (var i = 0u; i < 4u; i++) {
             let e = lid + 256u * i;
-            let r = e / BK;
-            let kk = e % BK;
-            let gm = m0 + r;
-            let gk = k0 + kk;
-            var v = 0.0;
-            if (gm < M && gk < K) { v = f32(a[a_off + gm * K + gk]); }
-            As[kk * SS + r] = v;
-        }
-        for (var i = 0u; i < 4u; i++) {
-            let e = lid + 256u * i;
-            var v = 0.0;
-            if (TRANS_B) {
-                // weight[N, K]: same pattern as a
-                let r = e / BK;
-                let kk = e % BK;
-                let gn = n0 + r;
-                let gk = k0 + kk;
-                if (gn < N && gk < K) { v = f32(b[b_off + gn * K + gk]); }
-                Bs[kk * SS + r] = v;
-            } else {
-                // b[K, N]: 64 consecutive threads read 64 consecutive n of one k
-                let kk = e / TN;
-                let cn = e % TN;
-                let gn = n0 + cn;
-                let gk = k0 + kk;
-                if (gn < N && gk < K) {
-                    if (CONV) { v = conv_input(b_off, gk, gn); } else { v = f32(b[b_off + gk * N + gn]); }
-                }
-                Bs[kk * SS + cn] = v;
+            // a tile [64 rows][16 k]: 16 consecutive threads read 16 consecutive k of one row
+            As[(e % BK) * SS + e / BK] = a_at(a_off, o.x + e / BK, k0 + e % BK);
+            if (TRANS_B) {  // weight[N, K]: the same pattern as a
+                Bs[(e % BK) * SS + e / BK] = b_at(b_off, k0 + e % BK, o.y + e / BK);
+            } else {        // b[K, N]: 64 consecutive threads read 64 consecutive n of one k
+                Bs[(e / TM) * SS + e % TM] = b_at(b_off, k0 + e / TM, o.y + e % TM);
             }
         }
         workgroupBarrier();
@@ -123,16 +123,91 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         }
         workgroupBarrier();
     }
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(o.w, o.x + ty + 16u * i, o.y + tx + 16u * j, acc[i][j]);
+        }
+    }
+}
 
-    for (var j = 0u; j < 4u; j++) {
-        let gn = n0 + tx + 16u * j;
-        if (gn >= N) { continue; }
+const TB: u32 = 128u;
+const BK8: u32 = 8u;
+const SS4: u32 = 33u;  // vec4 row stride (132 floats): the transposed stores hit 32 distinct banks
+
+var<workgroup> As4: array<vec4<f32>, 264>;  // [BK8][SS4]: As4[k * SS4 + m / 4][m % 4]
+var<workgroup> Bs4: array<vec4<f32>, 264>;  // [BK8][SS4]: Bs4[k * SS4 + n / 4][n % 4]
+
+@compute @workgroup_size(256)
+fn tiled_big(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+             @builtin(local_invocation_index) lid: u32) {
+    let tile = wid.x + wid.y * nwg.x;
+    if (tile >= mp.tiles) { return; }
+    let o = tile_origin(tile, TB);
+    let a_off = o.z * mp.a_batch;
+    let b_off = o.z * mp.b_batch;
+    // this thread's outputs: rows 4ty+i and 64+4ty+i, columns 4tx+j and 64+4tx+j (i, j < 4)
+    let tx = lid % 16u;
+    let ty = lid / 16u;
+    // its loads, 4 of a and 4 of b per K step: a (and weight) as [128 rows][8 k], 8 consecutive
+    // threads on 8 consecutive k of a row; b[K, N] as [8 k][128 n], 128 threads on one k
+    let lr = lid / BK8;
+    let lk = lid % BK8;
+    let bk = lid / TB;
+    let bn = lid % TB;
+
+    var pa: array<f32, 4>;
+    var pb: array<f32, 4>;
+    for (var i = 0u; i < 4u; i++) {
+        pa[i] = a_at(a_off, o.x + lr + 32u * i, lk);
+        if (TRANS_B) { pb[i] = b_at(b_off, lk, o.y + lr + 32u * i); } else { pb[i] = b_at(b_off, bk + 2u * i, o.y + bn); }
+    }
+    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * 2 + g]: row 64h + 4ty + i, columns 64g + 4tx ..
+    for (var k0 = 0u; k0 < mp.K; k0 += BK8) {
         for (var i = 0u; i < 4u; i++) {
-            let gm = m0 + ty + 16u * i;
-            if (gm >= M) { continue; }
-            var bias_v = 0.0;
-            if (HAS_BIAS) { bias_v = f32(bias[select(gn, gm, CONV)]); }
-            c[c_off + gm * N + gn] = T(epilogue(acc[i][j], bias_v));
+            let r = lr + 32u * i;
+            As4[lk * SS4 + r / 4u][r % 4u] = pa[i];
+            if (TRANS_B) {
+                Bs4[lk * SS4 + r / 4u][r % 4u] = pb[i];
+            } else {
+                Bs4[(bk + 2u * i) * SS4 + bn / 4u][bn % 4u] = pb[i];
+            }
+        }
+        workgroupBarrier();
+        let k1 = k0 + BK8;  // prefetch: these loads are in flight during the FMAs below
+        if (k1 < mp.K) {
+            for (var i = 0u; i < 4u; i++) {
+                pa[i] = a_at(a_off, o.x + lr + 32u * i, k1 + lk);
+                if (TRANS_B) {
+                    pb[i] = b_at(b_off, k1 + lk, o.y + lr + 32u * i);
+                } else {
+                    pb[i] = b_at(b_off, k1 + bk + 2u * i, o.y + bn);
+                }
+            }
+        }
+        for (var kk = 0u; kk < BK8; kk++) {
+            let row = kk * SS4;
+            let av = array<vec4<f32>, 2>(As4[row + ty], As4[row + 16u + ty]);
+            let b0 = Bs4[row + tx];
+            let b1 = Bs4[row + 16u + tx];
+            for (var h = 0u; h < 2u; h++) {
+                for (var i = 0u; i < 4u; i++) {
+                    let s = av[h][i];
+                    acc[(4u * h + i) * 2u] += s * b0;
+                    acc[(4u * h + i) * 2u + 1u] += s * b1;
+                }
+            }
+        }
+        workgroupBarrier();
+    }
+    for (var h = 0u; h < 2u; h++) {
+        for (var i = 0u; i < 4u; i++) {
+            let gm = o.x + 64u * h + 4u * ty + i;
+            for (var g = 0u; g < 2u; g++) {
+                let v = acc[(4u * h + i) * 2u + g];
+                for (var j = 0u; j < 4u; j++) {
+                    store_c(o.w, gm, o.y + 64u * g + 4u * tx + j, v[j]);
+                }
+            }
         }
     }
 }

@@ -250,3 +250,61 @@ def test_conv1d_errors(rt):
     ]:
         with pytest.raises(err, match=match):
             mm.conv1d(*args, **kw)
+
+
+# ---------------------------------------------------------------- the 128x128 tiled variant
+
+
+@pytest.fixture
+def big_tile():
+    with mm.tile_variant(128):
+        yield
+
+
+@pytest.mark.parametrize("lead,N,K,bias,gelu", [
+    ((9,), 65, 17, True, False),        # one partial tile
+    ((130,), 257, 33, True, True),      # 2 x 3 tiles, K % 8 != 0
+    ((3, 43), 131, 129, False, False),  # leading dims, one row and one column past a tile
+    ((300,), 260, 1000, True, False),   # long K: the prefetch runs over many steps
+    ((9,), 65537, 2, True, True),       # 513 column tiles, K < one step
+])
+def test_linear_big_tiles(rt, guard, big_tile, lead, N, K, bias, gelu):
+    check_linear(rt, lead, N, K, bias, gelu)
+
+
+@pytest.mark.parametrize("ashape,bshape", [
+    ((65, 257), (257, 3)),
+    ((3, 20, 30), (3, 30, 70)),         # batched
+    ((20, 30), (4, 30, 7)),             # shared 2-D a
+    ((129, 9), (9, 260)),
+    ((65537, 1, 2), (65537, 2, 3)),     # 65,537 tiles: folded grid
+])
+def test_matmul_big_tiles(rt, guard, big_tile, ashape, bshape):
+    check_matmul(rt, ashape, bshape)
+
+
+def test_big_tiles_f16_and_conv(rt, guard, big_tile):
+    x, w, b = rand((2, 67, 130), 1), rand((140, 67, 3), 2), rand(140, 3)
+    for kw in (dict(padding=1), dict(stride=3, dilation=2, padding="valid")):
+        ref = ref_conv1d(x, w, b, **kw)
+        assert rel_err(mm.conv1d(x, w, b, **kw), ref) <= bound(np.float32, 67 * 3)
+    check_linear(rt, (20,), 70, 130, True, True, dtype=np.float16)
+    check_matmul(rt, (2, 9, 33), (2, 33, 7), dtype=np.float16)
+
+
+def test_tile_choice(rt, guard, monkeypatch):
+    assert mm.tile_size(1, 4096, 4096) == 128
+    assert mm.tile_size(1, 750, 1536) == 64          # Vocos' pointwise conv: 72 big tiles, too few
+    assert mm.tile_size(4, 512, 1024) == 128         # batches count
+    with mm.tile_variant(64):
+        assert mm.tile_size(1, 4096, 4096) == 64
+    assert mm.tile_size(1, 4096, 4096) == 128
+    with pytest.raises(ValueError, match="64 or 128"):
+        with mm.tile_variant(32):
+            pass
+    # a product with BIG_TILES 128x128 tiles runs the big kernel unforced
+    entries = []
+    real = mm._pipeline
+    monkeypatch.setattr(mm, "_pipeline", lambda rt_, entry, *a, **k: entries.append(entry) or real(rt_, entry, *a, **k))
+    check_linear(rt, (2048,), 128 * mm.BIG_TILES // 16, 3, True, False)
+    assert entries == ["tiled_big"]

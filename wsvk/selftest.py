@@ -13,6 +13,7 @@ import time
 import numpy as np
 
 from . import ops
+from .ops.matmul import tile_variant
 from .runtime import get_runtime
 
 
@@ -81,6 +82,13 @@ def cases(rng, f16: bool):
     yield "linear gemv (M=1)", lambda: ops.linear(x1, w, b), lambda: x1 @ w.T + b, 1e-5
     yield "linear gemv gelu", lambda: ops.linear(x1, w, b, gelu=True), lambda: _gelu(x1 @ w.T + b), 1e-5
     yield "linear tiled", lambda: ops.linear(x9, w, b), lambda: x9 @ w.T + b, 1e-5
+    x150 = r(150, 97)
+
+    def tiled_big():
+        with tile_variant(128):
+            return ops.linear(x150, w, b, gelu=True)
+
+    yield "linear tiled 128x128", tiled_big, lambda: _gelu(x150 @ w.T + b), 1e-5
     xc, wc, bc = r(2, 13, 40), r(11, 13, 3), r(11)
     yield ("conv1d (dilated, padded)", lambda: ops.conv1d(xc, wc, bc, padding=2, dilation=2),
            lambda: _conv1d(xc, wc, bc, 2, 2), 1e-5)

@@ -1,12 +1,15 @@
 """Matrix products (shaders/matmul.wgsl): F.linear with fused bias/GELU, and batched matmul.
 
 linear with at most 8 rows (the decode case) runs the GEMV kernel, which reads each weight row
-once; everything else runs the 64x64 tiled kernel. f32 accumulation for f32 and f16 storage.
+once; everything else runs a tiled kernel: 128x128 tiles when the product has at least
+BIG_TILES of them (half the shared-memory traffic per FMA), else 64x64 tiles (4x as many
+workgroups to fill the GPU's cores). f32 accumulation for f32 and f16 storage.
 """
 
 from __future__ import annotations
 
 import math
+from contextlib import contextmanager
 
 import numpy as np
 
@@ -14,10 +17,32 @@ from ..runtime import GpuArray
 from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 GEMV_MAX_M = 8
-_TILE = 64
+BIG_TILES = 128  # 128x128 tiles from this many on: about one per core of a large GPU
 _U32 = 1 << 32
 
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
+_force_tile = None               # 64 or 128: pinned by tile_variant()
+
+
+@contextmanager
+def tile_variant(edge: int):
+    """Pin the tiled kernel's tile edge (64 or 128) inside the block, whatever the shapes: for
+    tests, the selftest and benchmarks that compare the variants. Not thread-safe."""
+    global _force_tile
+    if edge not in (64, 128):
+        raise ValueError(f"tile edge must be 64 or 128, got {edge!r}")
+    saved, _force_tile = _force_tile, edge
+    try:
+        yield
+    finally:
+        _force_tile = saved
+
+
+def tile_size(batch: int, M: int, N: int) -> int:
+    """The tiled kernel's output tile edge for a [batch, M, N] product: 128 or 64."""
+    if _force_tile is not None:
+        return _force_tile
+    return 128 if batch * -(-M // 128) * -(-N // 128) >= BIG_TILES else 64
 
 
 def _pipeline(rt, entry: str, dt, **constants):
@@ -46,11 +71,13 @@ def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, 
     """c[batch, M, N] through the tiled kernel; a/b batch strides in elements (0 = shared);
     conv = (t_in, ks, dilation, pad, stride): b is a conv input [batch, Cin, t_in] (see conv1d)."""
     out = rt.empty(out_shape, dt)
-    tiles_n, tiles_m = -(-N // _TILE), -(-M // _TILE)
+    edge = tile_size(batch, M, N)
+    tiles_n, tiles_m = -(-N // edge), -(-M // edge)
     tiles = batch * tiles_m * tiles_n
     if tiles >= _U32:
         raise ValueError(f"matmul: {tiles} output tiles is too many for one dispatch")
-    pipe = _pipeline(rt, "tiled", dt, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
+    entry = "tiled_big" if edge == 128 else "tiled"
+    pipe = _pipeline(rt, entry, dt, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
     params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch, *(conv or (0,) * 5), 0, 0, 0)
     rt.run(pipe, [a, b, a if bias is None else bias, out, params], rt.grid(tiles))
     return out
