@@ -161,6 +161,31 @@ def test_one_submit_per_step(rt, t2s):
     assert res.counters()["record_s"] > 0
 
 
+def test_prefill_is_one_submit(rt, t2s):
+    """A prompt's positions run in one submit, nothing read back; what follows sees the same
+    caches as after one step per position."""
+    seq = [t2s.stoks_codes, 5, 17, 3, 8]
+    out = []
+    for prefill in (False, True):
+        res = ResidentT2S(t2s, ch=4)  # 4: the prompt spans several key splits
+        dec = res.resident_decoder
+        t2s_reference_logits(t2s, res, [t2s.stoks_codes])  # sets up the chunk
+        s0, d0, r0 = rt.stats["submits"], rt.stats["dispatches"], rt.stats["readbacks"]
+        if prefill:
+            dec.prefill([[t] for t in seq[:-1]])
+            assert rt.stats["submits"] - s0 == 1 and rt.stats["readbacks"] == r0
+            assert rt.stats["dispatches"] - d0 == 4 * dec.dispatches_per_step
+            assert res.counters()["prefilled_steps"] == 4
+        else:
+            for pos, tok in enumerate(seq[:-1]):
+                res.logits(tok, pos)
+        out.append(res.logits(seq[-1], len(seq) - 1))
+    assert rel_err(out[0].numpy(), out[1].numpy()) < 1e-6
+    dec.prefill([])  # nothing to do
+    with pytest.raises(ValueError, match="position"):
+        dec.prefill([[1]] * 3, start=t2s.stoks_len - 2)
+
+
 def test_prerecorded_steps_match(rt, t2s):
     """Step pos + 1 is recorded while step pos runs: used when the caller goes on in order,
     dropped when it does not (a redone position), results as if recorded on demand."""
@@ -246,6 +271,16 @@ def test_s2a_generate_same_tokens(rt, s2a, ch):
     stoks, spk = s2a_inputs(1, n=8)  # second call: longer input, other speaker and temperature
     same_tokens(lambda: s2a.generate(stoks, spk, T=1.2, show_progress_bar=False),
                 lambda: res.generate(stoks, spk, T=1.2, show_progress_bar=False), seed=3)
+
+
+def test_s2a_prompt(rt, s2a):
+    res = ResidentS2A(s2a)
+    stoks, spk = s2a_inputs(2)
+    g = torch.Generator().manual_seed(7)
+    prompt = torch.randint(0, s2a.codes, (1, s2a.quantizers, 5), generator=g)
+    same_tokens(lambda: s2a.generate(stoks, spk, atoks_prompt=prompt, show_progress_bar=False),
+                lambda: res.generate(stoks, spk, atoks_prompt=prompt, show_progress_bar=False), seed=6)
+    assert res.counters()["prefilled_steps"] == 5
 
 
 def test_s2a_teacher_forced_logits(rt, s2a):

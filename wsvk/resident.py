@@ -11,7 +11,8 @@ for the same torch seed. Per chunk, one submit: the model's embeddings on the CP
 layers (wsvk.resident_encoder) and the cross-attention K/V of every decoder layer on the GPU,
 nothing read back. Per step only the position and token ids are uploaded, the decoder runs as
 one submit (wsvk.resident_decoder) and the logits come back to be sampled with whisperspeech's
-`inference.sample` on torch's global RNG, exactly as the model does.
+`inference.sample` on torch's global RNG, exactly as the model does. A prompt
+(stoks_prompt / atoks_prompt) fills the KV caches in one more submit (ResidentDecoder.prefill).
 """
 
 from __future__ import annotations
@@ -200,9 +201,8 @@ class ResidentT2S(_Resident):
             it = progress_bar(it)
 
         self.start_chunk(ttoks.repeat(bs, 1), langs.repeat(bs), cpss.repeat(bs))
-        # prefill: the prompt one position at a time (the causal mask makes that the same sum)
-        for p in range(start):
-            self.resident_decoder.step([int(toks[0, p])], p)
+        # the prompt's positions in one submit (the causal mask makes that the same sum)
+        self.resident_decoder.prefill([[int(t)] for t in toks[0, :start]])
         toks[:, start + 1] = self._sample(int(toks[0, start]), start, T, top_k)[:, 0]
         for i in it:
             toks[:, i + 1] = self._sample(int(toks[0, i]), i, T, top_k)[:, 0]
@@ -291,8 +291,7 @@ class ResidentS2A(_Resident):
 
         stoks, speakers = [x.repeat(bs, 1) for x in (stoks, speakers)]
         self.start_chunk(stoks, speakers)
-        for p in range(start - 1):  # prefill: the prompt one position at a time
-            self.resident_decoder.step(toks[0, :, p].tolist(), p)
+        self.resident_decoder.prefill(toks[0, :, :start - 1].T.tolist())  # the prompt, one submit
         initial = self._sample(toks[0, :, start - 1].tolist(), start - 1, T, top_k)
         toks[:, :start, start:start + 1] = initial[:, :start]
         start += 1

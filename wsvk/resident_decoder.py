@@ -200,6 +200,7 @@ class ResidentDecoder:
         except AttributeError:
             self.raw_calls = None
         self.steps = self.prerecorded_steps = 0  # steps run; of them, run from a pre-recorded buffer
+        self.prefilled_steps = 0  # positions run by prefill (no logits)
         self.record_seconds = 0.0  # host time spent recording steps (set_pipeline/bind/dispatch)
         self.step_seconds = 0.0    # host time of whole steps (write, record, submit, wait, read)
         self.wait_seconds = 0.0    # host time waiting for the logits (GPU time not hidden by recording)
@@ -372,33 +373,62 @@ class ResidentDecoder:
         (self-attention's grid covers pos + 1 keys), then the logits copied to a mappable buffer
         (two, alternating by position, so a pre-recorded step never targets the mapped one)."""
         t0 = time.perf_counter()
-        attn_groups = self._attn_groups(pos)
         with gpu_errors("recording a decode step"):
             enc = self.rt.device.create_command_encoder(label="wsvk.resident.step")
-            cpass = enc.begin_compute_pass()
-            last = None
-            if self.raw_calls is not None:
-                set_pipeline, set_bind_group, dispatch, null = self.raw_calls
-                h = cpass._internal
-                for pipe, bg, groups in self._raw_plan:
-                    if pipe is not last:
-                        set_pipeline(h, pipe)
-                        last = pipe
-                    set_bind_group(h, 0, bg, 0, null)
-                    dispatch(h, *(groups or attn_groups))
-            else:
-                for pipe, bg, groups in self.plan:
-                    if pipe is not last:
-                        cpass.set_pipeline(pipe)
-                        last = pipe
-                    cpass.set_bind_group(0, bg)
-                    cpass.dispatch_workgroups(*(groups or attn_groups))
-            cpass.end()
+            self._encode_pass(enc, pos)
             buf = self._maps[pos % 2]
             enc.copy_buffer_to_buffer(self.logits.buffer, 0, buf, 0, buf.size)
             cmd = enc.finish()
         self.record_seconds += time.perf_counter() - t0
         return cmd
+
+    def _encode_pass(self, enc, pos: int) -> None:
+        """The step plan at `pos` as one compute pass of `enc` (it reads step_buf as it is then)."""
+        attn_groups = self._attn_groups(pos)
+        cpass = enc.begin_compute_pass()
+        last = None
+        if self.raw_calls is not None:
+            set_pipeline, set_bind_group, dispatch, null = self.raw_calls
+            h = cpass._internal
+            for pipe, bg, groups in self._raw_plan:
+                if pipe is not last:
+                    set_pipeline(h, pipe)
+                    last = pipe
+                set_bind_group(h, 0, bg, 0, null)
+                dispatch(h, *(groups or attn_groups))
+        else:
+            for pipe, bg, groups in self.plan:
+                if pipe is not last:
+                    cpass.set_pipeline(pipe)
+                    last = pipe
+                cpass.set_bind_group(0, bg)
+                cpass.dispatch_workgroups(*(groups or attn_groups))
+        cpass.end()
+
+    def prefill(self, rows, start: int = 0) -> None:
+        """Run the steps of a known prefix (a prompt) in ONE submit, nothing read back: token ids
+        rows[i] [NQ] at position start + i fill the KV caches as step() would. Each position's
+        [pos, ids] row is copied into step_buf from one uploaded table between the passes."""
+        rt = self.rt
+        rows = [list(r) for r in rows]
+        if not rows:
+            return
+        data = np.stack([self._step_input(r, start + i)[1] for i, r in enumerate(rows)])
+        t0 = time.perf_counter()
+        with rt.lock:
+            self._next.clear()
+            table = rt.upload(data)
+            row_bytes = 4 * data.shape[1]
+            with gpu_errors("recording a prefill"):
+                enc = rt.device.create_command_encoder(label="wsvk.resident.prefill")
+                for i in range(len(rows)):
+                    enc.copy_buffer_to_buffer(table.buffer, i * row_bytes, self.step_buf.buffer, 0, row_bytes)
+                    self._encode_pass(enc, start + i)
+                cmd = enc.finish()
+            rt.submit_commands(cmd)
+            rt.stats["dispatches"] += len(self.plan) * len(rows)
+        self.prefilled_steps += len(rows)
+        self.step_seconds += time.perf_counter() - t0
 
     def profile_step(self, tokens, pos: int) -> list[tuple[str, float]]:
         """Run one step (it updates the KV caches at `pos` as `step` does) with every dispatch in
@@ -421,12 +451,12 @@ class ResidentDecoder:
         GPU when pre-recorded), waiting for the logits, whole steps; totals and per step."""
         n = max(self.steps, 1)
         out = {"dispatches_per_step": self.dispatches_per_step, "steps": self.steps,
-               "prerecorded_steps": self.prerecorded_steps}
+               "prerecorded_steps": self.prerecorded_steps, "prefilled_steps": self.prefilled_steps}
         for name, v in (("record_s", self.record_seconds), ("wait_s", self.wait_seconds),
                         ("step_s", self.step_seconds)):
             out[name], out[name + "_per_step"] = v, v / n
         return out
 
     def reset_counters(self) -> None:
-        self.steps = self.prerecorded_steps = 0
+        self.steps = self.prerecorded_steps = self.prefilled_steps = 0
         self.record_seconds, self.wait_seconds, self.step_seconds = 0.0, 0.0, 0.0
