@@ -188,6 +188,24 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
             assert cpu.stage_stats[stage].cpu_calls(op) > 0
 
 
+def test_s2a_padding_code_decodes_as_on_the_cpu(tiny, rt, backend, tmp_path):
+    """S2A may sample its padding code 1024 (trained models do, at the end of speech); vocos'
+    lookup then reads the next codebook's row. The wgpu backend gives the same audio, no error."""
+    spec = torch.load(tiny["s2a"], weights_only=False)
+    for i in range(4):  # a long padding-code embedding: large logits for 1024, often sampled
+        spec["state_dict"][f"embds.embeddings.{i}.special.weight"][0] *= 30
+    torch.save(spec, tmp_path / "s2a-pad.model")
+    runs = {}
+    for name in ("cpu", "wgpu"):
+        backend(name)
+        pipe = load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tmp_path / "s2a-pad.model"), vocoder=str(tiny["vocoder"]),
+                             speaker_model=str(tiny["speaker_model"]))
+        runs[name] = (pipe.generate("Hi there, friend.", seed=5), pipe.last.atoks[0])
+    (a_cpu, t_cpu), (a_gpu, t_gpu) = runs["cpu"], runs["wgpu"]
+    assert torch.equal(t_cpu, t_gpu) and (t_gpu == 1024).any()
+    assert rel_err(a_gpu, a_cpu) < 1e-4, rel_err(a_gpu, a_cpu)
+
+
 @pytest.mark.parametrize("stage", ["t2s", "s2a", "vocos"])
 def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage):
     """A lost device in the middle of a stage: one warning, that stage reruns on the CPU with the

@@ -211,8 +211,13 @@ class ResidentVocos:
         if not 1 <= q <= self.n_codebooks:
             raise ValueError(f"codes have {q} codebooks (shape {shape}); this Vocos has {self.n_codebooks}")
         self._check_frames(t)
-        if codes.min() < 0 or codes.max() >= self.bins:
-            raise ValueError(f"codes must lie in [0, {self.bins}), got values in [{codes.min()}, {codes.max()}]")
+        # vocos' codes_to_features looks code + q * bins up in one flat table, so a code past its
+        # codebook reads the next codebook's rows. WhisperSpeech's S2A does emit its padding code
+        # (1024 = bins, at the end of speech): the same lookup keeps such audio equal to vocos'.
+        rows = codes.astype(np.int64) + self.bins * np.arange(q)[:, None]
+        if codes.min() < 0 or rows.max() >= self.n_codebooks * self.bins:
+            raise ValueError(f"codes must lie in [0, {self.bins}) (or index vocos' flat table of "
+                             f"{self.n_codebooks} x {self.bins} rows), got values in [{codes.min()}, {codes.max()}]")
         return np.ascontiguousarray(codes, dtype=np.int32)
 
     # ---------------------------------------------------------------- public
