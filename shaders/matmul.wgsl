@@ -74,13 +74,15 @@ fn store_c(c_off: u32, gm: u32, gn: u32, v: f32) {
     c[c_off + gm * mp.N + gn] = T(epilogue(v, bias_v));
 }
 
-// (m0, n0, a_off, b_off, c_off) of this workgroup's tile; tiles ordered n fastest, so
-// neighbouring workgroups share the same rows of a
-fn tile_origin(tile: u32, size: u32) -> vec4<u32> {
-    let tn = tile % mp.tiles_n;
+struct Tile { m0: u32, n0: u32, a_off: u32, b_off: u32, c_off: u32 }
+
+// Where flat tile `tile` of edge `size` starts: tiles ordered n fastest (neighbouring workgroups
+// share the same rows of a), then m, then the batch.
+fn tile_origin(tile: u32, size: u32) -> Tile {
     let rest = tile / mp.tiles_n;
     let z = rest / mp.tiles_m;
-    return vec4<u32>((rest % mp.tiles_m) * size, tn * size, z, z * mp.M * mp.N);
+    return Tile((rest % mp.tiles_m) * size, (tile % mp.tiles_n) * size, z * mp.a_batch, z * mp.b_batch,
+                z * mp.M * mp.N);
 }
 
 const TM: u32 = 64u;
@@ -96,8 +98,6 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= mp.tiles) { return; }
     let o = tile_origin(tile, TM);
-    let a_off = o.z * mp.a_batch;
-    let b_off = o.z * mp.b_batch;
     let tx = lid % 16u;
     let ty = lid / 16u;
 
@@ -106,11 +106,11 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
         for (var i = 0u; i < 4u; i++) {
             let e = lid + 256u * i;
             // a tile [64 rows][16 k]: 16 consecutive threads read 16 consecutive k of one row
-            As[(e % BK) * SS + e / BK] = a_at(a_off, o.x + e / BK, k0 + e % BK);
+            As[(e % BK) * SS + e / BK] = a_at(o.a_off, o.m0 + e / BK, k0 + e % BK);
             if (TRANS_B) {  // weight[N, K]: the same pattern as a
-                Bs[(e % BK) * SS + e / BK] = b_at(b_off, k0 + e % BK, o.y + e / BK);
+                Bs[(e % BK) * SS + e / BK] = b_at(o.b_off, k0 + e % BK, o.n0 + e / BK);
             } else {        // b[K, N]: 64 consecutive threads read 64 consecutive n of one k
-                Bs[(e / TM) * SS + e % TM] = b_at(b_off, k0 + e / TM, o.y + e % TM);
+                Bs[(e / TM) * SS + e % TM] = b_at(o.b_off, k0 + e / TM, o.n0 + e % TM);
             }
         }
         workgroupBarrier();
@@ -125,7 +125,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
     for (var i = 0u; i < 4u; i++) {
         for (var j = 0u; j < 4u; j++) {
-            store_c(o.w, o.x + ty + 16u * i, o.y + tx + 16u * j, acc[i][j]);
+            store_c(o.c_off, o.m0 + ty + 16u * i, o.n0 + tx + 16u * j, acc[i][j]);
         }
     }
 }
@@ -137,52 +137,54 @@ const SS4: u32 = 33u;  // vec4 row stride (132 floats): the transposed stores hi
 var<workgroup> As4: array<vec4<f32>, 264>;  // [BK8][SS4]: As4[k * SS4 + m / 4][m % 4]
 var<workgroup> Bs4: array<vec4<f32>, 264>;  // [BK8][SS4]: Bs4[k * SS4 + n / 4][n % 4]
 
+// This thread's 4 loads of a and 4 of b for the K step at k0 (0 past the matrices): a (and a
+// weight) as [128 rows][8 k], 8 consecutive threads on 8 consecutive k of a row (lr, lk); b[K, N]
+// as [8 k][128 n], 128 consecutive threads on 128 consecutive n of one k (bk, bn).
+fn big_loads(o: Tile, k0: u32, lid: u32) -> array<f32, 8> {
+    let lr = lid / BK8;
+    let lk = lid % BK8;
+    var v: array<f32, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        v[i] = a_at(o.a_off, o.m0 + lr + 32u * i, k0 + lk);
+        if (TRANS_B) {
+            v[4u + i] = b_at(o.b_off, k0 + lk, o.n0 + lr + 32u * i);
+        } else {
+            v[4u + i] = b_at(o.b_off, k0 + lid / TB + 2u * i, o.n0 + lid % TB);
+        }
+    }
+    return v;
+}
+
 @compute @workgroup_size(256)
 fn tiled_big(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
              @builtin(local_invocation_index) lid: u32) {
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= mp.tiles) { return; }
     let o = tile_origin(tile, TB);
-    let a_off = o.z * mp.a_batch;
-    let b_off = o.z * mp.b_batch;
     // this thread's outputs: rows 4ty+i and 64+4ty+i, columns 4tx+j and 64+4tx+j (i, j < 4)
     let tx = lid % 16u;
     let ty = lid / 16u;
-    // its loads, 4 of a and 4 of b per K step: a (and weight) as [128 rows][8 k], 8 consecutive
-    // threads on 8 consecutive k of a row; b[K, N] as [8 k][128 n], 128 threads on one k
+    // where its loads (big_loads) go in shared memory
     let lr = lid / BK8;
     let lk = lid % BK8;
     let bk = lid / TB;
     let bn = lid % TB;
 
-    var pa: array<f32, 4>;
-    var pb: array<f32, 4>;
-    for (var i = 0u; i < 4u; i++) {
-        pa[i] = a_at(a_off, o.x + lr + 32u * i, lk);
-        if (TRANS_B) { pb[i] = b_at(b_off, lk, o.y + lr + 32u * i); } else { pb[i] = b_at(b_off, bk + 2u * i, o.y + bn); }
-    }
+    var ld = big_loads(o, 0u, lid);
     var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * 2 + g]: row 64h + 4ty + i, columns 64g + 4tx ..
     for (var k0 = 0u; k0 < mp.K; k0 += BK8) {
         for (var i = 0u; i < 4u; i++) {
             let r = lr + 32u * i;
-            As4[lk * SS4 + r / 4u][r % 4u] = pa[i];
+            As4[lk * SS4 + r / 4u][r % 4u] = ld[i];
             if (TRANS_B) {
-                Bs4[lk * SS4 + r / 4u][r % 4u] = pb[i];
+                Bs4[lk * SS4 + r / 4u][r % 4u] = ld[4u + i];
             } else {
-                Bs4[(bk + 2u * i) * SS4 + bn / 4u][bn % 4u] = pb[i];
+                Bs4[(bk + 2u * i) * SS4 + bn / 4u][bn % 4u] = ld[4u + i];
             }
         }
         workgroupBarrier();
-        let k1 = k0 + BK8;  // prefetch: these loads are in flight during the FMAs below
-        if (k1 < mp.K) {
-            for (var i = 0u; i < 4u; i++) {
-                pa[i] = a_at(a_off, o.x + lr + 32u * i, k1 + lk);
-                if (TRANS_B) {
-                    pb[i] = b_at(b_off, k1 + lk, o.y + lr + 32u * i);
-                } else {
-                    pb[i] = b_at(b_off, k1 + bk + 2u * i, o.y + bn);
-                }
-            }
+        if (k0 + BK8 < mp.K) {  // prefetch: these loads are in flight during the FMAs below
+            ld = big_loads(o, k0 + BK8, lid);
         }
         for (var kk = 0u; kk < BK8; kk++) {
             let row = kk * SS4;
@@ -201,11 +203,11 @@ fn tiled_big(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg
     }
     for (var h = 0u; h < 2u; h++) {
         for (var i = 0u; i < 4u; i++) {
-            let gm = o.x + 64u * h + 4u * ty + i;
+            let gm = o.m0 + 64u * h + 4u * ty + i;
             for (var g = 0u; g < 2u; g++) {
                 let v = acc[(4u * h + i) * 2u + g];
                 for (var j = 0u; j < 4u; j++) {
-                    store_c(o.w, gm, o.y + 64u * g + 4u * tx + j, v[j]);
+                    store_c(o.c_off, gm, o.n0 + 64u * g + 4u * tx + j, v[j]);
                 }
             }
         }
