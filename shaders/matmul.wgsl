@@ -22,13 +22,13 @@ fn epilogue(acc: f32, bias_v: f32) -> f32 {
 }
 
 // ------------------------------------------------------------------ tiled matmul
-// Two tile sizes, one per entry point, sharing the loaders and the epilogue:
-//   tiled:     64x64 output tile per 256-thread workgroup, each thread a 4x4 block (rows ty+16i,
-//              cols tx+16j: neighbouring threads touch neighbouring shared words and columns),
-//              K in steps of 16. More workgroups: the choice for small and mid-size products.
-//   tiled_big: 128x128 tile, each thread an 8x8 block read as vec4s from shared memory, K in
-//              steps of 8 with the next step's global loads issued before this step's FMAs.
-//              Half the shared-memory traffic per FMA: the choice when there are enough tiles.
+// Two tile sizes (override BIG):
+//   64x64 output tile per 256-thread workgroup, each thread a 4x4 block, K in steps of 16.
+//          More workgroups: the choice for small and mid-size products.
+//   BIG:   128x128 tile, each thread an 8x8 block, K in steps of 8. Half the shared-memory
+//          reads per FMA: the choice when there are enough tiles to fill the GPU.
+// Each thread reads its rows of a and columns of b from shared memory as vec4s: per k, 2 (4)
+// loads for 16 (64) FMAs, where scalar loads would make shared memory the bottleneck.
 // Out-of-range loads read 0, stores are checked.
 
 struct MMParams {
@@ -85,129 +85,88 @@ fn tile_origin(tile: u32, size: u32) -> Tile {
                 z * mp.M * mp.N);
 }
 
-const TM: u32 = 64u;
-const BK: u32 = 16u;
-const SS: u32 = 65u;  // shared row stride: 65 keeps the transposed stores free of bank conflicts
+// 256 threads (tx = lid % 16, ty = lid / 16); thread outputs: rows 64h + 4ty + i, columns
+// 64g + 4tx + j (h, g < H; i, j < 4): H vec4s per operand and k, 16 lanes apart, so a warp's
+// reads stay within few banks. The loads of the next K step are issued before this step's FMAs
+// (register prefetch), so their latency hides behind the math.
+override BIG: bool = false;                  // 128x128 tiles (else 64x64)
+override H: u32 = select(1u, 2u, BIG);       // vec4s per operand, thread and k
+override EDGE: u32 = 64u * H;                // tile edge
+override KSTEP: u32 = select(16u, 8u, BIG);  // k per step: 1024 values of a and of b each
+override SS: u32 = select(17u, 33u, BIG);    // As4/Bs4 row stride in vec4s: the padding spreads
+                                             // the transposed stores over the banks
 
-var<workgroup> As: array<f32, 1040>;  // [BK][SS]: As[k * SS + m]
-var<workgroup> Bs: array<f32, 1040>;  // [BK][SS]: Bs[k * SS + n]
+// KSTEP rows of k, each the tile's EDGE values of m (As4) or n (Bs4) as vec4s, so that a thread
+// reads its 4 consecutive rows / columns in one load
+var<workgroup> As4: array<vec4<f32>, 272>;  // As4[k * SS + m / 4][m % 4]
+var<workgroup> Bs4: array<vec4<f32>, 272>;  // Bs4[k * SS + n / 4][n % 4]
+
+// This thread's 4 loads of a and 4 of b for the K step at k0 (0 past the matrices). a (and a
+// weight) as [EDGE rows][KSTEP k]: KSTEP consecutive threads read consecutive k of a row.
+// b[K, N] as [KSTEP k][EDGE n]: EDGE consecutive threads read consecutive n of one k.
+fn tile_loads(o: Tile, k0: u32, lid: u32) -> array<f32, 8> {
+    let r = lid / KSTEP;
+    let k = k0 + lid % KSTEP;
+    var v: array<f32, 8>;
+    for (var i = 0u; i < 4u; i++) {
+        v[i] = a_at(o.a_off, o.m0 + r + (256u / KSTEP) * i, k);
+        if (TRANS_B) {
+            v[4u + i] = b_at(o.b_off, k, o.n0 + r + (256u / KSTEP) * i);
+        } else {
+            v[4u + i] = b_at(o.b_off, k0 + lid / EDGE + (256u / EDGE) * i, o.n0 + lid % EDGE);
+        }
+    }
+    return v;
+}
+
+// tile_loads' values into As4 / Bs4
+fn tile_stash(v: array<f32, 8>, lid: u32) {
+    let k = lid % KSTEP;
+    let n = lid % EDGE;
+    for (var i = 0u; i < 4u; i++) {
+        let r = lid / KSTEP + (256u / KSTEP) * i;
+        As4[k * SS + r / 4u][r % 4u] = v[i];
+        if (TRANS_B) {
+            Bs4[k * SS + r / 4u][r % 4u] = v[4u + i];
+        } else {
+            Bs4[(lid / EDGE + (256u / EDGE) * i) * SS + n / 4u][n % 4u] = v[4u + i];
+        }
+    }
+}
 
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= mp.tiles) { return; }
-    let o = tile_origin(tile, TM);
+    let o = tile_origin(tile, EDGE);
     let tx = lid % 16u;
     let ty = lid / 16u;
-
-    var acc: array<vec4<f32>, 4>;
-    for (var k0 = 0u; k0 < mp.K; k0 += BK) {
-        for (var i = 0u; i < 4u; i++) {
-            let e = lid + 256u * i;
-            // a tile [64 rows][16 k]: 16 consecutive threads read 16 consecutive k of one row
-            As[(e % BK) * SS + e / BK] = a_at(o.a_off, o.m0 + e / BK, k0 + e % BK);
-            if (TRANS_B) {  // weight[N, K]: the same pattern as a
-                Bs[(e % BK) * SS + e / BK] = b_at(o.b_off, k0 + e % BK, o.n0 + e / BK);
-            } else {        // b[K, N]: 64 consecutive threads read 64 consecutive n of one k
-                Bs[(e / TM) * SS + e % TM] = b_at(o.b_off, k0 + e / TM, o.n0 + e % TM);
-            }
-        }
+    var ld = tile_loads(o, 0u, lid);
+    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * H + g]: row 64h + 4ty + i, columns 64g + 4tx ..
+    for (var k0 = 0u; k0 < mp.K; k0 += KSTEP) {
+        tile_stash(ld, lid);
         workgroupBarrier();
-        for (var kk = 0u; kk < BK; kk++) {
+        if (k0 + KSTEP < mp.K) { ld = tile_loads(o, k0 + KSTEP, lid); }
+        for (var kk = 0u; kk < KSTEP; kk++) {
             let row = kk * SS;
-            let bv = vec4<f32>(Bs[row + tx], Bs[row + tx + 16u], Bs[row + tx + 32u], Bs[row + tx + 48u]);
-            for (var i = 0u; i < 4u; i++) {
-                acc[i] += As[row + ty + 16u * i] * bv;
-            }
-        }
-        workgroupBarrier();
-    }
-    for (var i = 0u; i < 4u; i++) {
-        for (var j = 0u; j < 4u; j++) {
-            store_c(o.c_off, o.m0 + ty + 16u * i, o.n0 + tx + 16u * j, acc[i][j]);
-        }
-    }
-}
-
-const TB: u32 = 128u;
-const BK8: u32 = 8u;
-const SS4: u32 = 33u;  // vec4 row stride (132 floats): the transposed stores hit 32 distinct banks
-
-var<workgroup> As4: array<vec4<f32>, 264>;  // [BK8][SS4]: As4[k * SS4 + m / 4][m % 4]
-var<workgroup> Bs4: array<vec4<f32>, 264>;  // [BK8][SS4]: Bs4[k * SS4 + n / 4][n % 4]
-
-// This thread's 4 loads of a and 4 of b for the K step at k0 (0 past the matrices): a (and a
-// weight) as [128 rows][8 k], 8 consecutive threads on 8 consecutive k of a row (lr, lk); b[K, N]
-// as [8 k][128 n], 128 consecutive threads on 128 consecutive n of one k (bk, bn).
-fn big_loads(o: Tile, k0: u32, lid: u32) -> array<f32, 8> {
-    let lr = lid / BK8;
-    let lk = lid % BK8;
-    var v: array<f32, 8>;
-    for (var i = 0u; i < 4u; i++) {
-        v[i] = a_at(o.a_off, o.m0 + lr + 32u * i, k0 + lk);
-        if (TRANS_B) {
-            v[4u + i] = b_at(o.b_off, k0 + lk, o.n0 + lr + 32u * i);
-        } else {
-            v[4u + i] = b_at(o.b_off, k0 + lid / TB + 2u * i, o.n0 + lid % TB);
-        }
-    }
-    return v;
-}
-
-@compute @workgroup_size(256)
-fn tiled_big(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
-             @builtin(local_invocation_index) lid: u32) {
-    let tile = wid.x + wid.y * nwg.x;
-    if (tile >= mp.tiles) { return; }
-    let o = tile_origin(tile, TB);
-    // this thread's outputs: rows 4ty+i and 64+4ty+i, columns 4tx+j and 64+4tx+j (i, j < 4)
-    let tx = lid % 16u;
-    let ty = lid / 16u;
-    // where its loads (big_loads) go in shared memory
-    let lr = lid / BK8;
-    let lk = lid % BK8;
-    let bk = lid / TB;
-    let bn = lid % TB;
-
-    var ld = big_loads(o, 0u, lid);
-    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * 2 + g]: row 64h + 4ty + i, columns 64g + 4tx ..
-    for (var k0 = 0u; k0 < mp.K; k0 += BK8) {
-        for (var i = 0u; i < 4u; i++) {
-            let r = lr + 32u * i;
-            As4[lk * SS4 + r / 4u][r % 4u] = ld[i];
-            if (TRANS_B) {
-                Bs4[lk * SS4 + r / 4u][r % 4u] = ld[4u + i];
-            } else {
-                Bs4[(bk + 2u * i) * SS4 + bn / 4u][bn % 4u] = ld[4u + i];
-            }
-        }
-        workgroupBarrier();
-        if (k0 + BK8 < mp.K) {  // prefetch: these loads are in flight during the FMAs below
-            ld = big_loads(o, k0 + BK8, lid);
-        }
-        for (var kk = 0u; kk < BK8; kk++) {
-            let row = kk * SS4;
-            let av = array<vec4<f32>, 2>(As4[row + ty], As4[row + 16u + ty]);
-            let b0 = Bs4[row + tx];
-            let b1 = Bs4[row + 16u + tx];
-            for (var h = 0u; h < 2u; h++) {
+            var bv: array<vec4<f32>, 2>;
+            for (var g = 0u; g < H; g++) { bv[g] = Bs4[row + 16u * g + tx]; }
+            for (var h = 0u; h < H; h++) {
+                let av = As4[row + 16u * h + ty];
                 for (var i = 0u; i < 4u; i++) {
-                    let s = av[h][i];
-                    acc[(4u * h + i) * 2u] += s * b0;
-                    acc[(4u * h + i) * 2u + 1u] += s * b1;
+                    for (var g = 0u; g < H; g++) { acc[(4u * h + i) * H + g] += av[i] * bv[g]; }
                 }
             }
         }
         workgroupBarrier();
     }
-    for (var h = 0u; h < 2u; h++) {
+    for (var h = 0u; h < H; h++) {
         for (var i = 0u; i < 4u; i++) {
-            let gm = o.m0 + 64u * h + 4u * ty + i;
-            for (var g = 0u; g < 2u; g++) {
-                let v = acc[(4u * h + i) * 2u + g];
+            for (var g = 0u; g < H; g++) {
+                let v = acc[(4u * h + i) * H + g];
                 for (var j = 0u; j < 4u; j++) {
-                    store_c(o.c_off, gm, o.n0 + 64u * g + 4u * tx + j, v[j]);
+                    store_c(o.c_off, o.m0 + 64u * h + 4u * ty + i, o.n0 + 64u * g + 4u * tx + j, v[j]);
                 }
             }
         }

@@ -76,8 +76,7 @@ def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, 
     tiles = batch * tiles_m * tiles_n
     if tiles >= _U32:
         raise ValueError(f"matmul: {tiles} output tiles is too many for one dispatch")
-    entry = "tiled_big" if edge == 128 else "tiled"
-    pipe = _pipeline(rt, entry, dt, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
+    pipe = _pipeline(rt, "tiled", dt, BIG=edge == 128, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
     params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch, *(conv or (0,) * 5), 0, 0, 0)
     rt.run(pipe, [a, b, a if bias is None else bias, out, params], rt.grid(tiles))
     return out
