@@ -104,7 +104,6 @@ def run(args) -> list[dict]:
                 with mm.tile_variant(tile) if tile else contextlib.nullcontext():
                     return ops.linear(gpu_in[0], gpu_in[1])
 
-
             np_fn = lambda: arrays[0] @ arrays[1].T  # noqa: E731
             torch_fn = lambda ts: torch.nn.functional.linear(ts[0], ts[1])  # noqa: E731
         elif family == "conv1d":

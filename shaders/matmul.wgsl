@@ -93,44 +93,42 @@ override BIG: bool = false;                  // 128x128 tiles (else 64x64)
 override H: u32 = select(1u, 2u, BIG);       // vec4s per operand, thread and k
 override EDGE: u32 = 64u * H;                // tile edge
 override KSTEP: u32 = select(16u, 8u, BIG);  // k per step: 1024 values of a and of b each
-override SS: u32 = select(17u, 33u, BIG);    // As4/Bs4 row stride in vec4s: the padding spreads
-                                             // the transposed stores over the banks
+override SS: u32 = select(17u, 33u, BIG);    // As4/Bs4 row stride in vec4s: the padding keeps
+                                             // each 8-lane phase of the vec4 stores on distinct banks
 
 // KSTEP rows of k, each the tile's EDGE values of m (As4) or n (Bs4) as vec4s, so that a thread
 // reads its 4 consecutive rows / columns in one load
 var<workgroup> As4: array<vec4<f32>, 272>;  // As4[k * SS + m / 4][m % 4]
 var<workgroup> Bs4: array<vec4<f32>, 272>;  // Bs4[k * SS + n / 4][n % 4]
 
-// This thread's 4 loads of a and 4 of b for the K step at k0 (0 past the matrices). a (and a
-// weight) as [EDGE rows][KSTEP k]: KSTEP consecutive threads read consecutive k of a row.
-// b[K, N] as [KSTEP k][EDGE n]: EDGE consecutive threads read consecutive n of one k.
-fn tile_loads(o: Tile, k0: u32, lid: u32) -> array<f32, 8> {
-    let r = lid / KSTEP;
+// This thread's 4 values of a and 4 of b for the K step at k0 (0 past the matrices), each 4
+// consecutive rows (or columns) at one k, so each goes to shared memory as one whole vec4 (a
+// store to one component may touch the whole vector in WGSL's memory model: a race when 4
+// threads fill one vec4). a (and a weight): rows 4 (lid / KSTEP) + i at k0 + lid % KSTEP, so
+// KSTEP consecutive threads read consecutive k. b[K, N]: columns 4 (lid % (EDGE / 4)) + i at
+// k0 + lid / (EDGE / 4), so consecutive threads read consecutive columns.
+fn tile_loads(o: Tile, k0: u32, lid: u32) -> array<vec4<f32>, 2> {
+    let m = o.m0 + 4u * (lid / KSTEP);
     let k = k0 + lid % KSTEP;
-    var v: array<f32, 8>;
-    for (var i = 0u; i < 4u; i++) {
-        v[i] = a_at(o.a_off, o.m0 + r + (256u / KSTEP) * i, k);
-        if (TRANS_B) {
-            v[4u + i] = b_at(o.b_off, k, o.n0 + r + (256u / KSTEP) * i);
-        } else {
-            v[4u + i] = b_at(o.b_off, k0 + lid / EDGE + (256u / EDGE) * i, o.n0 + lid % EDGE);
-        }
+    let va = vec4<f32>(a_at(o.a_off, m, k), a_at(o.a_off, m + 1u, k), a_at(o.a_off, m + 2u, k), a_at(o.a_off, m + 3u, k));
+    if (TRANS_B) {
+        let n = o.n0 + 4u * (lid / KSTEP);
+        return array<vec4<f32>, 2>(va, vec4<f32>(b_at(o.b_off, k, n), b_at(o.b_off, k, n + 1u),
+                                                 b_at(o.b_off, k, n + 2u), b_at(o.b_off, k, n + 3u)));
     }
-    return v;
+    let kb = k0 + lid / (EDGE / 4u);
+    let n = o.n0 + 4u * (lid % (EDGE / 4u));
+    return array<vec4<f32>, 2>(va, vec4<f32>(b_at(o.b_off, kb, n), b_at(o.b_off, kb, n + 1u),
+                                             b_at(o.b_off, kb, n + 2u), b_at(o.b_off, kb, n + 3u)));
 }
 
-// tile_loads' values into As4 / Bs4
-fn tile_stash(v: array<f32, 8>, lid: u32) {
-    let k = lid % KSTEP;
-    let n = lid % EDGE;
-    for (var i = 0u; i < 4u; i++) {
-        let r = lid / KSTEP + (256u / KSTEP) * i;
-        As4[k * SS + r / 4u][r % 4u] = v[i];
-        if (TRANS_B) {
-            Bs4[k * SS + r / 4u][r % 4u] = v[4u + i];
-        } else {
-            Bs4[(lid / EDGE + (256u / EDGE) * i) * SS + n / 4u][n % 4u] = v[4u + i];
-        }
+// tile_loads' vec4s into As4 / Bs4
+fn tile_stash(v: array<vec4<f32>, 2>, lid: u32) {
+    As4[(lid % KSTEP) * SS + lid / KSTEP] = v[0];
+    if (TRANS_B) {
+        Bs4[(lid % KSTEP) * SS + lid / KSTEP] = v[1];
+    } else {
+        Bs4[(lid / (EDGE / 4u)) * SS + lid % (EDGE / 4u)] = v[1];
     }
 }
 

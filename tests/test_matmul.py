@@ -295,7 +295,7 @@ def test_big_tiles_f16_and_conv(rt, guard, big_tile):
 def test_tile_choice(rt, guard, monkeypatch):
     assert mm.tile_size(1, 4096, 4096) == 128
     assert mm.tile_size(1, 750, 1536) == 64          # Vocos' pointwise conv: 72 big tiles, too few
-    assert mm.tile_size(4, 512, 1024) == 128         # batches count
+    assert mm.tile_size(16, 512, 1024) == 128        # batches count
     with mm.tile_variant(64):
         assert mm.tile_size(1, 4096, 4096) == 64
     assert mm.tile_size(1, 4096, 4096) == 128

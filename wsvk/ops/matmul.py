@@ -17,7 +17,9 @@ from ..runtime import GpuArray
 from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 GEMV_MAX_M = 8
-BIG_TILES = 128  # 128x128 tiles from this many on: about one per core of a large GPU
+# 128x128 tiles from this many on: about 4 per core of a large GPU (an H100 has 132), so every
+# core still has several workgroups to switch between. Check with scripts/bench_ops.py --big.
+BIG_TILES = 512
 _U32 = 1 << 32
 
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
