@@ -225,6 +225,7 @@ def test_errors(rt, released):
         (TypeError, "integers", lambda: rv.decode_codes(_codes(4, 5, 0).float(), 0)),
         (ValueError, r"\[0, 1024\)", lambda: rv.decode_codes(_codes(16, 5, 0) + 1000, 0)),  # past the table
         (ValueError, r"\[0, 1024\)", lambda: rv.decode_codes(_codes(4, 5, 0) - 1024, 0)),
+        (ValueError, r"\[0, 1024\)", lambda: rv.decode_codes(np.full((4, 5), 2**64 - 1, np.uint64), 0)),
         (ValueError, "codebooks", lambda: rv.decode_codes(_codes(17, 5, 0), 0)),
         (ValueError, "batch 1", lambda: rv.decode_codes(torch.zeros(4, 2, 5, dtype=torch.long), 0)),
         (ValueError, "no frames", lambda: rv.decode_codes(torch.zeros(4, 1, 0, dtype=torch.long), 0)),

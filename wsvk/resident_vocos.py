@@ -214,8 +214,9 @@ class ResidentVocos:
         # vocos' codes_to_features looks code + q * bins up in one flat table, so a code past its
         # codebook reads the next codebook's rows. WhisperSpeech's S2A does emit its padding code
         # (1024 = bins, at the end of speech): the same lookup keeps such audio equal to vocos'.
-        rows = codes.astype(np.int64) + self.bins * np.arange(q)[:, None]
-        if codes.min() < 0 or rows.max() >= self.n_codebooks * self.bins:
+        n_rows = self.n_codebooks * self.bins
+        bad = codes.min() < 0 or codes.max() >= n_rows  # on the given dtype: no int64 wrap-around
+        if bad or (codes.astype(np.int64) + self.bins * np.arange(q)[:, None]).max() >= n_rows:
             raise ValueError(f"codes must lie in [0, {self.bins}) (or index vocos' flat table of "
                              f"{self.n_codebooks} x {self.bins} rows), got values in [{codes.min()}, {codes.max()}]")
         return np.ascontiguousarray(codes, dtype=np.int32)
