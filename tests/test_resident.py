@@ -161,25 +161,30 @@ def test_one_submit_per_step(rt, t2s):
     assert res.counters()["record_s"] > 0
 
 
-def test_prefill_is_one_submit(rt, t2s):
-    """A prompt's positions run in one submit, nothing read back; what follows sees the same
-    caches as after one step per position."""
-    seq = [t2s.stoks_codes, 5, 17, 3, 8]
+@pytest.mark.parametrize("chunk", [64, 4])  # 4: a prompt of 10 positions in 3 submits
+def test_prefill_is_one_submit(rt, t2s, monkeypatch, chunk):
+    """A prompt's positions run in one submit (per PREFILL_CHUNK), nothing read back, no output
+    head; what follows sees the same caches as after one step per position."""
+    seq = [t2s.stoks_codes, 5, 17, 3, 8, 40, 2, 9, 11, 30, 7]  # 10 prompt positions: 3 key splits of 4
     out = []
     for prefill in (False, True):
-        res = ResidentT2S(t2s, ch=4)  # 4: the prompt spans several key splits
+        res = ResidentT2S(t2s, ch=4)
         dec = res.resident_decoder
+        monkeypatch.setattr(dec, "PREFILL_CHUNK", chunk)
         t2s_reference_logits(t2s, res, [t2s.stoks_codes])  # sets up the chunk
+        res.reset_counters()
         s0, d0, r0 = rt.stats["submits"], rt.stats["dispatches"], rt.stats["readbacks"]
         if prefill:
             dec.prefill([[t] for t in seq[:-1]])
-            assert rt.stats["submits"] - s0 == 1 and rt.stats["readbacks"] == r0
-            assert rt.stats["dispatches"] - d0 == 4 * dec.dispatches_per_step
-            assert res.counters()["prefilled_steps"] == 4
+            assert rt.stats["submits"] - s0 == -(-10 // chunk) and rt.stats["readbacks"] == r0
+            assert rt.stats["dispatches"] - d0 == 10 * (dec.dispatches_per_step - 1)  # no head GEMV
+            assert res.counters()["prefilled_steps"] == 10 and res.counters()["prefill_s"] > 0
+            assert list(dec._next) == [10]  # the first sampled step is recorded meanwhile
         else:
             for pos, tok in enumerate(seq[:-1]):
                 res.logits(tok, pos)
         out.append(res.logits(seq[-1], len(seq) - 1))
+    assert res.counters()["prerecorded_steps"] == 1
     assert rel_err(out[0].numpy(), out[1].numpy()) < 1e-6
     dec.prefill([])  # nothing to do
     with pytest.raises(ValueError, match="position"):

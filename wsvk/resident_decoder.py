@@ -201,6 +201,7 @@ class ResidentDecoder:
             self.raw_calls = None
         self.steps = self.prerecorded_steps = 0  # steps run; of them, run from a pre-recorded buffer
         self.prefilled_steps = 0  # positions run by prefill (no logits)
+        self.prefill_seconds = 0.0  # host time of prefill calls (not part of step_s)
         self.record_seconds = 0.0  # host time spent recording steps (set_pipeline/bind/dispatch)
         self.step_seconds = 0.0    # host time of whole steps (write, record, submit, wait, read)
         self.wait_seconds = 0.0    # host time waiting for the logits (GPU time not hidden by recording)
@@ -382,22 +383,24 @@ class ResidentDecoder:
         self.record_seconds += time.perf_counter() - t0
         return cmd
 
-    def _encode_pass(self, enc, pos: int) -> None:
-        """The step plan at `pos` as one compute pass of `enc` (it reads step_buf as it is then)."""
+    def _encode_pass(self, enc, pos: int, head: bool = True) -> None:
+        """The step plan at `pos` as one compute pass of `enc` (it reads step_buf as it is then);
+        head=False leaves out the output head (a prefilled position needs no logits)."""
         attn_groups = self._attn_groups(pos)
+        n = len(self.plan) if head else len(self.plan) - len(self.head_w)
         cpass = enc.begin_compute_pass()
         last = None
         if self.raw_calls is not None:
             set_pipeline, set_bind_group, dispatch, null = self.raw_calls
             h = cpass._internal
-            for pipe, bg, groups in self._raw_plan:
+            for pipe, bg, groups in self._raw_plan[:n]:
                 if pipe is not last:
                     set_pipeline(h, pipe)
                     last = pipe
                 set_bind_group(h, 0, bg, 0, null)
                 dispatch(h, *(groups or attn_groups))
         else:
-            for pipe, bg, groups in self.plan:
+            for pipe, bg, groups in self.plan[:n]:
                 if pipe is not last:
                     cpass.set_pipeline(pipe)
                     last = pipe
@@ -405,30 +408,39 @@ class ResidentDecoder:
                 cpass.dispatch_workgroups(*(groups or attn_groups))
         cpass.end()
 
+    PREFILL_CHUNK = 64  # positions per prefill submit: keeps each one short (OS GPU watchdogs)
+
     def prefill(self, rows, start: int = 0) -> None:
-        """Run the steps of a known prefix (a prompt) in ONE submit, nothing read back: token ids
-        rows[i] [NQ] at position start + i fill the KV caches as step() would. Each position's
-        [pos, ids] row is copied into step_buf from one uploaded table between the passes."""
+        """Run the steps of a known prefix (a prompt) without reading anything back: token ids
+        rows[i] [NQ] at position start + i fill the KV caches as step() would, the output head
+        left out, up to PREFILL_CHUNK positions per submit (one submit for a usual prompt). Each
+        position's [pos, ids] row is copied into step_buf from one uploaded table between the
+        passes (copies and passes run in recording order)."""
         rt = self.rt
         rows = [list(r) for r in rows]
         if not rows:
             return
         data = np.stack([self._step_input(r, start + i)[1] for i, r in enumerate(rows)])
+        row_bytes = 4 * data.shape[1]
         t0 = time.perf_counter()
         with rt.lock:
             self._next.clear()
             table = rt.upload(data)
-            row_bytes = 4 * data.shape[1]
-            with gpu_errors("recording a prefill"):
-                enc = rt.device.create_command_encoder(label="wsvk.resident.prefill")
-                for i in range(len(rows)):
-                    enc.copy_buffer_to_buffer(table.buffer, i * row_bytes, self.step_buf.buffer, 0, row_bytes)
-                    self._encode_pass(enc, start + i)
-                cmd = enc.finish()
-            rt.submit_commands(cmd)
-            rt.stats["dispatches"] += len(self.plan) * len(rows)
+            for c0 in range(0, len(rows), self.PREFILL_CHUNK):
+                n = min(self.PREFILL_CHUNK, len(rows) - c0)
+                with gpu_errors("recording a prefill"):
+                    enc = rt.device.create_command_encoder(label="wsvk.resident.prefill")
+                    for i in range(c0, c0 + n):
+                        enc.copy_buffer_to_buffer(table.buffer, i * row_bytes, self.step_buf.buffer, 0, row_bytes)
+                        self._encode_pass(enc, start + i, head=False)
+                    cmd = enc.finish()
+                rt.submit_commands(cmd)
+                rt.stats["dispatches"] += (len(self.plan) - len(self.head_w)) * n
+            nxt = start + len(rows)
+            if self.prerecord and nxt < self.self_len:
+                self._next[nxt] = self._record(nxt)  # the first sampled step, recorded meanwhile
         self.prefilled_steps += len(rows)
-        self.step_seconds += time.perf_counter() - t0
+        self.prefill_seconds += time.perf_counter() - t0
 
     def profile_step(self, tokens, pos: int) -> list[tuple[str, float]]:
         """Run one step (it updates the KV caches at `pos` as `step` does) with every dispatch in
@@ -451,7 +463,8 @@ class ResidentDecoder:
         GPU when pre-recorded), waiting for the logits, whole steps; totals and per step."""
         n = max(self.steps, 1)
         out = {"dispatches_per_step": self.dispatches_per_step, "steps": self.steps,
-               "prerecorded_steps": self.prerecorded_steps, "prefilled_steps": self.prefilled_steps}
+               "prerecorded_steps": self.prerecorded_steps, "prefilled_steps": self.prefilled_steps,
+               "prefill_s": self.prefill_seconds}
         for name, v in (("record_s", self.record_seconds), ("wait_s", self.wait_seconds),
                         ("step_s", self.step_seconds)):
             out[name], out[name + "_per_step"] = v, v / n
@@ -459,4 +472,4 @@ class ResidentDecoder:
 
     def reset_counters(self) -> None:
         self.steps = self.prerecorded_steps = self.prefilled_steps = 0
-        self.record_seconds, self.wait_seconds, self.step_seconds = 0.0, 0.0, 0.0
+        self.record_seconds, self.wait_seconds, self.step_seconds, self.prefill_seconds = 0.0, 0.0, 0.0, 0.0
