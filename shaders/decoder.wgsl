@@ -114,6 +114,13 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let g = wid.x + wid.y * nwg.x;
     if (g >= gp.groups) { return; }  // uniform per workgroup: the barriers below stay uniform
     let K = gp.K;
+    let row0 = g * GR;
+    // The first sweep's weights are loaded before the prologue, so that their memory latency
+    // overlaps the layer norm's / combine's reductions (at width <= 1024 that is all of them).
+    var w_first: array<vec4<f32>, GR>;
+    if (VEC4 && t < gp.K4) {
+        for (var r = 0u; r < GR; r++) { w_first[r] = vec4<f32>(g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + t]); }
+    }
     if (XMODE == 1u) {
         // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
         var s = 0.0;
@@ -134,7 +141,6 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         workgroupBarrier();
     }
 
-    let row0 = g * GR;
     var acc: array<f32, SUMS_MAX>;  // acc[r] for r < GR
     if (VEC4) {
         let K4 = gp.K4;
@@ -143,7 +149,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
             for (var r = 0u; r < GR; r++) {
                 let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
                 if (GROUP > 0u) { xv = xin4((row / GROUP) * K + 4u * k4); }
-                acc[r] += dot(xv, vec4<f32>(g_w4[row * K4 + k4]));
+                var wv = w_first[r];
+                if (k4 != t) { wv = vec4<f32>(g_w4[row * K4 + k4]); }
+                acc[r] += dot(xv, wv);
             }
         }
     } else {
