@@ -19,7 +19,7 @@ import time
 
 EXIT_BAD_INPUT = 2
 EXIT_FAILURE = 1
-SIZES = ("tiny", "base", "small")
+SIZES = ("tiny", "base", "small", "medium")  # = wsvk.models.RANDOM_SIZES (not imported: --help stays fast)
 
 
 class BadInput(Exception):
@@ -46,7 +46,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--speaker-model", metavar="REF",
                    help="ECAPA speaker encoder: a folder (hyperparams.yaml + embedding_model.ckpt) or a repo id")
     p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same speech on every backend")
-    p.add_argument("--random-weights", choices=SIZES, metavar="{tiny,base,small}",
+    p.add_argument("--random-weights", choices=SIZES, metavar="{tiny,base,small,medium}",
                    help="random models of this size for the parts not given (offline test; the output is noise)")
     p.add_argument("--no-resident", action="store_true",
                    help="route every op through the op router instead of the resident GPU decoder/vocoder")

@@ -32,7 +32,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
 import torch  # noqa: E402
 
-from wsvk.models import random_s2a, random_t2s, random_vocos  # noqa: E402
+from wsvk.models import RANDOM_SIZES, random_s2a, random_t2s, random_vocos  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, then rests in the warm afternoon sun."
 
@@ -165,7 +165,9 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
 
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--size", choices=("tiny", "base", "small"), default="small")
+    p.add_argument("--size", choices=RANDOM_SIZES, default="small")
+    p.add_argument("--s2a-size", choices=RANDOM_SIZES, help="S2A preset when it differs from --size "
+                   "(the released default pair is T2S small + S2A medium)")
     p.add_argument("--steps", type=int, default=100, help="decode steps timed per stage (>= 3)")
     p.add_argument("--vocos-seconds", type=float, default=10.0, help="audio length of the Vocos timing")
     p.add_argument("--reps", type=int, default=3, help="Vocos repetitions")
@@ -175,7 +177,8 @@ def main(argv=None) -> int:
     if args.steps < 3:
         p.error("--steps must be at least 3")
     torch.set_num_threads(os.cpu_count() or 1)
-    t2s, s2a, vocos = random_t2s(args.size), random_s2a(args.size), random_vocos()
+    args.s2a_size = args.s2a_size or args.size
+    t2s, s2a, vocos = random_t2s(args.size), random_s2a(args.s2a_size), random_vocos()
     results = {}
     results["wsvk"] = bench_wsvk(t2s, s2a, vocos, args)
     if not args.skip_cpu:
@@ -186,7 +189,7 @@ def main(argv=None) -> int:
     for r in results.values():
         r["vocos_ms_per_10s"] = r["vocos_ms"] * scale
         r["realtime_x"] = rtf(r["t2s_ms_per_token"], r["s2a_ms_per_step"], r["vocos_ms_per_10s"])
-    print(f"size {args.size}, {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
+    print(f"size {args.size} (S2A {args.s2a_size}), {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
           f"{results['wsvk']['adapter']}")
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
             ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
@@ -207,7 +210,7 @@ def main(argv=None) -> int:
             print(f"{stage.upper()} GPU ms per step by dispatch kind (one timestamped pass each): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:6]))
     if args.json:
-        args.json.write_text(json.dumps({"size": args.size, "steps": args.steps, "torch": torch.__version__,
+        args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps, "torch": torch.__version__,
                                          "results": results}, indent=2))
     return 0
 

@@ -157,6 +157,18 @@ def test_help_is_fast_and_needs_no_torch():
     assert " torch" not in res.stderr.replace("torch.", "")  # importtime lists every module imported
 
 
+def test_random_sizes_match_the_library():
+    """synth.py lists the sizes itself (its --help must not import torch): keep them in sync."""
+    import importlib.util
+
+    from wsvk.models import RANDOM_SIZES
+
+    spec = importlib.util.spec_from_file_location("synth_cli", SYNTH)
+    mod = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(mod)
+    assert mod.SIZES == RANDOM_SIZES
+
+
 @pytest.mark.slow
 def test_random_weights_run_offline(tmp_path):
     """--random-weights tiny: whisperspeech's own tiny preset, full released windows (minutes on 2 cores)."""

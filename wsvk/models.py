@@ -22,7 +22,7 @@ from .runtime import WsvkError
 DEFAULT_T2S = "collabora/whisperspeech:t2s-v1.95-small-8lang.model"
 DEFAULT_S2A = "collabora/whisperspeech:s2a-v1.95-medium-7lang.model"
 DEFAULT_VOCODER = "charactr/vocos-encodec-24khz"
-RANDOM_SIZES = ("tiny", "base", "small")
+RANDOM_SIZES = ("tiny", "base", "small", "medium")  # whisperspeech presets; the released S2A is medium
 
 # charactr/vocos-encodec-24khz/config.yaml, used to build a random-weight vocoder offline
 RELEASED_VOCOS_CONFIG = {
