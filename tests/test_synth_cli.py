@@ -28,12 +28,12 @@ def tiny(tmp_path_factory):
     return paths
 
 
-def synth(*args, stdin=None, backend="cpu", env=None):
+def synth(*args, stdin=None, backend="cpu", env=None, timeout=300):
     full_env = dict(os.environ, WSVK_BACKEND=backend, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
                     HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
     full_env.update(env or {})
     return subprocess.run([sys.executable, str(SYNTH), *map(str, args)], input=stdin, capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=300)
+                          text=True, env=full_env, cwd=ROOT, timeout=timeout)
 
 
 def model_args(tiny, **skip):
@@ -170,11 +170,15 @@ def test_random_sizes_match_the_library():
 
 
 @pytest.mark.slow
-def test_random_weights_run_offline(tmp_path):
-    """--random-weights tiny: whisperspeech's own tiny preset, full released windows (minutes on 2 cores)."""
+@pytest.mark.parametrize("backend", ["cpu", "wgpu"])
+def test_random_weights_run_offline(tmp_path, backend):
+    """--random-weights tiny: whisperspeech's own tiny preset, full released windows (minutes on 2
+    cores). On wgpu the resident modules run with the released context sizes, as on a user's GPU."""
     out = tmp_path / "noise.wav"
-    res = synth("Noise.", "-o", out, "--random-weights", "tiny", env={"HF_HUB_OFFLINE": "1"})
+    res = synth("Noise.", "-o", out, "--random-weights", "tiny", "-v", backend=backend,
+                env={"HF_HUB_OFFLINE": "1"}, timeout=900)
     assert res.returncode == 0, res.stderr
+    assert ("resident s2a" in res.stdout + res.stderr) == (backend == "wgpu")
     assert "noise" in res.stderr and "noise" in res.stdout
     audio, rate = sf.read(out)
     assert rate == 24000 and audio.size > 0
