@@ -85,9 +85,9 @@ fn tile_origin(tile: u32, size: u32) -> Tile {
                 z * mp.M * mp.N);
 }
 
-// 256 threads (tx = lid % 16, ty = lid / 16); thread outputs: rows 64h + 4ty + i, columns
-// 64g + 4tx + j (h, g < H; i, j < 4): H vec4s per operand and k, 16 lanes apart, so a warp's
-// reads stay within few banks. The loads of the next K step are issued before this step's FMAs
+// 256 threads (tx = lid % 16, ty = lid / 16); thread outputs: rows 64h + ty + 16i, columns
+// 64g + tx + 16j (h, g < H; i, j < 4), read from shared memory as H vec4s per operand and k,
+// so that a warp's reads stay within few banks and its stores to c are contiguous. The loads of the next K step are issued before this step's FMAs
 // (register prefetch), so their latency hides behind the math.
 override BIG: bool = false;                  // 128x128 tiles (else 64x64)
 override H: u32 = select(1u, 2u, BIG);       // vec4s per operand, thread and k
@@ -96,30 +96,34 @@ override KSTEP: u32 = select(16u, 8u, BIG);  // k per step: 1024 values of a and
 override SS: u32 = select(17u, 33u, BIG);    // As4/Bs4 row stride in vec4s: the padding keeps
                                              // each 8-lane phase of the vec4 stores on distinct banks
 
-// KSTEP rows of k, each the tile's EDGE values of m (As4) or n (Bs4) as vec4s, so that a thread
-// reads its 4 consecutive rows / columns in one load
-var<workgroup> As4: array<vec4<f32>, 272>;  // As4[k * SS + m / 4][m % 4]
-var<workgroup> Bs4: array<vec4<f32>, 272>;  // Bs4[k * SS + n / 4][n % 4]
+// KSTEP rows of k, each the tile's EDGE values of m (As4) or n (Bs4) as EDGE / 4 vec4s: component
+// j of vec4 v holds row / column spread(v, j), so that a thread reads its 4 rows (columns) in one
+// load, and 16 neighbouring threads read (and load from memory) 16 neighbouring rows (columns)
+var<workgroup> As4: array<vec4<f32>, 272>;  // As4[k * SS + v][j]
+var<workgroup> Bs4: array<vec4<f32>, 272>;  // Bs4[k * SS + v][j]
 
-// This thread's 4 values of a and 4 of b for the K step at k0 (0 past the matrices), each 4
-// consecutive rows (or columns) at one k, so each goes to shared memory as one whole vec4 (a
-// store to one component may touch the whole vector in WGSL's memory model: a race when 4
-// threads fill one vec4). a (and a weight): rows 4 (lid / KSTEP) + i at k0 + lid % KSTEP, so
-// KSTEP consecutive threads read consecutive k. b[K, N]: columns 4 (lid % (EDGE / 4)) + i at
-// k0 + lid / (EDGE / 4), so consecutive threads read consecutive columns.
+fn spread(v: u32, j: u32) -> u32 { return 64u * (v / 16u) + v % 16u + 16u * j; }
+
+// This thread's vec4 of a and of b for the K step at k0 (0 past the matrices), stored whole: a
+// store to one component may touch the whole vector in WGSL's memory model, so 4 threads filling
+// one vec4 would race. a (and a weight): vec4 lid / KSTEP at k0 + lid % KSTEP, KSTEP consecutive
+// threads on consecutive k. b[K, N]: vec4 lid % (EDGE / 4) at k0 + lid / (EDGE / 4), 16
+// consecutive threads on 16 consecutive columns.
 fn tile_loads(o: Tile, k0: u32, lid: u32) -> array<vec4<f32>, 2> {
-    let m = o.m0 + 4u * (lid / KSTEP);
+    let v = lid / KSTEP;
     let k = k0 + lid % KSTEP;
-    let va = vec4<f32>(a_at(o.a_off, m, k), a_at(o.a_off, m + 1u, k), a_at(o.a_off, m + 2u, k), a_at(o.a_off, m + 3u, k));
+    let va = vec4<f32>(a_at(o.a_off, o.m0 + spread(v, 0u), k), a_at(o.a_off, o.m0 + spread(v, 1u), k),
+                       a_at(o.a_off, o.m0 + spread(v, 2u), k), a_at(o.a_off, o.m0 + spread(v, 3u), k));
     if (TRANS_B) {
-        let n = o.n0 + 4u * (lid / KSTEP);
-        return array<vec4<f32>, 2>(va, vec4<f32>(b_at(o.b_off, k, n), b_at(o.b_off, k, n + 1u),
-                                                 b_at(o.b_off, k, n + 2u), b_at(o.b_off, k, n + 3u)));
+        return array<vec4<f32>, 2>(va, vec4<f32>(
+            b_at(o.b_off, k, o.n0 + spread(v, 0u)), b_at(o.b_off, k, o.n0 + spread(v, 1u)),
+            b_at(o.b_off, k, o.n0 + spread(v, 2u)), b_at(o.b_off, k, o.n0 + spread(v, 3u))));
     }
+    let vb = lid % (EDGE / 4u);
     let kb = k0 + lid / (EDGE / 4u);
-    let n = o.n0 + 4u * (lid % (EDGE / 4u));
-    return array<vec4<f32>, 2>(va, vec4<f32>(b_at(o.b_off, kb, n), b_at(o.b_off, kb, n + 1u),
-                                             b_at(o.b_off, kb, n + 2u), b_at(o.b_off, kb, n + 3u)));
+    return array<vec4<f32>, 2>(va, vec4<f32>(
+        b_at(o.b_off, kb, o.n0 + spread(vb, 0u)), b_at(o.b_off, kb, o.n0 + spread(vb, 1u)),
+        b_at(o.b_off, kb, o.n0 + spread(vb, 2u)), b_at(o.b_off, kb, o.n0 + spread(vb, 3u))));
 }
 
 // tile_loads' vec4s into As4 / Bs4
@@ -141,7 +145,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let tx = lid % 16u;
     let ty = lid / 16u;
     var ld = tile_loads(o, 0u, lid);
-    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * H + g]: row 64h + 4ty + i, columns 64g + 4tx ..
+    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * H + g][j]: row 64h + ty + 16i, column 64g + tx + 16j
     for (var k0 = 0u; k0 < mp.K; k0 += KSTEP) {
         tile_stash(ld, lid);
         workgroupBarrier();
@@ -164,7 +168,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
             for (var g = 0u; g < H; g++) {
                 let v = acc[(4u * h + i) * H + g];
                 for (var j = 0u; j < 4u; j++) {
-                    store_c(o.c_off, o.m0 + 64u * h + 4u * ty + i, o.n0 + 64u * g + 4u * tx + j, v[j]);
+                    store_c(o.c_off, o.m0 + spread(16u * h + ty, i), o.n0 + spread(16u * g + tx, j), v[j]);
                 }
             }
         }
