@@ -117,9 +117,9 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row0 = g * GR;
     // The first sweep's weights are loaded before the prologue, so that their memory latency
     // overlaps the layer norm's / combine's reductions (at width <= 1024 that is all of them).
-    var w_first: array<vec4<f32>, GR>;
+    var w_first: array<vec4<WT>, GR>;  // WT: f16 weights hold half the registers through the prologue
     if (VEC4 && t < gp.K4) {
-        for (var r = 0u; r < GR; r++) { w_first[r] = vec4<f32>(g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + t]); }
+        for (var r = 0u; r < GR; r++) { w_first[r] = g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + t]; }
     }
     if (XMODE == 1u) {
         // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
@@ -150,8 +150,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                 let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
                 if (GROUP > 0u) { xv = xin4((row / GROUP) * K + 4u * k4); }
                 var wv = w_first[r];
-                if (k4 != t) { wv = vec4<f32>(g_w4[row * K4 + k4]); }
-                acc[r] += dot(xv, wv);
+                if (k4 != t) { wv = g_w4[row * K4 + k4]; }
+                acc[r] += dot(xv, vec4<f32>(wv));
             }
         }
     } else {
