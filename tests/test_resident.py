@@ -18,17 +18,17 @@ TEXT = "hello world"
 pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 
 
-def t2s_spec(seed=0, emb_scale=0.2, head_width=32):
+def t2s_spec(seed=0, emb_scale=0.2, head_width=32, n_head=2, depth=1):
     """tests/tiny_models' T2S; its unit-scale token embeddings make it repeat its input token,
     so they are scaled down here to get varied tokens. head_width 33: K % 4 != 0 everywhere."""
-    if head_width == 32:
+    if (head_width, n_head, depth) == (32, 2, 1):
         spec = tm.build_t2s(seed)
     else:
         from whisperspeech import t2s_up_wds_mlang_enclm as t2s
 
         torch.manual_seed(seed)
         tunables = t2s.Tunables(encoder_depth_ratio=0.5)
-        config = dict(depth=1, n_head=2, head_width=head_width, ffn_mult=2, ttoks_len=tm.TTOKS_LEN,
+        config = dict(depth=depth, n_head=n_head, head_width=head_width, ffn_mult=2, ttoks_len=tm.TTOKS_LEN,
                       ttoks_codes=256, ttoks_width=None, stoks_len=tm.STOKS_LEN, stoks_codes=tm.STOKS_CODES,
                       stoks_width=None)
         model = t2s.TSARTransformer(**config, tunables=tunables)
@@ -137,9 +137,11 @@ def t2s_reference_logits(model, res, seq):
     return torch.cat(ref), torch.cat(got)
 
 
-@pytest.mark.parametrize("head_width", [32, 33])  # 33: width 66, the scalar (K % 4 != 0) gemv path
-def test_t2s_teacher_forced_logits(rt, head_width):
-    model = t2s_from_spec(t2s_spec(head_width=head_width))
+# 33: width 66, the scalar (K % 4 != 0) gemv path; 16 x 68: width 1088, so every gemv sweeps
+# its rows in several passes of 256 vec4s (after the first, prefetched one)
+@pytest.mark.parametrize("head_width,n_head", [(32, 2), (33, 2), (68, 16)])
+def test_t2s_teacher_forced_logits(rt, head_width, n_head):
+    model = t2s_from_spec(t2s_spec(head_width=head_width, n_head=n_head))
     res = ResidentT2S(model, ch=4)
     ref, got = t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
     assert got.shape == ref.shape == (8, 1, model.stoks_codes + 1)
@@ -162,9 +164,12 @@ def test_one_submit_per_step(rt, t2s):
 
 
 @pytest.mark.parametrize("chunk", [64, 4])  # 4: a prompt of 10 positions in 3 submits
-def test_prefill_is_one_submit(rt, t2s, monkeypatch, chunk):
+def test_prefill_is_one_submit(rt, monkeypatch, chunk):
     """A prompt's positions run in one submit (per PREFILL_CHUNK), nothing read back, no output
-    head; what follows sees the same caches as after one step per position."""
+    head; what follows sees the same caches as after one step per position. Two layers: the
+    prefill stops inside the last one."""
+    t2s = t2s_from_spec(t2s_spec(depth=2))  # 2 decoder layers
+    assert len(t2s.decoder.layers) == 2
     seq = [t2s.stoks_codes, 5, 17, 3, 8, 40, 2, 9, 11, 30, 7]  # 10 prompt positions: 3 key splits of 4
     out = []
     for prefill in (False, True):
@@ -177,7 +182,9 @@ def test_prefill_is_one_submit(rt, t2s, monkeypatch, chunk):
         if prefill:
             dec.prefill([[t] for t in seq[:-1]])
             assert rt.stats["submits"] - s0 == -(-10 // chunk) and rt.stats["readbacks"] == r0
-            assert rt.stats["dispatches"] - d0 == 10 * (dec.dispatches_per_step - 1)  # no head GEMV
+            # per position: embed, 8 per layer but the last, whose qkv GEMV + self-attention
+            # append the key/value; nothing after it reaches a cache
+            assert rt.stats["dispatches"] - d0 == 10 * (1 + 8 * (len(t2s.decoder.layers) - 1) + 2)
             assert res.counters()["prefilled_steps"] == 10 and res.counters()["prefill_s"] > 0
             assert list(dec._next) == [10]  # the first sampled step is recorded meanwhile
         else:

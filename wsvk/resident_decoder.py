@@ -186,6 +186,7 @@ class ResidentDecoder:
         self.plan = []
         self.labels = []  # one per plan entry, for profile_step
         self._build_plan(head)
+        self._prefill_n = max(i for i, lab in enumerate(self.labels) if lab == "attn self") + 1
         last_n = head[-1].w.shape[0]
         self.logits = self._head_out[-1]
         self.n_logits = last_n
@@ -383,11 +384,12 @@ class ResidentDecoder:
         self.record_seconds += time.perf_counter() - t0
         return cmd
 
-    def _encode_pass(self, enc, pos: int, head: bool = True) -> None:
+    def _encode_pass(self, enc, pos: int, prefill: bool = False) -> int:
         """The step plan at `pos` as one compute pass of `enc` (it reads step_buf as it is then);
-        head=False leaves out the output head (a prefilled position needs no logits)."""
+        returns the number of dispatches. prefill: stop after the last layer's self-attention,
+        which appends the position's key/value: what follows only feeds the logits."""
         attn_groups = self._attn_groups(pos)
-        n = len(self.plan) if head else len(self.plan) - len(self.head_w)
+        n = self._prefill_n if prefill else len(self.plan)
         cpass = enc.begin_compute_pass()
         last = None
         if self.raw_calls is not None:
@@ -407,13 +409,15 @@ class ResidentDecoder:
                 cpass.set_bind_group(0, bg)
                 cpass.dispatch_workgroups(*(groups or attn_groups))
         cpass.end()
+        return n
 
     PREFILL_CHUNK = 64  # positions per prefill submit: keeps each one short (OS GPU watchdogs)
 
     def prefill(self, rows, start: int = 0) -> None:
         """Run the steps of a known prefix (a prompt) without reading anything back: token ids
-        rows[i] [NQ] at position start + i fill the KV caches as step() would, the output head
-        left out, up to PREFILL_CHUNK positions per submit (one submit for a usual prompt). Each
+        rows[i] [NQ] at position start + i fill the KV caches as step() would (up to the last
+        layer's self-attention: nothing after it reaches a cache), up to PREFILL_CHUNK positions
+        per submit (one submit for a usual prompt). Each
         position's [pos, ids] row is copied into step_buf from one uploaded table between the
         passes (copies and passes run in recording order)."""
         rt = self.rt
@@ -430,12 +434,13 @@ class ResidentDecoder:
                 n = min(self.PREFILL_CHUNK, len(rows) - c0)
                 with gpu_errors("recording a prefill"):
                     enc = rt.device.create_command_encoder(label="wsvk.resident.prefill")
+                    dispatches = 0
                     for i in range(c0, c0 + n):
                         enc.copy_buffer_to_buffer(table.buffer, i * row_bytes, self.step_buf.buffer, 0, row_bytes)
-                        self._encode_pass(enc, start + i, head=False)
+                        dispatches += self._encode_pass(enc, start + i, prefill=True)
                     cmd = enc.finish()
                 rt.submit_commands(cmd)
-                rt.stats["dispatches"] += (len(self.plan) - len(self.head_w)) * n
+                rt.stats["dispatches"] += dispatches
             nxt = start + len(rows)
             if self.prerecord and nxt < self.self_len:
                 self._next[nxt] = self._record(nxt)  # the first sampled step, recorded meanwhile
