@@ -339,6 +339,22 @@ def test_long_text_is_split_and_every_chunk_spoken(tiny, backend):
     assert np.array_equal(audio, again)
 
 
+def test_long_text_on_wgpu_matches_cpu(tiny, rt, backend):
+    """Several chunks through the resident modules (each chunk restarts the encoders and caches):
+    the same tokens as the cpu backend chunk by chunk, audio within float32 rounding."""
+    text = "This sentence is the first of several. Here comes a second one, with a clause."
+    runs = {}
+    for name in ("cpu", "wgpu"):
+        backend(name)
+        pipe = tiny_pipeline(tiny)
+        runs[name] = (pipe.generate(text, seed=3), pipe.last)
+    (a_cpu, cpu), (a_gpu, gpu) = runs["cpu"], runs["wgpu"]
+    assert len(gpu.chunks) >= 2 and gpu.chunks == cpu.chunks
+    for s_c, s_g, t_c, t_g in zip(cpu.stoks, gpu.stoks, cpu.atoks, gpu.atoks):
+        assert torch.equal(s_c, s_g) and torch.equal(t_c, t_g)
+    assert a_cpu.shape == a_gpu.shape and rel_err(a_gpu, a_cpu) < 1e-4
+
+
 def test_polish_text(tiny, backend):
     backend("cpu")
     pipe = tiny_pipeline(tiny)
