@@ -8,15 +8,13 @@ struct Params { n: u32, alpha: f32, _p0: u32, _p1: u32 }
 @group(0) @binding(2) var<storage, read_write> out: array<T>;
 @group(0) @binding(3) var<uniform> p: Params;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: vec3<u32>) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid.x;
-}
+// #include flat
 
 // out = a + alpha * b
 @compute @workgroup_size(256)
 fn axpy(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_id) lid: vec3<u32>) {
-    let i = flat(wid, nwg, lid);
+    let i = flat(wid, nwg, lid.x);
     if (i >= p.n) { return; }
     out[i] = T(f32(a[i]) + p.alpha * f32(b[i]));
 }

@@ -20,9 +20,7 @@ struct HP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, _p0: u32, _p1: u
 @group(0) @binding(4) var<storage, read> rope: array<f32>;       // [2P, DH] (a dummy without RoPE)
 @group(0) @binding(5) var<uniform> hp: HP;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, t: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + t;
-}
+// #include flat
 
 // part p of row j, column c = h * DH + d, rotated when p < ROPE_PARTS
 fn part_value(rb: u32, p: u32, c: u32, d: u32, j: u32) -> f32 {

@@ -12,9 +12,7 @@ struct SpecParams { T: u32, F: u32, _p0: u32, _p1: u32 }
 @group(0) @binding(1) var<storage, read_write> sout: array<f32>;   // [T, F, 2]
 @group(0) @binding(2) var<uniform> sp: SpecParams;
 
-fn flat(wid: vec3<u32>, nwg: vec3<u32>, lid: u32) -> u32 {
-    return (wid.x + wid.y * nwg.x) * 256u + lid;
-}
+// #include flat
 
 // exp(x) for x <= 88.7: x = k ln2 + r, |r| <= ln2/2, exp(r) by Cephes' expf polynomial.
 fn exp_acc(x_in: f32) -> f32 {
