@@ -74,21 +74,11 @@ fn store_c(c_off: u32, gm: u32, gn: u32, v: f32) {
     c[c_off + gm * mp.N + gn] = T(epilogue(v, bias_v));
 }
 
-struct Tile { m0: u32, n0: u32, a_off: u32, b_off: u32, c_off: u32 }
-
-// Where flat tile `tile` of edge `size` starts: tiles ordered n fastest (neighbouring workgroups
-// share the same rows of a), then m, then the batch.
-fn tile_origin(tile: u32, size: u32) -> Tile {
-    let rest = tile / mp.tiles_n;
-    let z = rest / mp.tiles_m;
-    return Tile((rest % mp.tiles_m) * size, (tile % mp.tiles_n) * size, z * mp.a_batch, z * mp.b_batch,
-                z * mp.M * mp.N);
-}
-
 // 256 threads (tx = lid % 16, ty = lid / 16); thread outputs: rows 64h + ty + 16i, columns
 // 64g + tx + 16j (h, g < H; i, j < 4), read from shared memory as H vec4s per operand and k,
-// so that a warp's reads stay within few banks and its stores to c are contiguous. The loads of the next K step are issued before this step's FMAs
-// (register prefetch), so their latency hides behind the math.
+// so that a warp's reads stay within few banks and its stores to c are contiguous. The loads
+// of the next K step are issued before this step's FMAs (register prefetch), so their latency
+// hides behind the math.
 override BIG: bool = false;                  // 128x128 tiles (else 64x64)
 override H: u32 = select(1u, 2u, BIG);       // vec4s per operand, thread and k
 override EDGE: u32 = 64u * H;                // tile edge
@@ -101,6 +91,17 @@ override SS: u32 = select(17u, 33u, BIG);    // As4/Bs4 row stride in vec4s: the
 // load, and 16 neighbouring threads read (and load from memory) 16 neighbouring rows (columns)
 var<workgroup> As4: array<vec4<f32>, 272>;  // As4[k * SS + v][j]
 var<workgroup> Bs4: array<vec4<f32>, 272>;  // Bs4[k * SS + v][j]
+
+struct Tile { m0: u32, n0: u32, a_off: u32, b_off: u32, c_off: u32 }
+
+// Where flat tile `tile` starts: tiles ordered n fastest (neighbouring workgroups share the same
+// rows of a), then m, then the batch.
+fn tile_origin(tile: u32) -> Tile {
+    let rest = tile / mp.tiles_n;
+    let z = rest / mp.tiles_m;
+    return Tile((rest % mp.tiles_m) * EDGE, (tile % mp.tiles_n) * EDGE, z * mp.a_batch, z * mp.b_batch,
+                z * mp.M * mp.N);
+}
 
 fn spread(v: u32, j: u32) -> u32 { return 64u * (v / 16u) + v % 16u + 16u * j; }
 
@@ -141,7 +142,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
          @builtin(local_invocation_index) lid: u32) {
     let tile = wid.x + wid.y * nwg.x;
     if (tile >= mp.tiles) { return; }
-    let o = tile_origin(tile, EDGE);
+    let o = tile_origin(tile);
     let tx = lid % 16u;
     let ty = lid / 16u;
     var ld = tile_loads(o, 0u, lid);

@@ -417,9 +417,8 @@ class ResidentDecoder:
         """Run the steps of a known prefix (a prompt) without reading anything back: token ids
         rows[i] [NQ] at position start + i fill the KV caches as step() would (up to the last
         layer's self-attention: nothing after it reaches a cache), up to PREFILL_CHUNK positions
-        per submit (one submit for a usual prompt). Each
-        position's [pos, ids] row is copied into step_buf from one uploaded table between the
-        passes (copies and passes run in recording order)."""
+        per submit (one submit for a usual prompt). Each position's [pos, ids] row is copied into
+        step_buf from one uploaded table between the passes (they run in recording order)."""
         rt = self.rt
         rows = [list(r) for r in rows]
         if not rows:
