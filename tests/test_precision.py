@@ -61,6 +61,7 @@ def test_t2s_f16_logits(rt, f16, monkeypatch):
     assert l16.dtype == np.float32 and np.isfinite(l16).all()
     assert rel_err(l32, ref) < 2e-6  # f32 mode unchanged
     e = rel_err(l16, l32)
+    print(f"T2S f16 vs f32 logits: rel L2 {e:.2e} (bound {LOGIT_BOUND:.1e})")  # shown by pytest -rP
     assert 0 < e < LOGIT_BOUND, e  # > 0: f16 really ran
     assert rel_err(l16, ref) < LOGIT_BOUND
     # f16 storage: weights, tables and KV caches take half the bytes; biases/LN stay f32
@@ -98,6 +99,7 @@ def test_s2a_f16_logits(rt, f16, monkeypatch):
     d16, l16 = _s2a_logits(model, monkeypatch, "f16")
     assert d32.dtype == np.float32 and d16.dtype == np.float16 and d16.L[0]["kc"].dtype == np.float16
     e = rel_err(l16, l32)
+    print(f"S2A f16 vs f32 logits: rel L2 {e:.2e} (bound {LOGIT_BOUND:.1e})")
     assert np.isfinite(l16).all() and 0 < e < LOGIT_BOUND, e
     assert 2 * d16.L[0]["fc1"][0].nbytes == d32.L[0]["fc1"][0].nbytes
 
@@ -125,6 +127,7 @@ def test_vocos_f16_snr(rt, f16, vocos, monkeypatch):
     assert rel_err(a32, ref) < 1e-5  # f32 mode unchanged
     assert a16.dtype == np.float32 and a16.shape == a32.shape and np.isfinite(a16).all()
     snr = 10 * np.log10(np.sum(a32.astype(np.float64) ** 2) / np.sum((a16.astype(np.float64) - a32) ** 2))
+    print(f"Vocos f16 vs f32 audio: SNR {snr:.1f} dB (floor {SNR_FLOOR_DB:.0f})")
     assert SNR_FLOOR_DB <= snr < 150, snr  # < 150: the f16 path really differs
     # backbone weights halve, the ISTFT head stays f32
     for k in ("dw_w", "w1", "b1", "w2", "b2"):
