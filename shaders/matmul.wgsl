@@ -137,6 +137,23 @@ fn tile_stash(v: array<vec4<f32>, 2>, lid: u32) {
     }
 }
 
+// One k of the outer product on a 4x4 register block: row i of the block gains a[i] * b. The
+// blocks are whole values and every index is a constant: a loop over an accumulator array with
+// a runtime index leaves the array in local memory on some drivers (WGSL has no unroll hint).
+fn outer4(c: mat4x4<f32>, av: vec4<f32>, bv: vec4<f32>) -> mat4x4<f32> {
+    return mat4x4<f32>(c[0] + av.x * bv, c[1] + av.y * bv, c[2] + av.z * bv, c[3] + av.w * bv);
+}
+
+// Block (h, g) of this thread's outputs: element [i][j] is row 64h + ty + 16i, column 64g + tx + 16j
+fn store_block(o: Tile, h: u32, g: u32, ty: u32, tx: u32, blk: mat4x4<f32>) {
+    var m = blk;  // runs once per tile: a runtime index into it costs nothing that matters
+    for (var i = 0u; i < 4u; i++) {
+        for (var j = 0u; j < 4u; j++) {
+            store_c(o.c_off, o.m0 + spread(16u * h + ty, i), o.n0 + spread(16u * g + tx, j), m[i][j]);
+        }
+    }
+}
+
 @compute @workgroup_size(256)
 fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
          @builtin(local_invocation_index) lid: u32) {
@@ -146,33 +163,33 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let tx = lid % 16u;
     let ty = lid / 16u;
     var ld = tile_loads(o, 0u, lid);
-    var acc: array<vec4<f32>, 16>;  // acc[(4h + i) * H + g][j]: row 64h + ty + 16i, column 64g + tx + 16j
+    var c00: mat4x4<f32>;  // block (h, g) = (0, 0); BIG adds (0, 1), (1, 0), (1, 1)
+    var c01: mat4x4<f32>;
+    var c10: mat4x4<f32>;
+    var c11: mat4x4<f32>;
     for (var k0 = 0u; k0 < mp.K; k0 += KSTEP) {
         tile_stash(ld, lid);
         workgroupBarrier();
         if (k0 + KSTEP < mp.K) { ld = tile_loads(o, k0 + KSTEP, lid); }
-        for (var kk = 0u; kk < KSTEP; kk++) {
-            let row = kk * SS;
-            var bv: array<vec4<f32>, 2>;
-            for (var g = 0u; g < H; g++) { bv[g] = Bs4[row + 16u * g + tx]; }
-            for (var h = 0u; h < H; h++) {
-                let av = As4[row + 16u * h + ty];
-                for (var i = 0u; i < 4u; i++) {
-                    for (var g = 0u; g < H; g++) { acc[(4u * h + i) * H + g] += av[i] * bv[g]; }
-                }
+        for (var row = 0u; row < KSTEP * SS; row += SS) {
+            let a0 = As4[row + ty];
+            let b0 = Bs4[row + tx];
+            c00 = outer4(c00, a0, b0);
+            if (BIG) {
+                let a1 = As4[row + 16u + ty];
+                let b1 = Bs4[row + 16u + tx];
+                c01 = outer4(c01, a0, b1);
+                c10 = outer4(c10, a1, b0);
+                c11 = outer4(c11, a1, b1);
             }
         }
         workgroupBarrier();
     }
-    for (var h = 0u; h < H; h++) {
-        for (var i = 0u; i < 4u; i++) {
-            for (var g = 0u; g < H; g++) {
-                let v = acc[(4u * h + i) * H + g];
-                for (var j = 0u; j < 4u; j++) {
-                    store_c(o.c_off, o.m0 + spread(16u * h + ty, i), o.n0 + spread(16u * g + tx, j), v[j]);
-                }
-            }
-        }
+    store_block(o, 0u, 0u, ty, tx, c00);
+    if (BIG) {
+        store_block(o, 0u, 1u, ty, tx, c01);
+        store_block(o, 1u, 0u, ty, tx, c10);
+        store_block(o, 1u, 1u, ty, tx, c11);
     }
 }
 

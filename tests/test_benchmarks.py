@@ -22,6 +22,10 @@ def test_bench_ops_quick(rt, tmp_path):
     assert {row["family"] for row in data["results"]} == {"linear", "attention", "conv1d", "fft"}
     base = [row for row in data["results"] if "[t" not in row["case"]]
     assert all(row["wsvk_ms"] > 0 and row["torch_cpu_ms"] > 0 for row in base)
+    # the GPU time alone (timestamps) where the adapter can measure it
+    assert all((row["wsvk_gpu_ms"] is None) != rt.has_timestamps for row in data["results"])
+    if rt.has_timestamps:
+        assert all(row["wsvk_gpu_ms"] > 0 for row in data["results"])
     pinned = [row for row in data["results"] if row["case"].endswith("[t128]")]  # a pinned tile variant
     assert len(pinned) == 1 and pinned[0]["wsvk_ms"] > 0 and pinned[0]["torch_cpu_ms"] is None
     assert "gemv" in r.stdout and "irfft" in r.stdout
