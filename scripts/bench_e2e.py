@@ -97,11 +97,15 @@ def inputs(args, s2a):
     return stoks, spk, codes
 
 
-def bench_torch(t2s, s2a, vocos, args, device: str) -> dict:
+def models(args):
+    return random_t2s(args.size), random_s2a(args.s2a_size), random_vocos()
+
+
+def bench_torch(args, device: str) -> dict:
     sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    # in place (CUDA is the last backend timed): vocos' encodec uses weight_norm, whose computed
-    # weights are not graph leaves, so the modules cannot be deep-copied
-    t2s, s2a, vocos = (m.to(device) for m in (t2s, s2a, vocos))
+    # fresh models (the same seeds): a used whisperspeech model keeps its RoPE tables as plain
+    # attributes that .to(device) leaves behind, and vocos' weight_norm defeats deepcopy
+    t2s, s2a, vocos = (m.to(device) for m in models(args))
     stoks, spk, codes = inputs(args, s2a)
     t2s_ms, t2s_pre = time_t2s(t2s, args.steps, StepClock(sync))
     s2a_ms, s2a_pre = time_s2a(s2a, stoks, spk.to(device), args.steps, StepClock(sync))
@@ -160,6 +164,12 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
         out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
     out["vocos_dispatches"] = r_voc.dispatches_per_call
+    kinds: dict[str, float] = {}
+    for label, ms in r_voc.profile_codes(codes, bandwidth_id=1):
+        kinds[label] = kinds.get(label, 0.0) + ms
+    if kinds:
+        out["vocos_gpu_ms"] = sum(kinds.values())
+        out["vocos_gpu_ms_by_kernel"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
     return out
 
 
@@ -178,12 +188,11 @@ def main(argv=None) -> int:
         p.error("--steps must be at least 3")
     torch.set_num_threads(os.cpu_count() or 1)
     args.s2a_size = args.s2a_size or args.size
-    t2s, s2a, vocos = random_t2s(args.size), random_s2a(args.s2a_size), random_vocos()
-    results = {"wsvk": bench_wsvk(t2s, s2a, vocos, args)}
+    results = {"wsvk": bench_wsvk(*models(args), args)}
     baselines = ([] if args.skip_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])
     for device in baselines:  # a failing baseline is reported, and the other figures kept
         try:
-            results[f"torch_{device}"] = bench_torch(t2s, s2a, vocos, args, device)
+            results[f"torch_{device}"] = bench_torch(args, device)
         except Exception as e:  # noqa: BLE001
             print(f"torch {device} baseline failed: {type(e).__name__}: {e}", file=sys.stderr)
     scale = 10.0 / args.vocos_seconds  # Vocos figures per 10 s of audio
@@ -193,7 +202,7 @@ def main(argv=None) -> int:
     print(f"size {args.size} (S2A {args.s2a_size}), {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
           f"{results['wsvk']['adapter']}")
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
-            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("realtime_x", "x real time"),
+            ("vocos_ms_per_10s", "Vocos ms/10 s"), ("vocos_gpu_ms", "Vocos GPU ms/call"), ("realtime_x", "x real time"),
             ("t2s_first_ms", "T2S ms to 1st token"), ("s2a_first_ms", "S2A ms to 1st step")]
     for st, unit in (("t2s", "token"), ("s2a", "step")):
         S = st.upper()
@@ -205,11 +214,11 @@ def main(argv=None) -> int:
     for key, label in keys:
         cells = [results[n].get(key) for n in names]
         print(f"{label:<22}" + "".join(f"{'-':>13}" if c is None else f"{c:>13.3f}" for c in cells))
-    for stage in ("t2s", "s2a"):
+    for stage, what in (("t2s", "per step"), ("s2a", "per step"), ("vocos", "per call")):
         kinds = results["wsvk"].get(f"{stage}_gpu_ms_by_kernel")
         if kinds:
-            print(f"{stage.upper()} GPU ms per step by dispatch kind (one timestamped pass each): "
-                  + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:6]))
+            print(f"{stage.upper()} GPU ms {what} by dispatch kind (one timestamped pass each): "
+                  + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:8]))
     if args.json:
         args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps, "torch": torch.__version__,
                                          "results": results}, indent=2))

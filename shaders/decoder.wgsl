@@ -62,6 +62,7 @@ override G_DH: u32 = 64u;
 override G_CH: u32 = 256u;
 override G_NSPLIT: u32 = 0u;      // splits per head; 0: ceil((pos + 1) / G_CH) (self-attention)
 override G_MAXS: u32 = 1u;
+override G_CW: u32 = 1u;          // NH * MAXS: the per-(head, split) weights staged by XMODE 2
 
 struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, _p0: u32, _p1: u32, _p2: u32 }
 
@@ -81,18 +82,63 @@ var<workgroup> xs: array<f32, XS>;
 
 // #include gelu
 // #include wg_sums
-// #include splitk_combine
 
-fn partial_at(i: u32) -> f32 { return g_x[i]; }  // XMODE 2 reads the attention partials from x
+// XMODE 2: xs = the attention output of every head, merged from its key splits' partials as
+// shaders/lib/splitk_combine.wgsl does (0 for a head whose keys were all masked). The splits'
+// maxima and sums are staged first, each head's split weights e^(m_s - M) / sum e^(m_s - M) l_s
+// computed once, and then every element is a weighted sum of the splits' outputs, read four
+// splits at a time so that their loads overlap.
+var<workgroup> cw_m: array<f32, G_CW>;  // m_s (-inf-like when l_s = 0), then the split's weight
+var<workgroup> cw_l: array<f32, G_CW>;
+
+fn combine_prologue(t: u32) {
+    var ns = G_NSPLIT;
+    if (ns == 0u) { ns = (g_step[0] + G_CH) / G_CH; }
+    let nh = gp.K / G_DH;
+    let stride = G_DH + 2u;
+    for (var i = t; i < nh * ns; i += GWG) {
+        let c = (i / ns) * G_MAXS + i % ns;
+        let l = g_x[c * stride + 1u];
+        cw_l[c] = l;
+        cw_m[c] = select(-3.40282347e38, g_x[c * stride], l > 0.0);
+    }
+    workgroupBarrier();
+    for (var h = t; h < nh; h += GWG) {
+        let c0 = h * G_MAXS;
+        var mx = -3.40282347e38;
+        for (var s = 0u; s < ns; s++) { mx = max(mx, cw_m[c0 + s]); }
+        var den = 0.0;
+        for (var s = 0u; s < ns; s++) {
+            let w = select(0.0, exp(cw_m[c0 + s] - mx), cw_l[c0 + s] > 0.0);
+            cw_m[c0 + s] = w;
+            den += w * cw_l[c0 + s];
+        }
+        let inv = select(0.0, 1.0 / den, den > 0.0);
+        for (var s = 0u; s < ns; s++) { cw_m[c0 + s] *= inv; }
+    }
+    workgroupBarrier();
+    for (var i = t; i < gp.K; i += GWG) {
+        let c0 = (i / G_DH) * G_MAXS;
+        let o0 = c0 * stride + 2u + i % G_DH;  // element i's output in split 0 of its head
+        var v = 0.0;
+        var s = 0u;
+        for (; s + 4u <= ns; s += 4u) {
+            let o = vec4<f32>(g_x[o0 + s * stride], g_x[o0 + (s + 1u) * stride],
+                              g_x[o0 + (s + 2u) * stride], g_x[o0 + (s + 3u) * stride]);
+            v += dot(o, vec4<f32>(cw_m[c0 + s], cw_m[c0 + s + 1u], cw_m[c0 + s + 2u], cw_m[c0 + s + 3u]));
+        }
+        for (; s < ns; s++) { v += cw_m[c0 + s] * g_x[o0 + s * stride]; }
+        xs[i] = v;
+    }
+    workgroupBarrier();
+}
 
 // The sum of one value per thread, returned to every thread.
 fn wg_sum(v: f32, t: u32) -> f32 {
-    var a: array<f32, SUMS_MAX>;
-    a[0] = v;
-    let s = wg_sums(a, 1u, t);
-    if (t == 0u) { sums_red[0] = s; }  // only thread 0 reads sums_red in wg_sums(.., 1u, ..)
+    let s = wg_sums(vec4<f32>(v, 0.0, 0.0, 0.0), vec4<f32>(), t);
+    if (t == 0u) { sums_red[255] = vec4<f32>(s); }  // a slot wg_sums' final reads never touch
     workgroupBarrier();
-    let total = sums_red[0];
+    let total = sums_red[255].x;
     workgroupBarrier();  // free for the next wg_sums
     return total;
 }
@@ -106,6 +152,24 @@ fn xin4(i: u32) -> vec4<f32> {
     return vec4<f32>(xin(i), xin(i + 1u), xin(i + 2u), xin(i + 3u));
 }
 
+// Weight row row0 + r (the last group's extra rows reread a valid row) at vec4 k4 / element k.
+fn wrow4(row0: u32, r: u32, k4: u32) -> vec4<WT> { return g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + k4]; }
+
+// Row row0 + r's product term at vec4 k4 (element k): x . w, where x is xv, or under GROUP the
+// input of the row's group.
+fn term4(row0: u32, r: u32, k4: u32, xv: vec4<f32>, w: vec4<WT>) -> f32 {
+    var x = xv;
+    if (GROUP > 0u) { x = xin4((min(row0 + r, gp.N - 1u) / GROUP) * gp.K + 4u * k4); }
+    return dot(x, vec4<f32>(w));
+}
+
+fn term1(row0: u32, r: u32, k: u32, xv: f32) -> f32 {
+    let row = min(row0 + r, gp.N - 1u);
+    var x = xv;
+    if (GROUP > 0u) { x = xin((row / GROUP) * gp.K + k); }
+    return x * f32(g_w[row * gp.K + k]);
+}
+
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
@@ -117,9 +181,11 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row0 = g * GR;
     // The first sweep's weights are loaded before the prologue, so that their memory latency
     // overlaps the layer norm's / combine's reductions (at width <= 1024 that is all of them).
-    var w_first: array<vec4<WT>, GR>;  // WT: f16 weights hold half the registers through the prologue
+    // Rows are written out one by one here and below (constant indices only, see wg_sums).
+    var wf: array<vec4<WT>, 8>;  // WT: f16 weights hold half the registers through the prologue
     if (VEC4 && t < gp.K4) {
-        for (var r = 0u; r < GR; r++) { w_first[r] = g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + t]; }
+        wf = array<vec4<WT>, 8>(wrow4(row0, 0u, t), wrow4(row0, 1u, t), wrow4(row0, 2u, t), wrow4(row0, 3u, t),
+                                wrow4(row0, 4u, t), wrow4(row0, 5u, t), wrow4(row0, 6u, t), wrow4(row0, 7u, t));
     }
     if (XMODE == 1u) {
         // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
@@ -132,39 +198,32 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         for (var i = t; i < K; i += GWG) { xs[i] = (xs[i] - mean) * inv * g_gamma[i] + g_beta[i]; }
         workgroupBarrier();
     } else if (XMODE == 2u) {
-        // the attention partials of head i / G_DH merged (shaders/lib/splitk_combine.wgsl)
-        var ns = G_NSPLIT;
-        if (ns == 0u) { ns = (g_step[0] + G_CH) / G_CH; }
-        for (var i = t; i < K; i += GWG) {
-            xs[i] = splitk_combine((i / G_DH) * G_MAXS * (G_DH + 2u), ns, G_DH, i % G_DH);
-        }
-        workgroupBarrier();
+        combine_prologue(t);
     }
 
-    var acc: array<f32, SUMS_MAX>;  // acc[r] for r < GR
+    var lo = vec4<f32>();  // rows row0 + 0..3
+    var hi = vec4<f32>();  // rows row0 + 4..7
     if (VEC4) {
-        let K4 = gp.K4;
-        for (var k4 = t; k4 < K4; k4 += GWG) {
-            var xv = xin4(4u * k4);
-            for (var r = 0u; r < GR; r++) {
-                let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
-                if (GROUP > 0u) { xv = xin4((row / GROUP) * K + 4u * k4); }
-                var wv = w_first[r];
-                if (k4 != t) { wv = g_w4[row * K4 + k4]; }
-                acc[r] += dot(xv, vec4<f32>(wv));
+        for (var k4 = t; k4 < gp.K4; k4 += GWG) {
+            var w = wf;
+            if (k4 != t) {
+                w = array<vec4<WT>, 8>(wrow4(row0, 0u, k4), wrow4(row0, 1u, k4), wrow4(row0, 2u, k4), wrow4(row0, 3u, k4),
+                                       wrow4(row0, 4u, k4), wrow4(row0, 5u, k4), wrow4(row0, 6u, k4), wrow4(row0, 7u, k4));
             }
+            let xv = xin4(4u * k4);
+            lo += vec4<f32>(term4(row0, 0u, k4, xv, w[0]), term4(row0, 1u, k4, xv, w[1]),
+                            term4(row0, 2u, k4, xv, w[2]), term4(row0, 3u, k4, xv, w[3]));
+            hi += vec4<f32>(term4(row0, 4u, k4, xv, w[4]), term4(row0, 5u, k4, xv, w[5]),
+                            term4(row0, 6u, k4, xv, w[6]), term4(row0, 7u, k4, xv, w[7]));
         }
     } else {
         for (var k = t; k < K; k += GWG) {
-            var xv = xin(k);
-            for (var r = 0u; r < GR; r++) {
-                let row = min(row0 + r, gp.N - 1u);
-                if (GROUP > 0u) { xv = xin((row / GROUP) * K + k); }
-                acc[r] += xv * f32(g_w[row * K + k]);
-            }
+            let xv = xin(k);
+            lo += vec4<f32>(term1(row0, 0u, k, xv), term1(row0, 1u, k, xv), term1(row0, 2u, k, xv), term1(row0, 3u, k, xv));
+            hi += vec4<f32>(term1(row0, 4u, k, xv), term1(row0, 5u, k, xv), term1(row0, 6u, k, xv), term1(row0, 7u, k, xv));
         }
     }
-    let total = wg_sums(acc, GR, t);
+    let total = wg_sums(lo, hi, t);
     let row = row0 + t;
     if (t < GR && row < gp.N) {
         var v = total;
@@ -212,6 +271,21 @@ fn rope_at(base: u32, d: u32, p: u32) -> f32 {
     return x * a_rope[p * DH + d] + rot * a_rope[(ap.P + p) * DH + d];
 }
 
+// The scaled query . the key at a_kc[kb ..], eight dimensions per iteration so that their
+// loads overlap (a loop is not unrolled for us: each iteration would wait for its load)
+fn key_dot(kb: u32) -> f32 {
+    var s = 0.0;
+    var d = 0u;
+    for (; d + 8u <= DH; d += 8u) {
+        let k0 = vec4<f32>(f32(a_kc[kb + d]), f32(a_kc[kb + d + 1u]), f32(a_kc[kb + d + 2u]), f32(a_kc[kb + d + 3u]));
+        let k1 = vec4<f32>(f32(a_kc[kb + d + 4u]), f32(a_kc[kb + d + 5u]), f32(a_kc[kb + d + 6u]), f32(a_kc[kb + d + 7u]));
+        s += dot(k0, vec4<f32>(dq[d], dq[d + 1u], dq[d + 2u], dq[d + 3u]))
+           + dot(k1, vec4<f32>(dq[d + 4u], dq[d + 5u], dq[d + 6u], dq[d + 7u]));
+    }
+    for (; d < DH; d++) { s += dq[d] * f32(a_kc[kb + d]); }
+    return s;
+}
+
 @compute @workgroup_size(64)
 fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(local_invocation_index) t: u32) {
@@ -241,9 +315,7 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let kvb = (h * ap.L + k0) * DH;
     var lmax = -3.40282347e38;
     for (var j = t; j < n; j += AWG) {
-        var s = 0.0;
-        let kb = kvb + j * DH;
-        for (var d = 0u; d < DH; d++) { s += dq[d] * f32(a_kc[kb + d]); }
+        let s = key_dot(kvb + j * DH);
         dp[j] = s;
         lmax = max(lmax, s);
     }
@@ -270,8 +342,16 @@ fn attn(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let l = ared[0];
     let pb = (h * ap.MAXS + sp) * (DH + 2u);
     for (var d = t; d < DH; d += AWG) {
+        // four keys per iteration: their value loads are independent, so they overlap
+        let vb = kvb + d;
         var o = 0.0;
-        for (var j = 0u; j < n; j++) { o += dp[j] * f32(a_vc[kvb + j * DH + d]); }
+        var j = 0u;
+        for (; j + 4u <= n; j += 4u) {
+            let v = vec4<f32>(f32(a_vc[vb + j * DH]), f32(a_vc[vb + (j + 1u) * DH]),
+                              f32(a_vc[vb + (j + 2u) * DH]), f32(a_vc[vb + (j + 3u) * DH]));
+            o += dot(v, vec4<f32>(dp[j], dp[j + 1u], dp[j + 2u], dp[j + 3u]));
+        }
+        for (; j < n; j++) { o += dp[j] * f32(a_vc[vb + j * DH]); }
         a_part[pb + 2u + d] = o;
     }
     if (t == 0u) {

@@ -196,11 +196,13 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // ------------------------------------------------------------------ GEMV (decode, M <= 8)
 // One workgroup owns NR weight rows and all MROWS rows of x, so each weight row is read once.
 // All 256 threads sweep K for every owned row (thread t reads elements t, t+256, ... or vec4s):
-// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR partial sums
-// of the same outputs, reduced by wg_sums (subgroups where SUBGROUPS, else a shared-memory tree).
+// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR <= 8 partial
+// sums of the same outputs, reduced by wg_sums (subgroups where SUBGROUPS, else a tree).
+// M = 1 (the decode case) has its 8 rows written out with constant indices (see wg_sums.wgsl on
+// runtime-indexed private arrays); M = 2..8 takes a generic loop.
 
 override MROWS: u32 = 1u;         // rows of x, 1..8
-override NR: u32 = 4u;            // weight rows per workgroup; MROWS * NR <= 32
+override NR: u32 = 8u;            // weight rows per workgroup; MROWS * NR <= 8
 override VEC4: bool = false;      // K % 4 == 0: read x and w as vec4
 
 struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
@@ -216,6 +218,10 @@ struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
 
 // #include wg_sums
 
+// weight row row0 + r (the last group's extra rows reread a valid row) at vec4 k / element k
+fn w_vec(row0: u32, r: u32, k: u32) -> vec4<f32> { return vec4<f32>(w4[min(row0 + r, gp.N - 1u) * gp.K4 + k]); }
+fn w_one(row0: u32, r: u32, k: u32) -> f32 { return f32(w[min(row0 + r, gp.N - 1u) * gp.K + k]); }
+
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
@@ -224,36 +230,48 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let g = wid.x + wid.y * nwg.x;
     if (g >= gp.groups) { return; }
     let row0 = g * NR;
-    var acc: array<f32, SUMS_MAX>;  // acc[m * NR + r]: x row m . weight row row0 + r
+    var lo = vec4<f32>();  // sums 0..3 (sum m * NR + r: x row m . weight row row0 + r)
+    var hi = vec4<f32>();  // sums 4..7
     // uniform trip counts: all lanes reach the reduction together
-    if (VEC4) {
-        let K4 = gp.K4;
-        for (var k0 = 0u; k0 < K4; k0 += 256u) {
-            let k = k0 + lid;
-            if (k >= K4) { break; }
-            var xv: array<vec4<f32>, 8>;
-            for (var m = 0u; m < MROWS; m++) { xv[m] = vec4<f32>(x4[m * K4 + k]); }
-            for (var r = 0u; r < NR; r++) {
-                let row = min(row0 + r, gp.N - 1u);  // the last group's extra rows reread a valid row
-                let wv = vec4<f32>(w4[row * K4 + k]);
-                for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(xv[m], wv); }
+    if (MROWS == 1u) {
+        if (VEC4) {
+            for (var k = lid; k < gp.K4; k += 256u) {
+                let xv = vec4<f32>(x4[k]);
+                lo += vec4<f32>(dot(xv, w_vec(row0, 0u, k)), dot(xv, w_vec(row0, 1u, k)),
+                                dot(xv, w_vec(row0, 2u, k)), dot(xv, w_vec(row0, 3u, k)));
+                hi += vec4<f32>(dot(xv, w_vec(row0, 4u, k)), dot(xv, w_vec(row0, 5u, k)),
+                                dot(xv, w_vec(row0, 6u, k)), dot(xv, w_vec(row0, 7u, k)));
+            }
+        } else {
+            for (var k = lid; k < gp.K; k += 256u) {
+                let xv = f32(x[k]);
+                lo += xv * vec4<f32>(w_one(row0, 0u, k), w_one(row0, 1u, k), w_one(row0, 2u, k), w_one(row0, 3u, k));
+                hi += xv * vec4<f32>(w_one(row0, 4u, k), w_one(row0, 5u, k), w_one(row0, 6u, k), w_one(row0, 7u, k));
             }
         }
     } else {
-        let K = gp.K;
-        for (var k0 = 0u; k0 < K; k0 += 256u) {
-            let k = k0 + lid;
-            if (k >= K) { break; }
-            var xv: array<f32, 8>;
-            for (var m = 0u; m < MROWS; m++) { xv[m] = f32(x[m * K + k]); }
-            for (var r = 0u; r < NR; r++) {
-                let row = min(row0 + r, gp.N - 1u);
-                let wv = f32(w[row * K + k]);
-                for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += xv[m] * wv; }
+        var acc: array<f32, 8>;
+        if (VEC4) {
+            let K4 = gp.K4;
+            for (var k = lid; k < K4; k += 256u) {
+                for (var r = 0u; r < NR; r++) {
+                    let wv = w_vec(row0, r, k);
+                    for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(vec4<f32>(x4[m * K4 + k]), wv); }
+                }
+            }
+        } else {
+            let K = gp.K;
+            for (var k = lid; k < K; k += 256u) {
+                for (var r = 0u; r < NR; r++) {
+                    let wv = w_one(row0, r, k);
+                    for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += f32(x[m * K + k]) * wv; }
+                }
             }
         }
+        lo = vec4<f32>(acc[0], acc[1], acc[2], acc[3]);
+        hi = vec4<f32>(acc[4], acc[5], acc[6], acc[7]);
     }
-    let total = wg_sums(acc, MROWS * NR, lid);  // thread lid < MROWS * NR: output (lid / NR, row0 + lid % NR)
+    let total = wg_sums(lo, hi, lid);  // thread lid < MROWS * NR: output (lid / NR, row0 + lid % NR)
     let row = row0 + lid % NR;
     if (lid < MROWS * NR && row < gp.N) {
         var bias_v = 0.0;

@@ -44,4 +44,5 @@ def test_bench_e2e_tiny(rt, tmp_path):
     if rt.has_timestamps:  # per-kind GPU times of one step add up to the step's GPU time
         kinds = w["s2a_gpu_ms_by_kernel"]
         assert w["s2a_gpu_ms_per_step"] > 0 and abs(sum(kinds.values()) - w["s2a_gpu_ms_per_step"]) < 1e-9
+        assert w["vocos_gpu_ms"] > 0 and len(w["vocos_gpu_ms_by_kernel"]) > 3  # several kinds of dispatch
     assert all(r_["realtime_x"] > 0 for r_ in res.values())

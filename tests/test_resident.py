@@ -77,7 +77,7 @@ def t2s():
     return t2s_from_spec(t2s_spec())
 
 
-@pytest.mark.parametrize("ch", [128, 4])  # 4: several key splits in both attentions
+@pytest.mark.parametrize("ch", [None, 4])  # None: the default; 4: several key splits in both attentions
 def test_t2s_generate_same_tokens(rt, t2s, ch):
     res = ResidentT2S(t2s, ch=ch)
     assert res.stoks_len == t2s.stoks_len  # attributes forward to the model, as the app reads them
@@ -239,6 +239,17 @@ def test_profile_step(rt, t2s):
             res.logits(3, 1)
         out.append(res.logits(9, 2))
     assert rel_err(out[0].numpy(), out[1].numpy()) < 1e-6
+
+
+def test_auto_split():
+    """Keys per attention split: 64, more where the splits' weights would overflow the combining
+    gemv's 16 KiB of workgroup memory (next to its W staged inputs)."""
+    from wsvk.resident_decoder import auto_ch, cw_max
+
+    assert auto_ch(12, 768, 750) == 64  # T2S small
+    assert auto_ch(16, 1024, 2250) == 64 and 16 * 36 <= cw_max(1024)  # S2A medium
+    assert cw_max(1792) < 16 * 36 and auto_ch(16, 1792, 2250) == 128
+    assert 4 * 1792 + 8 * cw_max(1792) + 4096 + 516 <= 16384
 
 
 def test_errors(rt, t2s):

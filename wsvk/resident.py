@@ -109,7 +109,7 @@ class _Resident:
 class ResidentT2S(_Resident):
     """whisperspeech's TSARTransformer (text -> semantic tokens) with a GPU-resident decoder."""
 
-    def __init__(self, model, rt: Runtime | None = None, ch: int = 128):
+    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None):
         super().__init__(model)
         emb = model.embeddings.embedding
         if emb.merged_in is None:
@@ -217,7 +217,7 @@ class ResidentS2A(_Resident):
     """whisperspeech's SADelARTransformer (semantic -> acoustic tokens, both the plain and the
     conditioned v1.95 variant) with a GPU-resident decoder."""
 
-    def __init__(self, model, rt: Runtime | None = None, ch: int = 128):
+    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None):
         super().__init__(model)
         embs = model.embds.embeddings
         if any(e.merged_in is None for e in embs):

@@ -37,7 +37,24 @@ SHADER = "decoder"
 _UNIFORM = 64 | 8   # UNIFORM | COPY_DST
 _MAP_READ = 1 | 8   # MAP_READ | COPY_DST
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
-MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 8.5 KiB of wg_sums <= 16 KiB)
+MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
+WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
+WG_SUMS_BYTES = 4096 + 2 * 64 * 4 + 4  # shaders/lib/wg_sums.wgsl's arrays
+ATTN_CH = 64        # keys per attention split: many small workgroups (a decode step has few)
+
+def cw_max(W: int) -> int:
+    """How many (head, split) weights the combining gemv (XMODE 2) stages next to its W inputs."""
+    return (WG_BYTES - WG_SUMS_BYTES - 4 * W) // 8
+
+
+def auto_ch(n_head: int, W: int, keys: int) -> int:
+    """Keys per attention split for caches of up to `keys`: ATTN_CH, doubled while the splits
+    do not fit the combining gemv's workgroup memory."""
+    ch = ATTN_CH
+    while n_head * -(-keys // ch) > cw_max(W):
+        ch *= 2
+    return ch
+
 
 _force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
 
@@ -96,7 +113,7 @@ class ResidentDecoder:
 
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
-                 ch: int = 128, prerecord: bool = True):
+                 ch: int | None = None, prerecord: bool = True):
         rt = rt or get_runtime()
         self.rt = rt
         self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
@@ -113,7 +130,8 @@ class ResidentDecoder:
         if self.tables.ndim != 3 or self.tables.shape[2] != W:
             raise ValueError(f"embedding tables must be [NQ, V, {W}], got {self.tables.shape}")
         self.NQ, self.V = self.tables.shape[:2]
-        self.self_len, self.cross_len, self.ch, self.ksub = int(self_len), int(cross_len), int(ch), int(ksub)
+        self.self_len, self.cross_len, self.ksub = int(self_len), int(cross_len), int(ksub)
+        self.ch = int(ch) if ch is not None else auto_ch(self.NH, W, max(self.self_len, self.cross_len))
         self.rope = rope is not None
         self._keep = []  # uniform buffers and dummies referenced by the bind groups
 
@@ -233,7 +251,11 @@ class ResidentDecoder:
         consts = {"XMODE": xmode, "HAS_BIAS": b is not None, "GELU": gelu, "RESID": resid,
                   "VEC4": K % 4 == 0, "XS": K if xmode else 4, "GROUP": group}
         if combine is not None:
-            consts.update(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1])
+            if self.NH * combine[1] > cw_max(self.W):
+                raise ValueError(f"{self.NH} heads x {combine[1]} key splits of {self.ch} do not fit the combining "
+                                 f"gemv's workgroup memory: use a larger split")
+            consts.update(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1],
+                          G_CW=self.NH * combine[1])
         pipe = _pipeline(self.rt, "gemv", consts, self.wt)
         groups = -(-N // GEMV_ROWS)
         eps = ln[2] if ln is not None else 0.0

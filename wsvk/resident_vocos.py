@@ -239,6 +239,17 @@ class ResidentVocos:
         before = dict(self.rt.stats)
         return self._run(before, bw, self.codebooks, self.rt.upload(c), c.shape[1])
 
+    def profile_codes(self, codes, bandwidth_id=None) -> list[tuple[str, float]]:
+        """GPU milliseconds of each dispatch of decode_codes, from timestamps (each dispatch in its
+        own pass); [] where the adapter has no timestamp-query. Nothing is read back."""
+        if not self.rt.has_timestamps:
+            return []
+        bw = self._bandwidth(bandwidth_id)
+        c = self._codes(codes)
+        with self.rt.recorder("vocos-profile", timestamps=True) as rec:
+            self._record(bw, self.codebooks, self.rt.upload(c), c.shape[1])
+        return rec.gpu_ms
+
     # ---------------------------------------------------------------- the recorded graph
 
     def _run(self, before: dict, bw: int, x: GpuArray, codes: GpuArray | None, T: int) -> torch.Tensor:

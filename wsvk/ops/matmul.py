@@ -87,7 +87,7 @@ def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, 
 def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape):
     """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8."""
     out = rt.empty(out_shape, dt)
-    nr = 8 if M <= 4 else 4  # M * NR <= 32 partial sums per thread
+    nr = max(1, 8 // M)  # M * NR <= 8 partial sums per thread (shaders/lib/wg_sums.wgsl)
     groups = -(-N // nr)
     pipe = _pipeline(rt, "gemv", dt, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
     params = rt.uniform(N, K, K // 4, groups)
