@@ -57,7 +57,7 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let lo = lid % TO;
     let lt = (lid / TO) * TJ;  // first of this thread's frames inside the tile
     let o = o0 + lo;
-    var acc = array<f32, 4>(0.0, 0.0, 0.0, 0.0);
+    var acc = vec4<f32>();  // frames lt + 0..3 (TJ = 4): a vector, not an array indexed in the loop
     for (var i0 = 0u; i0 < ep.Cin; i0 += IC) {
         workgroupBarrier();  // the previous step's reads of xs are done
         for (var e = lid; e < XR * IC; e += 256u) {
@@ -75,17 +75,17 @@ fn embed(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
                 let wbase = (i0 + ii) * K * ep.Cout + o;
                 for (var k = 0u; k < K; k++) {
                     let w = f32(ew[wbase + k * ep.Cout]);
-                    for (var j = 0u; j < TJ; j++) {
-                        acc[j] = fma(w, xs[(lt + j + k) * IC + ii], acc[j]);
-                    }
+                    let xb = (lt + k) * IC + ii;
+                    acc = fma(vec4<f32>(w), vec4<f32>(xs[xb], xs[xb + IC], xs[xb + 2u * IC], xs[xb + 3u * IC]), acc);
                 }
             }
         }
     }
     if (o < ep.Cout) {
+        var a = acc;  // once per thread: a runtime index here costs nothing that matters
         for (var j = 0u; j < TJ; j++) {
             let t = t0 + lt + j;
-            if (t < ep.T) { eout[t * ep.Cout + o] = acc[j] + eb[o]; }
+            if (t < ep.T) { eout[t * ep.Cout + o] = a[j] + eb[o]; }
         }
     }
 }

@@ -147,6 +147,29 @@ def test_recorder_one_submit(rt):
         assert all(ms >= 0 for _, ms in rec.gpu_ms)
 
 
+def test_read_after_in_the_same_submit(rt):
+    """Recorder.read_after: the readback copy rides in the recorder's submit, odd sizes included,
+    and its mappable buffer is reused by the next readback of that size."""
+    pipe = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
+    x = rt.upload(np.arange(301, dtype=np.float32))
+    u = rt.uniform(301, 1.0, 0, 0)
+    got = []
+    for _ in range(2):
+        y = rt.empty((301,))
+        before = dict(rt.stats)
+        with rt.recorder() as rec:
+            rec.dispatch(pipe, [x, x, y, u], rt.grid(2))  # y = 2x
+            rb = rec.read_after(y)
+            with pytest.raises(RuntimeError, match="not submitted"):
+                rb.numpy()
+        out = rb.numpy()
+        assert rt.stats["submits"] == before["submits"] + 1 and rt.stats["readbacks"] == before["readbacks"] + 1
+        np.testing.assert_array_equal(out, 2 * np.arange(301, dtype=np.float32))
+        assert out.shape == (301,) and out.dtype == np.float32
+        got.append(rb.buffer)
+    assert got[0] is got[1]
+
+
 def test_grid_folds_past_the_limit(rt):
     m = rt.max_groups
     assert rt.grid(5) == (5, 1, 1)

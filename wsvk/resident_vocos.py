@@ -255,8 +255,8 @@ class ResidentVocos:
     def _run(self, before: dict, bw: int, x: GpuArray, codes: GpuArray | None, T: int) -> torch.Tensor:
         """Record everything into one submit, read back the waveform; `before`: rt.stats at the upload."""
         rt = self.rt
-        with rt.recorder("vocos"):
-            wave = self._record(bw, x, codes, T)
+        with rt.recorder("vocos") as rec:
+            wave = rec.read_after(self._record(bw, x, codes, T))  # the readback copy in the same submit
         out = wave.numpy()
         self.stats["calls"] += 1
         for k in ("dispatches", "submits", "uploads", "readbacks"):

@@ -23,6 +23,7 @@ BACKENDS = ("auto", "wgpu", "cpu")
 WANTED_FEATURES = ("shader-f16", "subgroup", "timestamp-query")
 _STORAGE = 128 | 8 | 4  # STORAGE | COPY_DST | COPY_SRC
 _UNIFORM = 64 | 8  # UNIFORM | COPY_DST
+_MAP_READ = 1 | 8  # MAP_READ | COPY_DST
 
 
 class WsvkError(RuntimeError):
@@ -320,6 +321,7 @@ class Runtime:
         self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
         self._pipelines: dict = {}
         self._bind_groups: OrderedDict = OrderedDict()
+        self._staging: dict[int, list] = {}  # Readback buffers by size
         self._uniforms: OrderedDict = OrderedDict()
 
     def check_fault(self) -> None:
@@ -564,6 +566,15 @@ class Recorder:
         self.encoder.copy_buffer_to_buffer(src.buffer, src_offset, dst.buffer, dst_offset, -(-n // 4) * 4)
         self._keep.append((src, dst))
 
+    def read_after(self, arr: GpuArray) -> "Readback":
+        """Copy `arr` into a mappable buffer as part of this submit; `.numpy()` once it is
+        submitted. Saves the second submit and the staging buffer that `Runtime.read` makes."""
+        self._end_pass()
+        rb = Readback(self.rt, arr)
+        self.encoder.copy_buffer_to_buffer(arr.buffer, 0, rb.buffer, 0, rb.buffer.size)
+        self._keep.append(arr)
+        return rb
+
     def _end_pass(self):
         if self._pass is not None:
             self._pass.end()
@@ -584,6 +595,38 @@ class Recorder:
             self.gpu_ms = [(lab, (ticks[2 * i + 1] - ticks[2 * i]) * period * 1e-6)
                            for i, lab in enumerate(self.labels)]
         self._keep.clear()
+
+
+class Readback:
+    """A mappable copy of a GpuArray recorded by Recorder.read_after. Its buffers are kept per
+    size in the runtime (one chunk after another reuses the same one)."""
+
+    def __init__(self, rt: Runtime, arr: GpuArray):
+        self.rt, self.shape, self.dtype, self.nbytes = rt, arr.shape, arr.dtype, arr.nbytes
+        size = max(16, -(-arr.nbytes // 16) * 16)
+        with rt.lock:
+            stack = rt._staging.setdefault(size, [])
+            self.buffer = stack.pop() if stack else None
+        if self.buffer is None:
+            with gpu_errors(f"allocating a {size}-byte readback buffer"):
+                self.buffer = rt.device.create_buffer(size=size, usage=_MAP_READ)
+
+    def numpy(self) -> np.ndarray:
+        rt, buf = self.rt, self.buffer
+        if rt.recording:
+            raise RuntimeError("cannot read back while recording: the copy is not submitted yet")
+        with rt.lock, gpu_errors("reading back"):
+            rt.check_fault()
+            buf.map_sync(1)  # MapMode.READ: waits for the submit that holds the copy
+            try:
+                raw = np.frombuffer(buf.read_mapped(0, buf.size), dtype=np.uint8)[:self.nbytes].copy()
+            finally:
+                buf.unmap()
+            rt.stats["readbacks"] += 1
+            stack = rt._staging.setdefault(buf.size, [])
+            if len(stack) < 2:
+                stack.append(buf)
+        return raw.view(self.dtype).reshape(self.shape)
 
 
 _RUNTIME: Runtime | None = None
