@@ -233,7 +233,7 @@ class Pipeline:
         for stage, mod in self._resident.items():
             if hasattr(mod, "counters"):
                 out[stage] = mod.counters()
-            else:  # Vocos: one submit per chunk
+            else:  # Vocos: one readback per chunk
                 out[stage] = {"dispatches_per_call": mod.dispatches_per_call, **mod.stats}
         return out
 
@@ -268,7 +268,7 @@ class Pipeline:
             warnings.warn(f"wsvk: {stats.faults[faults_before]}; finished the {stage} stage on the CPU",
                           RuntimeWarning, stacklevel=3)
         if runner is not None:
-            stats.count("resident")  # one resident run: decode steps or a Vocos chunk, one submit each
+            stats.count("resident")  # one resident run: decode steps or a Vocos chunk
         dt = time.perf_counter() - t0
         self.last.seconds[stage] += dt
         self.progress.stage_end(stage, chunk, n_chunks, dt)
