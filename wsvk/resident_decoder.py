@@ -42,6 +42,7 @@ WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit
 WG_SUMS_BYTES = 4096 + 2 * 64 * 4 + 4  # shaders/lib/wg_sums.wgsl's arrays
 ATTN_CH = 64        # keys per attention split: many small workgroups (a decode step has few)
 
+
 def cw_max(W: int) -> int:
     """How many (head, split) weights the combining gemv (XMODE 2) stages next to its W inputs."""
     return (WG_BYTES - WG_SUMS_BYTES - 4 * W) // 8

@@ -571,7 +571,7 @@ class Recorder:
         submitted. Saves the second submit and the staging buffer that `Runtime.read` makes."""
         self._end_pass()
         rb = Readback(self.rt, arr)
-        self.encoder.copy_buffer_to_buffer(arr.buffer, 0, rb.buffer, 0, rb.buffer.size)
+        self.encoder.copy_buffer_to_buffer(arr.buffer, 0, rb.buffer, 0, -(-arr.nbytes // 4) * 4)
         self._keep.append(arr)
         return rb
 
