@@ -74,16 +74,36 @@ override WG: u32 = BQ * TPQ;
 override KS: u32 = D + 1u - D % 2u;       // odd K row stride: lanes hit different banks
 override QSZ: u32 = BQ * D;
 override KSZ: u32 = BK * KS;
-override VSZ: u32 = BK * DV + TPQ;        // + TPQ: the last lane may read past DV (unused)
+override VSZ: u32 = BK * DV + 4u * TPQ;   // + 4 TPQ: the last vec4 of a lane may read past DV (unused)
 override SSZ: u32 = BQ * BK;
 override NSC: u32 = BK / TPQ;             // scores per thread per block
-override NOC: u32 = (DV + TPQ - 1u) / TPQ;  // output columns per thread (<= MAXO)
-const MAXO = 32u;
+override NOC: u32 = (DV + TPQ - 1u) / TPQ;  // output columns per thread (<= 32)
+override NV: u32 = (NOC + 3u) / 4u;       // vec4 accumulators per thread (<= 8)
 
 var<workgroup> qs: array<f32, QSZ>;  // [BQ, D] scaled queries
 var<workgroup> ks: array<f32, KSZ>;  // [BK, KS]
 var<workgroup> vs: array<f32, VSZ>;  // [BK, DV]
 var<workgroup> ss: array<f32, SSZ>;  // [BQ, BK] scores of the current block
+
+// v of staged key j at this lane's output columns lane + (4i + c) TPQ, c < 4 (accumulator i)
+fn v4(j: u32, lane: u32, i: u32) -> vec4<f32> {
+    let b = j * DV + lane + 4u * i * TPQ;
+    return vec4<f32>(vs[b], vs[b + TPQ], vs[b + 2u * TPQ], vs[b + 3u * TPQ]);
+}
+
+// q row r . staged key j, four dimensions per step (fewer dependent adds)
+fn qk(r: u32, j: u32) -> f32 {
+    var s = 0.0;
+    var d = 0u;
+    for (; d + 4u <= D; d += 4u) {
+        let qb = r * D + d;
+        let kb = j * KS + d;
+        s += dot(vec4<f32>(qs[qb], qs[qb + 1u], qs[qb + 2u], qs[qb + 3u]),
+                 vec4<f32>(ks[kb], ks[kb + 1u], ks[kb + 2u], ks[kb + 3u]));
+    }
+    for (; d < D; d++) { s += qs[r * D + d] * ks[j * KS + d]; }
+    return s;
+}
 
 @compute @workgroup_size(WG)
 fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -121,10 +141,17 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
 
     var m_run = NEG_MAX;
     var l_run = 0.0;
-    var acc: array<f32, MAXO>;
-    for (var c = 0u; c < NOC; c++) {
-        acc[c] = 0.0;
-    }
+    // output column lane + c TPQ accumulates in component c % 4 of a(c / 4); the accumulators are
+    // named values touched with constant indices only (a runtime-indexed private array lives in
+    // slow local memory on some drivers: see shaders/lib/wg_sums.wgsl)
+    var a0 = vec4<f32>();
+    var a1 = vec4<f32>();
+    var a2 = vec4<f32>();
+    var a3 = vec4<f32>();
+    var a4 = vec4<f32>();
+    var a5 = vec4<f32>();
+    var a6 = vec4<f32>();
+    var a7 = vec4<f32>();
 
     for (var kb = 0u; kb < nkb; kb++) {
         let k0 = kb * BK;
@@ -150,11 +177,7 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             let kj = k0 + j;
             var s = masked();
             if (qi < p.lq && kj < p.lk && (p.causal == 0u || kj <= qi)) {
-                var dot = 0.0;
-                for (var d = 0u; d < D; d++) {
-                    dot += qs[r * D + d] * ks[j * KS + d];
-                }
-                s = add_mask(dot, moff, kj);
+                s = add_mask(qk(r, j), moff, kj);
             }
             ss[r * BK + j] = s;
         }
@@ -170,9 +193,8 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
         }
         let corr = exp(m_run - m_new);
         l_run *= corr;
-        for (var c = 0u; c < NOC; c++) {
-            acc[c] *= corr;
-        }
+        a0 *= corr; a1 *= corr; a2 *= corr; a3 *= corr;
+        a4 *= corr; a5 *= corr; a6 *= corr; a7 *= corr;
         for (var j = 0u; j < BK; j++) {
             let s = ss[r * BK + j];
             if (is_masked(s)) {
@@ -180,9 +202,14 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             }
             let pj = exp(s - m_new);
             l_run += pj;
-            for (var c = 0u; c < NOC; c++) {
-                acc[c] += pj * vs[j * DV + lane + c * TPQ];
-            }
+            a0 += pj * v4(j, lane, 0u);
+            if (NV > 1u) { a1 += pj * v4(j, lane, 1u); }
+            if (NV > 2u) { a2 += pj * v4(j, lane, 2u); }
+            if (NV > 3u) { a3 += pj * v4(j, lane, 3u); }
+            if (NV > 4u) { a4 += pj * v4(j, lane, 4u); }
+            if (NV > 5u) { a5 += pj * v4(j, lane, 5u); }
+            if (NV > 6u) { a6 += pj * v4(j, lane, 6u); }
+            if (NV > 7u) { a7 += pj * v4(j, lane, 7u); }
         }
         m_run = m_new;
         workgroupBarrier();
@@ -194,10 +221,11 @@ fn prefill(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
             inv = 1.0 / l_run;
         }
         let obase = (bh * p.lq + qi) * DV;
+        var fin = array<vec4<f32>, 8>(a0, a1, a2, a3, a4, a5, a6, a7);  // once: a runtime index is fine here
         for (var c = 0u; c < NOC; c++) {
             let d = lane + c * TPQ;
             if (d < DV) {
-                out[obase + d] = T(acc[c] * inv);
+                out[obase + d] = T(fin[c / 4u][c % 4u] * inv);
             }
         }
     }

@@ -68,6 +68,7 @@ SHAPES = [
     (1, 2, 31, 37, 64, 64),    # non-multiples of the 16 x 16 tile
     (2, 1, 20, 37, 128, 128),  # D = 128 (8 x 8 tiles)
     (1, 2, 19, 19, 80, 80),    # D = 80
+    (1, 2, 19, 21, 40, 40),    # 10 output columns per thread: a partial vec4 accumulator
     (1, 1, 5, 70, 64, 32),     # Dv != D
     (1, 2, 1, 300, 64, 64),    # decode: two key splits
 ]

@@ -28,7 +28,7 @@ PREFILL_TILES = ((32, 32, 4), (16, 32, 4), (16, 16, 4), (8, 16, 8), (8, 8, 8))
 def _prefill_tile(d: int, dv: int, limit: int) -> tuple[int, int, int]:
     for bq, bk, tpq in PREFILL_TILES:
         ks = d + 1 - d % 2
-        nbytes = 4 * (bq * d + bk * ks + bk * dv + tpq + bq * bk)
+        nbytes = 4 * (bq * d + bk * ks + bk * dv + 4 * tpq + bq * bk)  # shaders/attention.wgsl: QSZ..SSZ
         if nbytes <= limit and -(-dv // tpq) <= 32:
             return bq, bk, tpq
     raise ValueError(f"attention: head dims D={d}, Dv={dv} need more workgroup memory than {limit} bytes")
