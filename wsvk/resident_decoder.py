@@ -463,11 +463,11 @@ class ResidentDecoder:
                     cmd = enc.finish()
                 rt.submit_commands(cmd)
                 rt.stats["dispatches"] += dispatches
+            self.prefill_seconds += time.perf_counter() - t0  # the pre-recorded step counts in record_s
             nxt = start + len(rows)
             if self.prerecord and nxt < self.self_len:
                 self._next[nxt] = self._record(nxt)  # the first sampled step, recorded meanwhile
         self.prefilled_steps += len(rows)
-        self.prefill_seconds += time.perf_counter() - t0
 
     def profile_step(self, tokens, pos: int) -> list[tuple[str, float]]:
         """Run one step (it updates the KV caches at `pos` as `step` does) with every dispatch in
