@@ -206,19 +206,20 @@ def test_s2a_padding_code_decodes_as_on_the_cpu(tiny, rt, backend, tmp_path):
     assert rel_err(a_gpu, a_cpu) < 1e-4, rel_err(a_gpu, a_cpu)
 
 
-@pytest.mark.parametrize("stage", ["t2s", "s2a", "vocos"])
-def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage):
-    """A lost device in the middle of a stage: one warning, that stage reruns on the CPU with the
-    same seed, and the WAV equals an uninterrupted CPU run."""
+@pytest.mark.parametrize("stage, after", [("t2s", 3), ("s2a", 3), ("vocos", 0), ("vocos", 1)])
+def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage, after):
+    """A lost device in the middle of a stage (`after` submits into it: a few decode steps, or
+    Vocos' first or second submit): one warning, that stage reruns on the CPU with the same seed,
+    and the WAV equals an uninterrupted CPU run."""
     backend("cpu")
     ref = tiny_pipeline(tiny).generate("Hi there, friend.", seed=11)
     backend("wgpu")
     pipe = tiny_pipeline(tiny)
     real_run = pipe._run
 
-    def spy(st, *args):  # inject the fault a few decode steps into the stage (Vocos: its one submit)
+    def spy(st, *args):
         if st == stage:
-            rt.fault_after = rt.stats["submits"] + (0 if stage == "vocos" else 3)
+            rt.fault_after = rt.stats["submits"] + after
         return real_run(st, *args)
 
     pipe._run = spy
@@ -231,6 +232,8 @@ def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage
         f"wsvk: {pipe.stage_stats[stage].faults[0]}; finished the {stage} stage on the CPU"]  # one warning
     assert len(pipe.last.faults) == 1 and pipe.last.faults[0].startswith(stage)
     assert audio.shape == ref.shape and rel_err(audio, ref) < 1e-4
+    if stage == "vocos":
+        assert pipe._resident["vocos"].submits_per_call > after  # the fault landed inside the chunk
 
 
 def test_threads_get_their_own_audio(tiny, rt, backend):
