@@ -232,7 +232,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     let row0 = g * NR;
     var lo = vec4<f32>();  // sums 0..3 (sum m * NR + r: x row m . weight row row0 + r)
     var hi = vec4<f32>();  // sums 4..7
-    // uniform trip counts: all lanes reach the reduction together
+    // lanes leave these loops at different k; wg_sums starts with a barrier, so all reach it
     if (MROWS == 1u) {
         if (VEC4) {
             for (var k = lid; k < gp.K4; k += 256u) {

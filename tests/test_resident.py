@@ -249,7 +249,10 @@ def test_auto_split():
     assert auto_ch(12, 768, 750) == 64  # T2S small
     assert auto_ch(16, 1024, 2250) == 64 and 16 * 36 <= cw_max(1024)  # S2A medium
     assert cw_max(1792) < 16 * 36 and auto_ch(16, 1792, 2250) == 128
-    assert 4 * 1792 + 8 * cw_max(1792) + 4096 + 516 <= 16384
+    # xs, the two weight arrays (each rounded up to 16 bytes) and wg_sums' arrays fit 16 KiB
+    assert 4 * 1792 + 2 * (-(-4 * cw_max(1792) // 16) * 16) + 4096 + 16 + 512 <= 16384
+    with pytest.raises(ValueError, match="workgroup memory"):
+        auto_ch(4096, 1024, 100)  # more heads than weights fit, whatever the split
 
 
 def test_errors(rt, t2s):

@@ -162,12 +162,30 @@ def test_read_after_in_the_same_submit(rt):
             rb = rec.read_after(y)
             with pytest.raises(RuntimeError, match="not submitted"):
                 rb.numpy()
+        got.append(rb.buffer)
         out = rb.numpy()
         assert rt.stats["submits"] == before["submits"] + 1 and rt.stats["readbacks"] == before["readbacks"] + 1
         np.testing.assert_array_equal(out, 2 * np.arange(301, dtype=np.float32))
         assert out.shape == (301,) and out.dtype == np.float32
-        got.append(rb.buffer)
-    assert got[0] is got[1]
+        with pytest.raises(RuntimeError, match="already read"):
+            rb.numpy()
+    assert got[0] is not None and got[0] is got[1]
+    # readbacks of many sizes (Vocos' waveform grows with each frame) reuse a bounded cache
+    for n in range(1000, 1400, 37):
+        z = rt.upload(np.arange(n, dtype=np.float32))
+        with rt.recorder() as rec:
+            rb = rec.read_after(z)
+        np.testing.assert_array_equal(rb.numpy(), np.arange(n, dtype=np.float32))
+    assert len(rt._staging) <= 2
+    free = list(rt._staging)
+    with rt.recorder() as rec:
+        rb = rec.read_after(rt.upload(np.ones(900, np.float32)))
+    assert any(rb.buffer is b for b in free)  # a smaller readback takes a larger free buffer
+    rb.numpy()
+    h = rt.upload(np.arange(7, dtype=np.float16))  # 14 bytes: not a multiple of 4
+    with rt.recorder() as rec:
+        rb = rec.read_after(h)
+    np.testing.assert_array_equal(rb.numpy(), np.arange(7, dtype=np.float16))
 
 
 def test_grid_folds_past_the_limit(rt):

@@ -39,13 +39,19 @@ _MAP_READ = 1 | 8   # MAP_READ | COPY_DST
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
 MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
 WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
-WG_SUMS_BYTES = 4096 + 2 * 64 * 4 + 4  # shaders/lib/wg_sums.wgsl's arrays
+WG_SUMS_BYTES = 4096 + 16 + 2 * 256  # shaders/lib/wg_sums.wgsl's arrays (each variable rounds up to 16 bytes)
 ATTN_CH = 64        # keys per attention split: many small workgroups (a decode step has few)
+ATTN_CH_MAX = 2048  # decoder.wgsl's attn stages CH scores (+ DH + 64 floats) in workgroup memory
+
+
+def _up16(n: int) -> int:
+    return -(-n // 16) * 16
 
 
 def cw_max(W: int) -> int:
-    """How many (head, split) weights the combining gemv (XMODE 2) stages next to its W inputs."""
-    return (WG_BYTES - WG_SUMS_BYTES - 4 * W) // 8
+    """How many (head, split) weights the combining gemv (XMODE 2) stages next to its W inputs
+    (two arrays of them, each rounded up to 16 bytes)."""
+    return (WG_BYTES - WG_SUMS_BYTES - _up16(4 * W) - 32) // 8
 
 
 def auto_ch(n_head: int, W: int, keys: int) -> int:
@@ -53,6 +59,8 @@ def auto_ch(n_head: int, W: int, keys: int) -> int:
     do not fit the combining gemv's workgroup memory."""
     ch = ATTN_CH
     while n_head * -(-keys // ch) > cw_max(W):
+        if ch >= keys or ch >= ATTN_CH_MAX:
+            raise ValueError(f"{n_head} heads over {keys} keys do not fit the resident decoder's workgroup memory")
         ch *= 2
     return ch
 

@@ -321,7 +321,7 @@ class Runtime:
         self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
         self._pipelines: dict = {}
         self._bind_groups: OrderedDict = OrderedDict()
-        self._staging: dict[int, list] = {}  # Readback buffers by size
+        self._staging: list = []  # free Readback buffers (see Readback)
         self._uniforms: OrderedDict = OrderedDict()
 
     def check_fault(self) -> None:
@@ -598,34 +598,46 @@ class Recorder:
 
 
 class Readback:
-    """A mappable copy of a GpuArray recorded by Recorder.read_after. Its buffers are kept per
-    size in the runtime (one chunk after another reuses the same one)."""
+    """A mappable copy of a GpuArray recorded by Recorder.read_after; read it once with numpy().
+    Its buffer comes from, and goes back to, a small cache in the runtime: the smallest free one
+    that is large enough (Vocos' waveform grows by a KiB per frame, so exact sizes would pile up),
+    at most STAGING_KEEP buffers and STAGING_BYTES kept."""
+
+    STAGING_KEEP = 2
+    STAGING_BYTES = 64 << 20
 
     def __init__(self, rt: Runtime, arr: GpuArray):
         self.rt, self.shape, self.dtype, self.nbytes = rt, arr.shape, arr.dtype, arr.nbytes
-        size = max(16, -(-arr.nbytes // 16) * 16)
+        need = _bucket(arr.nbytes)
         with rt.lock:
-            stack = rt._staging.setdefault(size, [])
-            self.buffer = stack.pop() if stack else None
+            fits = [b for b in rt._staging if b.size >= need]
+            self.buffer = min(fits, key=lambda b: b.size) if fits else None
+            if self.buffer is not None:
+                rt._staging.remove(self.buffer)
         if self.buffer is None:
-            with gpu_errors(f"allocating a {size}-byte readback buffer"):
-                self.buffer = rt.device.create_buffer(size=size, usage=_MAP_READ)
+            with gpu_errors(f"allocating a {need}-byte readback buffer"):
+                self.buffer = rt.device.create_buffer(size=need, usage=_MAP_READ)
 
     def numpy(self) -> np.ndarray:
         rt, buf = self.rt, self.buffer
+        if buf is None:
+            raise RuntimeError("this readback was already read")
         if rt.recording:
             raise RuntimeError("cannot read back while recording: the copy is not submitted yet")
         with rt.lock, gpu_errors("reading back"):
             rt.check_fault()
             buf.map_sync(1)  # MapMode.READ: waits for the submit that holds the copy
             try:
-                raw = np.frombuffer(buf.read_mapped(0, buf.size), dtype=np.uint8)[:self.nbytes].copy()
+                raw = np.frombuffer(buf.read_mapped(0, -(-self.nbytes // 4) * 4), dtype=np.uint8)[:self.nbytes].copy()
             finally:
                 buf.unmap()
             rt.stats["readbacks"] += 1
-            stack = rt._staging.setdefault(buf.size, [])
-            if len(stack) < 2:
-                stack.append(buf)
+            self.buffer = None
+            cache = rt._staging
+            cache.append(buf)
+            cache.sort(key=lambda b: -b.size)  # keep the largest
+            while len(cache) > self.STAGING_KEEP or sum(b.size for b in cache) > self.STAGING_BYTES:
+                cache.pop().destroy()
         return raw.view(self.dtype).reshape(self.shape)
 
 
