@@ -116,8 +116,9 @@ class ResidentDecoder:
     tables: [NQ, V, W] token embeddings summed per step; pos_emb: [P, W] added at `pos` or None;
     extra: True when a per-chunk [W] vector is added (T2S' cps embedding); rope: (cos, sin) [P, Dh]
     or None; ksub: RoPE position multiplier of the cross-attention keys; self_len / cross_len: the
-    KV cache lengths; head: HeadStages, the first one reading the residual stream; prerecord:
-    record step pos + 1 while step pos runs (off only to measure what it saves).
+    KV cache lengths; head: HeadStages, the first one reading the residual stream; ch: keys per
+    attention split (None: auto_ch, 64 where it fits; tests pass small ones to get many splits);
+    prerecord: record step pos + 1 while step pos runs (off only to measure what it saves).
     """
 
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
