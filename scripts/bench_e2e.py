@@ -121,15 +121,20 @@ def bench_torch(args, device: str) -> dict:
             "s2a_first_ms": s2a_pre, "vocos_ms": voc_ms}
 
 
+def by_kind(timed) -> dict[str, float]:
+    """[(label, GPU ms)] of single dispatches -> ms summed per kind of dispatch, largest first."""
+    kinds: dict[str, float] = {}
+    for label, ms in timed:
+        kinds[label] = kinds.get(label, 0.0) + ms
+    return dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+
+
 def gpu_profile(name: str, dec, pos: int) -> dict:
-    """GPU time of one decode step at `pos`, from per-dispatch timestamps, summed per kind of
-    dispatch (label), largest first; {} without timestamp-query."""
+    """GPU time of one decode step at `pos`, from per-dispatch timestamps, per kind of dispatch;
+    {} without timestamp-query."""
     if not dec.rt.has_timestamps:
         return {}
-    kinds: dict[str, float] = {}
-    for label, ms in dec.profile_step([0] * dec.NQ, pos):
-        kinds[label] = kinds.get(label, 0.0) + ms
-    top = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+    top = by_kind(dec.profile_step([0] * dec.NQ, pos))
     return {f"{name}_gpu_ms_per_step": sum(top.values()), f"{name}_gpu_ms_by_kernel": top}
 
 
@@ -164,12 +169,10 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
         out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
     out["vocos_dispatches"] = r_voc.dispatches_per_call
-    kinds: dict[str, float] = {}
-    for label, ms in r_voc.profile_codes(codes, bandwidth_id=1):
-        kinds[label] = kinds.get(label, 0.0) + ms
+    kinds = by_kind(r_voc.profile_codes(codes, bandwidth_id=1))  # {} without timestamp-query
     if kinds:
         out["vocos_gpu_ms"] = sum(kinds.values())
-        out["vocos_gpu_ms_by_kernel"] = dict(sorted(kinds.items(), key=lambda kv: -kv[1]))
+        out["vocos_gpu_ms_by_kernel"] = kinds
     return out
 
 

@@ -157,13 +157,12 @@ def run(args) -> list[dict]:
         if cuda and tile is None:
             t_dev = [t.cuda() for t in t_in]
             t_cuda = cuda_time(lambda: torch_fn(t_dev), args.min_time)
-        rate = lambda t: None if t is None else amount / t / 1e9  # noqa: E731
-        results.append({"family": family, "case": name, "unit": unit,
-                        "wsvk_ms": t_gpu * 1e3, "wsvk_gpu_ms": None if t_kernel is None else t_kernel * 1e3, "numpy_ms": None if t_np is None else t_np * 1e3,
-                        "torch_cpu_ms": None if t_torch is None else t_torch * 1e3,
-                        "torch_cuda_ms": None if t_cuda is None else t_cuda * 1e3,
-                        "wsvk_rate": rate(t_gpu), "wsvk_gpu_rate": rate(t_kernel), "numpy_rate": rate(t_np), "torch_cpu_rate": rate(t_torch),
-                        "torch_cuda_rate": rate(t_cuda)})
+        row = {"family": family, "case": name, "unit": unit}
+        for key, t in (("wsvk", t_gpu), ("wsvk_gpu", t_kernel), ("numpy", t_np), ("torch_cpu", t_torch),
+                       ("torch_cuda", t_cuda)):  # None: not measured
+            row[f"{key}_ms"] = None if t is None else t * 1e3
+            row[f"{key}_rate"] = None if t is None else amount / t / 1e9
+        results.append(row)
     return results
 
 

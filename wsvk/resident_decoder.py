@@ -31,11 +31,9 @@ import time
 
 import numpy as np
 
-from .runtime import GpuArray, Runtime, get_runtime, gpu_errors
+from .runtime import _MAP_READ, _UNIFORM, GpuArray, Runtime, get_runtime, gpu_errors
 
 SHADER = "decoder"
-_UNIFORM = 64 | 8   # UNIFORM | COPY_DST
-_MAP_READ = 1 | 8   # MAP_READ | COPY_DST
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
 MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
 WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
