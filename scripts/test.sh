@@ -7,4 +7,5 @@ venv=${WSVK_VENV:-$root/.venv}
 "$root/scripts/ensure_vulkan.sh" "$venv/bin/python"
 export XDG_RUNTIME_DIR=${XDG_RUNTIME_DIR:-/tmp}
 cd "$root"
+"$venv/bin/python" -m wsvk deps  # one clear line when an installed package does not load
 exec "$venv/bin/python" -m pytest "$@"

@@ -1,4 +1,5 @@
-"""`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use."""
+"""`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use;
+`python -m wsvk deps`: whether every runtime dependency imports."""
 
 from __future__ import annotations
 
@@ -68,7 +69,12 @@ def main(argv=None) -> int:
     p_info.add_argument("--selftest", action="store_true",
                         help="also run every kernel once against numpy on the selected adapter, and the "
                              "resident T2S/S2A/Vocos against CPU torch on small random models")
+    sub.add_parser("deps", help="import every runtime dependency; one line per package that does not load")
     args = parser.parse_args(argv)
+    if args.cmd == "deps":
+        from .deps import main as deps_main
+
+        return deps_main()
     if args.cmd == "info":
         rc = info()
         if rc == 0 and args.selftest:
