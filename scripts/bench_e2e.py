@@ -31,7 +31,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
 import torch  # noqa: E402
 
-from wsvk.models import RANDOM_SIZES, random_s2a, random_t2s, random_vocos  # noqa: E402
+from wsvk.tts.models import RANDOM_SIZES, random_s2a, random_t2s, random_vocos  # noqa: E402
 
 TEXT = "The quick brown fox jumps over the lazy dog, then rests in the warm afternoon sun."
 
@@ -140,8 +140,8 @@ def gpu_profile(name: str, dec, pos: int) -> dict:
 
 def bench_wsvk(t2s, s2a, vocos, args) -> dict:
     from wsvk.resident import ResidentS2A, ResidentT2S
-    from wsvk.resident_vocos import ResidentVocos
-    from wsvk.runtime import get_runtime
+    from wsvk.resident import ResidentVocos
+    from wsvk.gpu import get_runtime
 
     rt = get_runtime()
     r_t2s, r_s2a, r_voc = ResidentT2S(t2s), ResidentS2A(s2a), ResidentVocos(vocos)

@@ -11,7 +11,9 @@ import pytest
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 os.environ.setdefault("WSVK_BACKEND", "wgpu")  # the kernels' tests want lavapipe too
 
-from wsvk import runtime as wrt  # noqa: E402
+from wsvk import gpu  # noqa: E402
+from wsvk.errors import WsvkError  # noqa: E402
+from wsvk.kernels.cases import F16, rel_err  # noqa: E402,F401 (rel_err: the one error function of the tests)
 
 REQUIRE = os.environ.get("WSVK_REQUIRE_ADAPTER", "") not in ("", "0")
 POISON = np.uint32(0x7FC0DEAD)  # a NaN with a payload: easy to spot, never produced by a kernel
@@ -22,11 +24,27 @@ GUARD_BYTES = 256
 def rt():
     """The runtime on the selected adapter, or a skip (a failure under WSVK_REQUIRE_ADAPTER)."""
     try:
-        return wrt.get_runtime()
-    except wrt.WsvkError as e:
+        return gpu.get_runtime()
+    except WsvkError as e:
         if REQUIRE:
             pytest.fail(f"WSVK_REQUIRE_ADAPTER is set but no adapter is usable: {e}")
         pytest.skip(f"no GPU adapter: {e}")
+
+
+@pytest.fixture(autouse=True)
+def _needs_f16(request):
+    """Tests marked needs_f16 skip on an adapter without shader-f16 (or under WSVK_LIMITS=default)."""
+    if request.node.get_closest_marker("needs_f16"):
+        rt = request.getfixturevalue("rt")
+        if not rt.has_f16:
+            pytest.skip(f"{rt.info['name']} lacks shader-f16 (or WSVK_LIMITS=default turned it off)")
+
+
+def case_params(table):
+    """A case table (wsvk.kernels.cases) as pytest parameters: the f16 cases marked needs_f16, the
+    benchmark-only "big" shapes left out (too slow for lavapipe)."""
+    return [pytest.param(c, id=str(c), marks=[pytest.mark.needs_f16] if c.dtype == F16 else [])
+            for c in table if "big" not in c.tags]
 
 
 @pytest.fixture(scope="module")
@@ -42,7 +60,7 @@ def f32_precision():
 def guard(rt, monkeypatch):
     """Every array allocated in the test gets a poisoned tail; `guard.check()` asserts it is intact."""
     arrays = []
-    real_empty = wrt.Runtime.empty
+    real_empty = gpu.Runtime.empty
 
     def guarded_empty(self, shape, dtype=np.float32):
         arr = real_empty(self, shape, dtype)
@@ -50,13 +68,13 @@ def guard(rt, monkeypatch):
         tail = (arr.buffer.size - nbytes) // 4
         if tail < GUARD_BYTES // 4:  # make room: a bigger buffer, same logical shape
             arr = real_empty(self, (arr.nbytes + GUARD_BYTES,), np.uint8).reshape(-1)
-            arr = wrt.GpuArray(self, arr.buffer, shape, dtype, owner=arr)
+            arr = gpu.GpuArray(self, arr.buffer, shape, dtype, owner=arr)
             tail = (arr.buffer.size - nbytes) // 4
         self.queue.write_buffer(arr.buffer, nbytes, np.full(tail, POISON, np.uint32))
         arrays.append((arr, nbytes, tail))
         return arr
 
-    monkeypatch.setattr(wrt.Runtime, "empty", guarded_empty)
+    monkeypatch.setattr(gpu.Runtime, "empty", guarded_empty)
 
     class Guard:
         def check(self):
@@ -73,22 +91,3 @@ def guard(rt, monkeypatch):
 def rand(shape, seed=0, dtype=np.float32, scale=1.0):
     """Seeded standard-normal data."""
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
-
-
-def rel_err(got, ref) -> float:
-    """Relative L2 error in float64 (complex aware)."""
-    got = np.asarray(got).astype(np.complex128 if np.iscomplexobj(got) else np.float64)
-    ref = np.asarray(ref).astype(np.complex128 if np.iscomplexobj(ref) else np.float64)
-    assert got.shape == ref.shape, f"shape {got.shape} != reference {ref.shape}"
-    denom = np.linalg.norm(ref.ravel())
-    return float(np.linalg.norm((got - ref).ravel()) / (denom if denom > 0 else 1.0))
-
-
-def check(ours, reference, bound, *args, **kwargs):
-    """Run `ours(*args)` and `reference(*args)`; assert the relative L2 error is within `bound`."""
-    got = ours(*args, **kwargs)
-    ref = reference(*args, **kwargs)
-    err = rel_err(got, ref)
-    assert np.all(np.isfinite(np.asarray(got)) == np.isfinite(np.asarray(ref))), "non-finite mismatch"
-    assert err <= bound, f"relative L2 error {err:.3g} > {bound:.3g}"
-    return err

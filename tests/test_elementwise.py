@@ -1,14 +1,16 @@
+"""elementwise.wgsl on its case table, and what a table cannot say."""
+
 import numpy as np
 import pytest
 
+from conftest import case_params, rand
 from wsvk import ops
-from conftest import check, rand
+from wsvk.kernels import cases
 
 
-@pytest.mark.parametrize("n", [1, 255, 256, 1001, 70000 * 256 + 3])
-def test_axpy(rt, guard, n):
-    a, b = rand(n, 1), rand(n, 2)
-    check(lambda a, b: ops.axpy(a, b, 0.5), lambda a, b: a.astype(np.float64) + 0.5 * b, 1e-7, a, b)
+@pytest.mark.parametrize("case", case_params(cases.ELEMENTWISE))
+def test_case(rt, guard, case):
+    case.run()
 
 
 def test_axpy_gpu_face(rt):

@@ -4,8 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-from conftest import rand, rel_err
+from conftest import case_params, rand, rel_err
 from wsvk import ops
+from wsvk.kernels import cases
 
 
 def rope_table(P, dh):
@@ -33,11 +34,17 @@ def ref_split(x, H, parts, table=None, rope_parts=0, step=1):
     return outs
 
 
-@pytest.mark.parametrize("L,H,dh,parts,rope_parts,step", [
-    (1, 1, 2, 2, 0, 1), (7, 3, 10, 3, 0, 1), (13, 2, 32, 3, 2, 1), (9, 4, 16, 2, 1, 3), (300, 6, 64, 3, 2, 1)])
-def test_split_heads(rt, guard, L, H, dh, parts, rope_parts, step):
+@pytest.mark.parametrize("case", case_params(cases.HEADS))
+def test_case(rt, guard, case):
+    case.run()
+
+
+@pytest.mark.parametrize("L,H,dh,parts,rope_parts,step", [(13, 2, 32, 3, 2, 1), (9, 4, 16, 2, 1, 3)])
+def test_rope_as_whisperspeech(rt, guard, L, H, dh, parts, rope_parts, step):
+    """The table's RoPE reference is numpy; here the kernel against whisperspeech's own Rotary
+    tables and rope_rotate."""
     x = rand((L, parts * H * dh), L)
-    table = rope_table((L - 1) * step + 1, dh) if rope_parts else None
+    table = rope_table((L - 1) * step + 1, dh)
     got = ops.split_heads(x, H, parts, rope=table, rope_parts=rope_parts, rope_step=step)
     ref = ref_split(x, H, parts, table, rope_parts, step)
     assert len(got) == parts
@@ -54,9 +61,8 @@ def test_merge_heads_inverts_split(rt, guard):
     np.testing.assert_array_equal(merged, x[:, 30:60])
 
 
+@pytest.mark.needs_f16
 def test_f16_out_and_gpu_face(rt):
-    if not rt.has_f16:
-        pytest.skip("adapter without shader-f16")
     x = rand((5, 2 * 8), 2)
     k, v = ops.split_heads(rt.upload(x), 2, 2, out_dtype=np.float16)
     assert not isinstance(k, np.ndarray) and k.dtype == np.float16

@@ -15,10 +15,11 @@ import torch
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 
-from wsvk.models import InputError, load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
-from wsvk.speaker import SpeakerEncoder, read_speaker_audio  # noqa: E402
-from wsvk.textsplit import split_text, utf8_len  # noqa: E402
-from wsvk.whisperspeech import SAMPLE_RATE, load_pipeline  # noqa: E402
+from wsvk.errors import InputError
+from wsvk.tts.models import load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
+from wsvk.tts.speaker import SpeakerEncoder, read_speaker_audio  # noqa: E402
+from wsvk.tts.textsplit import split_text, utf8_len  # noqa: E402
+from wsvk.tts.pipeline import SAMPLE_RATE, load_pipeline  # noqa: E402
 
 POLISH = "Zażółć gęślą jaźń, pchnąć w tę łódź jeża lub ośm skrzyń fig."
 
@@ -298,7 +299,7 @@ def test_voice_cloning_embedding_matches_across_backends(tiny, rt, backend):
 
 
 def test_speaker_embeddings_are_cached_by_content(tiny, backend, tmp_path, monkeypatch):
-    import wsvk.whisperspeech as wws
+    import wsvk.tts.pipeline as wws
 
     backend("cpu")
     pipe = tiny_pipeline(tiny)

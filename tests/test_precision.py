@@ -1,4 +1,4 @@
-"""WSVK_PRECISION in the resident modules (wsvk/resident_decoder.py, wsvk/resident_vocos.py).
+"""WSVK_PRECISION in the resident modules (wsvk/resident/decoder.py, wsvk/resident/vocos.py).
 
 Bounds. f16 storage rounds each weight (and KV-cache entry) with relative error <= u = 2^-11
 (rms u/sqrt(3) ~ 2.8e-4). A dot product over K such terms accumulated in f32 has an error of
@@ -21,22 +21,16 @@ import torch
 
 import test_resident as tr
 from conftest import rel_err
-from wsvk import runtime as wrt
-from wsvk.models import random_vocos, s2a_from_spec, t2s_from_spec
-from wsvk.resident import ResidentS2A, ResidentT2S
-from wsvk.resident_vocos import ResidentVocos
+from wsvk.errors import ConfigError
+from wsvk.gpu import Runtime
+from wsvk.resident import ResidentS2A, ResidentT2S, ResidentVocos
+from wsvk.tts.models import random_vocos, s2a_from_spec, t2s_from_spec
 
 U = 2.0 ** -11
 LOGIT_BOUND = 4 * U
 SNR_FLOOR_DB = 40.0
 
 pytestmark = pytest.mark.skipif(os.environ.get("WSVK_BACKEND") == "cpu", reason="GPU precision")
-
-
-@pytest.fixture
-def f16(rt):
-    if not rt.has_f16:
-        pytest.skip("adapter lacks shader-f16")
 
 
 def _set(monkeypatch, precision):
@@ -46,14 +40,15 @@ def _set(monkeypatch, precision):
 # ---------------------------------------------------------------- decoders
 
 
-def _t2s_logits(model, monkeypatch, precision):
+def _t2s_logits(model, monkeypatch, precision, subgroups=None):
     _set(monkeypatch, precision)
-    res = ResidentT2S(model, ch=4)
+    res = ResidentT2S(model, ch=4, subgroups=subgroups)
     ref, got = tr.t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
     return res.resident_decoder, ref.numpy(), got.numpy()
 
 
-def test_t2s_f16_logits(rt, f16, monkeypatch):
+@pytest.mark.needs_f16
+def test_t2s_f16_logits(rt, monkeypatch):
     model = t2s_from_spec(tr.t2s_spec())
     d32, ref, l32 = _t2s_logits(model, monkeypatch, "f32")
     d16, _, l16 = _t2s_logits(model, monkeypatch, "f16")
@@ -65,19 +60,17 @@ def test_t2s_f16_logits(rt, f16, monkeypatch):
     assert 0 < e < LOGIT_BOUND, e  # > 0: f16 really ran
     assert rel_err(l16, ref) < LOGIT_BOUND
     # f16 storage: weights, tables and KV caches take half the bytes; biases/LN stay f32
-    for g32, g16 in zip(d32.L, d16.L):
-        for name in ("qkv", "out", "cq", "ckv", "cout", "fc1", "fc2"):
-            assert g16[name][0].dtype == np.float16 and 2 * g16[name][0].nbytes == g32[name][0].nbytes
-        for name in ("kc", "vc", "ckc", "cvc"):
-            assert g16[name].dtype == np.float16 and 2 * g16[name].nbytes == g32[name].nbytes
-        assert g16["attn_ln"][0].dtype == np.float32
+    for g32, g16 in zip(d32.layers, d16.layers):
+        for name in ("qkv", "out", "cross_q", "cross_kv", "cross_out", "fc1", "fc2"):
+            w16, w32 = getattr(g16, name)[0], getattr(g32, name)[0]
+            assert w16.dtype == np.float16 and 2 * w16.nbytes == w32.nbytes
+        for name in ("k_cache", "v_cache", "cross_k", "cross_v"):
+            assert getattr(g16, name).dtype == np.float16 and 2 * getattr(g16, name).nbytes == getattr(g32, name).nbytes
+        assert g16.attn_ln[0].dtype == np.float32
     assert 2 * d16.tables_buf.nbytes == d32.tables_buf.nbytes
     assert all(w.dtype == np.float16 for _, w, _, _ in d16.head_w)
     # the shared-memory reduction (adapters without subgroups) builds its own f16 module
-    import wsvk.resident_decoder as rd
-
-    monkeypatch.setattr(rd, "_force_shared_reduction", True)
-    _, _, slow = _t2s_logits(model, monkeypatch, "f16")
+    _, _, slow = _t2s_logits(model, monkeypatch, "f16", subgroups=False)
     assert rel_err(slow, l16) < 1e-5
 
 
@@ -93,15 +86,16 @@ def _s2a_logits(model, monkeypatch, precision):
     return res.resident_decoder, np.stack([res.logits(cols[i].tolist(), i).numpy() for i in range(8)])
 
 
-def test_s2a_f16_logits(rt, f16, monkeypatch):
+@pytest.mark.needs_f16
+def test_s2a_f16_logits(rt, monkeypatch):
     model = s2a_from_spec(tr.tm.build_s2a(0))
     d32, l32 = _s2a_logits(model, monkeypatch, "f32")
     d16, l16 = _s2a_logits(model, monkeypatch, "f16")
-    assert d32.dtype == np.float32 and d16.dtype == np.float16 and d16.L[0]["kc"].dtype == np.float16
+    assert d32.dtype == np.float32 and d16.dtype == np.float16 and d16.layers[0].k_cache.dtype == np.float16
     e = rel_err(l16, l32)
     print(f"S2A f16 vs f32 logits: rel L2 {e:.2e} (bound {LOGIT_BOUND:.1e})")
     assert np.isfinite(l16).all() and 0 < e < LOGIT_BOUND, e
-    assert 2 * d16.L[0]["fc1"][0].nbytes == d32.L[0]["fc1"][0].nbytes
+    assert 2 * d16.layers[0].fc1[0].nbytes == d32.layers[0].fc1[0].nbytes
 
 
 # ---------------------------------------------------------------- Vocos
@@ -114,7 +108,8 @@ def vocos():
     return trv._stress(random_vocos(0), 1)  # released config, stressed random weights
 
 
-def test_vocos_f16_snr(rt, f16, vocos, monkeypatch):
+@pytest.mark.needs_f16
+def test_vocos_f16_snr(rt, vocos, monkeypatch):
     feats = torch.randn(1, 128, 20, generator=torch.Generator().manual_seed(3))
     with torch.inference_mode():
         ref = vocos.decode(feats, bandwidth_id=torch.tensor(2)).numpy()
@@ -131,7 +126,8 @@ def test_vocos_f16_snr(rt, f16, vocos, monkeypatch):
     assert SNR_FLOOR_DB <= snr < 150, snr  # < 150: the f16 path really differs
     # backbone weights halve, the ISTFT head stays f32
     for k in ("dw_w", "w1", "b1", "w2", "b2"):
-        assert rv16.layers[0][k].dtype == np.float16 and 2 * rv16.layers[0][k].nbytes == rv32.layers[0][k].nbytes
+        b16, b32 = getattr(rv16.layers[0], k), getattr(rv32.layers[0], k)
+        assert b16.dtype == np.float16 and 2 * b16.nbytes == b32.nbytes
     assert 2 * rv16.embed_w.nbytes == rv32.embed_w.nbytes
     assert rv16.head_w.dtype == rv16.head_b.dtype == rv16.window.dtype == np.float32
     # decode_codes takes the same f16 path
@@ -144,16 +140,16 @@ def test_vocos_f16_snr(rt, f16, vocos, monkeypatch):
 
 
 def test_f16_without_shader_f16_is_a_config_error(rt, vocos, monkeypatch):
-    monkeypatch.setattr(wrt.Runtime, "has_f16", property(lambda self: False))
+    monkeypatch.setattr(Runtime, "has_f16", property(lambda self: False))
     _set(monkeypatch, "f16")
-    with pytest.raises(wrt.ConfigError, match="shader-f16"):
+    with pytest.raises(ConfigError, match="shader-f16"):
         ResidentVocos(vocos)
-    with pytest.raises(wrt.ConfigError, match="shader-f16"):
+    with pytest.raises(ConfigError, match="shader-f16"):
         ResidentT2S(t2s_from_spec(tr.t2s_spec()))
     _set(monkeypatch, "auto")  # auto falls back to f32
     assert ResidentVocos(vocos).dtype == np.float32
     _set(monkeypatch, "f64")
-    with pytest.raises(wrt.ConfigError, match="WSVK_PRECISION"):
+    with pytest.raises(ConfigError, match="WSVK_PRECISION"):
         ResidentVocos(vocos)
 
 

@@ -8,7 +8,7 @@ import torch
 
 import tiny_models as tm
 from conftest import rel_err
-from wsvk.models import s2a_from_spec, t2s_from_spec
+from wsvk.tts.models import s2a_from_spec, t2s_from_spec
 from wsvk.resident import ResidentS2A, ResidentT2S
 from wsvk.router import offload
 
@@ -244,7 +244,7 @@ def test_profile_step(rt, t2s):
 def test_auto_split():
     """Keys per attention split: 64, more where the splits' weights would overflow the combining
     gemv's 16 KiB of workgroup memory (next to its W staged inputs)."""
-    from wsvk.resident_decoder import auto_ch, cw_max
+    from wsvk.resident.decoder import auto_ch, cw_max
 
     assert auto_ch(12, 768, 750) == 64  # T2S small
     assert auto_ch(16, 1024, 2250) == 64 and 16 * 36 <= cw_max(1024)  # S2A medium
@@ -344,13 +344,10 @@ def test_s2a_conditioned_variant(rt):
 
 def test_fallbacks_give_the_same_logits(rt, monkeypatch):
     """Shared-memory reductions (adapters without subgroups) and wgpu-py's public recording API."""
-    import wsvk.resident_decoder as rd
-
     model = t2s_from_spec(t2s_spec())
     seq = [model.stoks_codes, 3, 9, 27]
     ref, fast = t2s_reference_logits(model, ResidentT2S(model, ch=4), seq)
-    monkeypatch.setattr(rd, "_force_shared_reduction", True)
-    res = ResidentT2S(model, ch=4)
+    res = ResidentT2S(model, ch=4, subgroups=False)
     res.resident_decoder.raw_calls = None
     _, slow = t2s_reference_logits(model, res, seq)
     assert rel_err(slow.numpy(), ref.numpy()) < 2e-6

@@ -7,9 +7,9 @@ import torch
 import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err
-from wsvk.models import s2a_from_spec, t2s_from_spec
+from wsvk.tts.models import s2a_from_spec, t2s_from_spec
 from wsvk.resident import ResidentS2A, ResidentT2S
-from wsvk.resident_encoder import ResidentEncoder
+from wsvk.resident.encoder import ResidentEncoder
 
 pytestmark = pytest.mark.usefixtures("f32_precision")
 

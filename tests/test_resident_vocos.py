@@ -20,8 +20,8 @@ import pytest
 import torch
 
 from conftest import rel_err
-from wsvk.models import RELEASED_VOCOS_CONFIG, build_vocos, random_vocos
-from wsvk.resident_vocos import ResidentVocos
+from wsvk.tts.models import RELEASED_VOCOS_CONFIG, build_vocos, random_vocos
+from wsvk.resident import ResidentVocos
 
 BOUND_F32 = 1e-5
 

@@ -9,8 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from wsvk import runtime as wrt
 from conftest import REQUIRE, rand
+from wsvk import gpu
+from wsvk.errors import ConfigError, NoAdapterError
+from wsvk.kernels.elementwise import PARAMS as AXPY
 
 ROOT = Path(__file__).resolve().parents[1]
 NO_DRIVERS = {  # hide every Vulkan ICD and the EGL vendor: wgpu then finds no adapter at all
@@ -47,7 +49,7 @@ LAPTOP = [FakeAdapter("Intel UHD 620", "IntegratedGPU"), FakeAdapter("AMD Radeon
 def test_select_adapter(monkeypatch, backend, adapter, expect):
     monkeypatch.setenv("WSVK_BACKEND", backend)
     monkeypatch.setenv("WSVK_ADAPTER", adapter)
-    chosen = wrt.select_adapter(LAPTOP)
+    chosen = gpu.select_adapter(LAPTOP)
     assert (chosen.info["device"] if chosen else None) == expect
     if adapter == "2":
         assert chosen is LAPTOP[2]
@@ -56,11 +58,11 @@ def test_select_adapter(monkeypatch, backend, adapter, expect):
 def test_auto_skips_software_adapter(monkeypatch):
     monkeypatch.setenv("WSVK_BACKEND", "auto")
     monkeypatch.delenv("WSVK_ADAPTER", raising=False)
-    assert wrt.select_adapter([FakeAdapter("llvmpipe", "CPU")]) is None
-    assert wrt.select_adapter([]) is None
+    assert gpu.select_adapter([FakeAdapter("llvmpipe", "CPU")]) is None
+    assert gpu.select_adapter([]) is None
     monkeypatch.setenv("WSVK_BACKEND", "wgpu")
-    with pytest.raises(wrt.NoAdapterError, match="mesa-vulkan-drivers.*WSVK_BACKEND=cpu"):
-        wrt.select_adapter([])
+    with pytest.raises(NoAdapterError, match="mesa-vulkan-drivers.*WSVK_BACKEND=cpu"):
+        gpu.select_adapter([])
 
 
 @pytest.mark.parametrize("var, value, message", [
@@ -71,8 +73,8 @@ def test_auto_skips_software_adapter(monkeypatch):
 def test_bad_settings(monkeypatch, var, value, message):
     monkeypatch.setenv("WSVK_BACKEND", "auto")
     monkeypatch.setenv(var, value)
-    with pytest.raises(wrt.ConfigError) as e:
-        wrt.select_adapter(LAPTOP)
+    with pytest.raises(ConfigError) as e:
+        gpu.select_adapter(LAPTOP)
     assert message in str(e.value) and "\n" not in str(e.value)
 
 
@@ -106,15 +108,21 @@ def test_ci_really_has_an_adapter(rt):
     if not REQUIRE:
         pytest.skip("WSVK_REQUIRE_ADAPTER not set (only CI requires an adapter)")
     assert rt.info["backend"] in ("Vulkan", "Metal", "D3D12"), rt.info
-    assert rt.device is not None and rt.stats["submits"] >= 0
+    before = rt.stats["submits"]
+    x = np.arange(5, dtype=np.float32)
+    from wsvk import ops
+    np.testing.assert_array_equal(ops.axpy(x, x, 2.0), 3 * x)  # real work on that device
+    assert rt.stats["submits"] == before + 1
 
 
 def test_pipeline_and_bind_group_caches(rt):
     p1 = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
     assert rt.pipeline("elementwise", "axpy", aliases={"T": "f32"}) is p1
     a = rt.upload(rand(8))
-    u = rt.uniform(8, 1.0, 0, 0)
-    assert rt.uniform(8, 1.0, 0, 0) is u
+    u = rt.uniform(AXPY, n=8, alpha=1.0)
+    assert rt.uniform(AXPY, n=8, alpha=1.0) is u
+    with pytest.raises(TypeError, match="missing"):
+        rt.uniform(AXPY, n=8)
     assert rt.bind_group(p1, [a, a, a, u]) is rt.bind_group(p1, [a, a, a, u])
 
 
@@ -130,12 +138,11 @@ def test_pool_reuses_buffers(rt):
 
 
 def test_recorder_one_submit(rt):
-    from wsvk import ops  # noqa: F401  (the wrapper's pipeline)
     pipe = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
     x = rt.upload(np.arange(300, dtype=np.float32))
     y = rt.empty((300,))
     z = rt.empty((300,))
-    u = rt.uniform(300, 1.0, 0, 0)
+    u = rt.uniform(AXPY, n=300, alpha=1.0)
     before = rt.stats["submits"]
     with rt.recorder(timestamps=True) as rec:
         rec.dispatch(pipe, [x, x, y, u], rt.grid(2), label="first")   # y = 2x
@@ -152,7 +159,7 @@ def test_read_after_in_the_same_submit(rt):
     and its mappable buffer is reused by the next readback of that size."""
     pipe = rt.pipeline("elementwise", "axpy", aliases={"T": "f32"})
     x = rt.upload(np.arange(301, dtype=np.float32))
-    u = rt.uniform(301, 1.0, 0, 0)
+    u = rt.uniform(AXPY, n=301, alpha=1.0)
     got = []
     for _ in range(2):
         y = rt.empty((301,))
@@ -176,8 +183,8 @@ def test_read_after_in_the_same_submit(rt):
         with rt.recorder() as rec:
             rb = rec.read_after(z)
         np.testing.assert_array_equal(rb.numpy(), np.arange(n, dtype=np.float32))
-    assert len(rt._staging) <= 2
-    free = list(rt._staging)
+    assert len(rt.staging.free) <= 2
+    free = list(rt.staging.free)
     with rt.recorder() as rec:
         rb = rec.read_after(rt.upload(np.ones(900, np.float32)))
     assert any(rb.buffer is b for b in free)  # a smaller readback takes a larger free buffer
@@ -208,8 +215,8 @@ def test_wheel_carries_the_shaders(tmp_path, rt):
     r = subprocess.run([sys.executable, "-m", "pip", "install", "-q", "--no-deps", "--target", str(site), str(wheel)],
                        capture_output=True, text=True, timeout=600)
     assert r.returncode == 0, r.stderr
-    code = ("import numpy as np, wsvk, wsvk.ops as o, wsvk.runtime as r; print(wsvk.__file__); "
-            "print(r.shader_dir()); print(o.axpy(np.ones(5, np.float32), np.ones(5, np.float32), 2.0).tolist())")
+    code = ("import numpy as np, wsvk, wsvk.ops as o, wsvk.gpu.shaders as s; print(wsvk.__file__); "
+            "print(s.shader_dir()); print(o.axpy(np.ones(5, np.float32), np.ones(5, np.float32), 2.0).tolist())")
     env = {"PYTHONPATH": str(site), "WSVK_BACKEND": "wgpu", "PYTHONSAFEPATH": "1"}
     out = run_py("-c", code, env=env, cwd=tmp_path)
     assert out.returncode == 0, out.stderr

@@ -132,18 +132,15 @@ def test_output_that_is_a_folder(tiny, tmp_path):
 
 def test_runtime_failures_exit_1_without_a_file(tiny, tmp_path, monkeypatch, capsys):
     """GpuError and MemoryError in the middle of a run: exit 1, a clear line, nothing written."""
-    sys.path.insert(0, str(ROOT))
-    import synth as cli
-
-    from wsvk import whisperspeech
-    from wsvk.runtime import GpuError
+    from wsvk.errors import GpuError
+    from wsvk.tts import cli, pipeline
 
     monkeypatch.setenv("WSVK_BACKEND", "cpu")
     for exc, words in ((GpuError("device lost"), "GPU failure: device lost"), (MemoryError(), "out of memory")):
         def boom(*a, _exc=exc, **k):
             raise _exc
 
-        monkeypatch.setattr(whisperspeech.Pipeline, "generate", boom)
+        monkeypatch.setattr(pipeline.Pipeline, "generate", boom)
         code = cli.main(["hi", "-o", str(tmp_path / "x.wav"), *map(str, model_args(tiny))])
         err = capsys.readouterr().err
         assert code == 1 and f"error: {words}" in err, err
@@ -159,14 +156,10 @@ def test_help_is_fast_and_needs_no_torch():
 
 def test_random_sizes_match_the_library():
     """synth.py lists the sizes itself (its --help must not import torch): keep them in sync."""
-    import importlib.util
+    from wsvk.tts import cli
+    from wsvk.tts.models import RANDOM_SIZES
 
-    from wsvk.models import RANDOM_SIZES
-
-    spec = importlib.util.spec_from_file_location("synth_cli", SYNTH)
-    mod = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(mod)
-    assert mod.SIZES == RANDOM_SIZES
+    assert cli.SIZES == RANDOM_SIZES
 
 
 @pytest.mark.slow

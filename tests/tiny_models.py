@@ -16,8 +16,8 @@ import numpy as np
 import torch
 import yaml
 
-from wsvk.models import RELEASED_VOCOS_CONFIG
-from wsvk.speaker import ecapa_hparams
+from wsvk.tts.models import RELEASED_VOCOS_CONFIG
+from wsvk.tts.speaker import ecapa_hparams
 
 # the T2S text window (bytes) and semantic-token window of the tiny models
 TTOKS_LEN = 48
@@ -82,7 +82,7 @@ def build_s2a(seed: int = 0):
 
 def write_vocos(folder: Path, seed: int = 0) -> Path:
     """config.yaml + pytorch_model.bin without the EnCodec weights, as the released folder."""
-    from wsvk.models import build_vocos
+    from wsvk.tts.models import build_vocos
 
     torch.manual_seed(seed + 2)
     folder.mkdir(parents=True, exist_ok=True)

@@ -4,11 +4,12 @@
 from __future__ import annotations
 
 import argparse
-import os
 import sys
 
-from . import __version__
-from .runtime import WsvkError, adapter_summary, backend_choice, list_adapters, select_adapter
+from . import __version__, config
+from .errors import WsvkError
+from .gpu import adapter_summary, list_adapters, select_adapter
+from .gpu.adapters import FEATURES
 
 
 def info() -> int:
@@ -27,13 +28,13 @@ def info() -> int:
               "apt-get install mesa-vulkan-drivers)")
     for i, a in enumerate(adapters):
         s = adapter_summary(a)
-        feats = ", ".join(f for f in ("shader-f16", "subgroup", "timestamp-query") if s[f]) or "none"
+        feats = ", ".join(f for f in FEATURES if s[f]) or "none"
         print(f"  [{i}] {s['name']}  backend={s['backend']}  type={s['type']}  "
               f"features: {feats}  max storage binding: {s['max_storage_binding'] / 2**20:.0f} MiB")
-    env = {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS")}
+    env = config.summary()
     print("settings: " + "  ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
     try:
-        choice = backend_choice()
+        choice = config.backend()
         chosen = select_adapter(adapters)
     except WsvkError as e:
         print(f"error: {e}", file=sys.stderr)
@@ -49,10 +50,10 @@ def info() -> int:
 
 
 def _selftest() -> int:
-    from .runtime import get_runtime
+    from .gpu import get_runtime
     from .selftest import run
 
-    if select_adapter() is None and backend_choice() != "cpu":
+    if select_adapter() is None and config.backend() != "cpu":
         print("note: auto selects no adapter for models; the selftest uses the best one wgpu has")
     try:
         get_runtime()

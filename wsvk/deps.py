@@ -12,6 +12,8 @@ import importlib
 import sys
 from importlib import metadata
 
+from .errors import describe
+
 # (module, distribution, the distribution it must match or None), in import order: a package is
 # imported after what it is built against, so a failure names the right pair
 DEPENDENCIES = (
@@ -33,11 +35,6 @@ def version(dist: str) -> str:
         return "(not installed)"
 
 
-def _reason(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: " + (text[0] if text else repr(e))
-
-
 def check(deps=DEPENDENCIES) -> list[str]:
     """[one line on the first dependency that does not import] or []. Later ones are not tried:
     they would fail through the first (speechbrain and vocos import torchaudio)."""
@@ -53,7 +50,7 @@ def check(deps=DEPENDENCIES) -> list[str]:
                 importlib.import_module(module)
         except Exception as e:  # an import can fail with OSError, RuntimeError, AttributeError ...
             beside = f" beside {pair} {version(pair)}" if pair else ""
-            problems.append(f"{dist} {version(dist)} does not load{beside} ({_reason(e)}); "
+            problems.append(f"{dist} {version(dist)} does not load{beside} ({describe(e)}); "
                             "install the versions requirements.lock names")
             break
     return problems

@@ -15,7 +15,6 @@ every fallback. Results equal CPU torch up to float32 rounding.
 from __future__ import annotations
 
 import math
-import os
 import threading
 import warnings
 import weakref
@@ -27,8 +26,9 @@ import torch
 import torch.nn.functional as F
 from torch.overrides import TorchFunctionMode
 
-from . import ops
-from .runtime import GpuArray, GpuError, WsvkError, backend_choice, get_runtime, select_adapter
+from . import config, ops
+from .errors import GpuError
+from .gpu import GpuArray, get_runtime, select_adapter
 
 OPS = ("linear", "matmul", "sdpa", "fft")
 _FLOAT_DTYPES = (torch.float32, torch.float16)
@@ -80,8 +80,7 @@ class RouterStats:
 
 def active_backend() -> tuple[str, str]:
     """("wgpu", adapter name) when the router offloads, else ("cpu", why not)."""
-    choice = backend_choice()
-    if choice == "cpu":
+    if config.backend() == "cpu":
         return ("cpu", "WSVK_BACKEND=cpu")
     adapter = select_adapter()
     if adapter is None:
@@ -367,14 +366,6 @@ class _Router(TorchFunctionMode):
         return result
 
 
-def default_min_work() -> int:
-    value = os.environ.get("WSVK_MIN_WORK", "0")
-    try:
-        return max(0, int(value))
-    except ValueError:
-        raise WsvkError(f"WSVK_MIN_WORK={value!r} is not an integer") from None
-
-
 _ACTIVE = threading.local()  # the router installed by the outermost offload() of each thread
 
 
@@ -402,7 +393,7 @@ def offload(stats: RouterStats | None = None, enabled: bool | None = None, min_w
         cpu_reason = None if enabled else "offload disabled"
     if cpu_reason is None and get_runtime().lost:
         cpu_reason = "after GPU fault"
-    router = _Router(stats, default_min_work() if min_work is None else min_work, cpu_reason, warn)
+    router = _Router(stats, config.min_work() if min_work is None else min_work, cpu_reason, warn)
     _ACTIVE.router = router
     if outer is not None:
         outer.paused += 1  # this block's settings win: the outer router passes its calls through

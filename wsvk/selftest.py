@@ -6,113 +6,13 @@ with an unusual GPU for.
 
 from __future__ import annotations
 
-import itertools
-import math
 import time
 
 import numpy as np
 
-from . import ops
-from .ops.matmul import tile_variant
-from .runtime import get_runtime
-
-
-def _rel(got, ref) -> float:
-    got, ref = np.asarray(got, np.complex128), np.asarray(ref, np.complex128)
-    return float(np.linalg.norm(got - ref) / max(np.linalg.norm(ref), 1e-30))
-
-
-def _gelu(v):
-    return 0.5 * v * (1 + np.vectorize(math.erf)(v / math.sqrt(2)))
-
-
-def _softmax_attn(q, k, v, causal=False):
-    s = q @ np.swapaxes(k, -1, -2) / math.sqrt(q.shape[-1])
-    if causal:
-        s = np.where(np.tril(np.ones(s.shape[-2:], bool)), s, -np.inf)
-    p = np.exp(s - s.max(-1, keepdims=True))
-    return (p / p.sum(-1, keepdims=True)) @ v
-
-
-def _conv1d(x, w, b, pad, dil):
-    """torch's conv1d (cross-correlation), stride 1, zero padding, in float64 numpy."""
-    xp = np.pad(x, ((0, 0), (0, 0), (pad, pad)))
-    ks = w.shape[-1]
-    win = np.lib.stride_tricks.sliding_window_view(xp, dil * (ks - 1) + 1, axis=-1)[..., ::dil]
-    return np.einsum("bctk,ock->bot", win, w) + b[:, None]
-
-
-def _ln(x, w, b, eps=1e-5):
-    mu = x.mean(-1, keepdims=True)
-    var = ((x - mu) ** 2).mean(-1, keepdims=True)
-    return (x - mu) / np.sqrt(var + eps) * w + b
-
-
-def _rope(P, dh):
-    """[cos; sin] [2P, dh] as whisperspeech's Rotary builds them (base 10000, halves repeated)."""
-    freqs = np.arange(P)[:, None] / 10000.0 ** (np.arange(0, dh, 2) / dh)[None]
-    ang = np.concatenate([freqs, freqs], 1)
-    return np.concatenate([np.cos(ang), np.sin(ang)]).astype(np.float32)
-
-
-def _split_rope(x, H, table):
-    """x [L, 3W] -> [3, 1, H, L, Dh], q and k rotated (rope_rotate with rotate_half)."""
-    L, W = x.shape[0], x.shape[1] // 3
-    cos, sin = table[:L].astype(np.float64)[:, None], table[len(table) // 2:][:L].astype(np.float64)[:, None]
-    outs = []
-    for p in range(3):
-        y = x[:, p * W:(p + 1) * W].reshape(L, H, W // H)
-        if p < 2:
-            h = y.shape[-1] // 2
-            y = y * cos + np.concatenate([-y[..., h:], y[..., :h]], -1) * sin
-        outs.append(y.transpose(1, 0, 2)[None])
-    return np.stack(outs)
-
-
-def cases(rng, f16: bool):
-    """(name, ours, reference, bound) for each kernel variant; inputs are float64."""
-    r = lambda *s: rng.standard_normal(s)  # noqa: E731
-    x1, x9, w, b = r(1, 97), r(37, 97), r(131, 97), r(131)
-    g, gb = r(97), r(97)
-    q, k, v = r(2, 3, 19, 64), r(2, 3, 23, 64), r(2, 3, 23, 64)
-    qd, kd, vd = r(1, 6, 1, 64), r(1, 6, 700, 64), r(1, 6, 700, 64)
-    sig, cplx = r(3, 1280), r(2, 400) + 1j * r(2, 400)
-    long, prime = r(8192), r(2, 1009) + 1j * r(2, 1009)
-    yield "axpy", lambda: ops.axpy(x9, x9, 0.5), lambda: 1.5 * x9, 1e-6
-    yield "linear gemv (M=1)", lambda: ops.linear(x1, w, b), lambda: x1 @ w.T + b, 1e-5
-    yield "linear gemv gelu", lambda: ops.linear(x1, w, b, gelu=True), lambda: _gelu(x1 @ w.T + b), 1e-5
-    yield "linear tiled", lambda: ops.linear(x9, w, b), lambda: x9 @ w.T + b, 1e-5
-    x150 = r(150, 97)
-
-    def tiled_big():
-        with tile_variant(128):
-            return ops.linear(x150, w, b, gelu=True)
-
-    yield "linear tiled 128x128", tiled_big, lambda: _gelu(x150 @ w.T + b), 1e-5
-    xc, wc, bc = r(2, 13, 40), r(11, 13, 3), r(11)
-    yield ("conv1d (dilated, padded)", lambda: ops.conv1d(xc, wc, bc, padding=2, dilation=2),
-           lambda: _conv1d(xc, wc, bc, 2, 2), 1e-5)
-    yield "matmul batched", lambda: ops.matmul(q, np.swapaxes(k, -1, -2)), lambda: q @ np.swapaxes(k, -1, -2), 1e-5
-    yield "attention prefill", lambda: ops.attention(q, k, v), lambda: _softmax_attn(q, k, v), 3e-5
-    yield "attention causal", lambda: ops.attention(q, q, q, causal=True), lambda: _softmax_attn(q, q, q, True), 3e-5
-    yield "attention decode", lambda: ops.attention(qd, kd, vd), lambda: _softmax_attn(qd, kd, vd), 3e-5
-    yield "layer_norm", lambda: ops.layer_norm(x9, g, gb), lambda: _ln(x9, g, gb), 1e-5
-    yield "fft 1280 (radix 2/4/5)", lambda: ops.fft(sig), lambda: np.fft.fft(sig), 5e-5
-    yield "fft 400 (workgroup)", lambda: ops.fft(cplx), lambda: np.fft.fft(cplx), 5e-5
-    yield "fft 8192 (global stages)", lambda: ops.fft(long), lambda: np.fft.fft(long), 7e-5
-    yield "fft 1009 (Bluestein)", lambda: ops.fft(prime), lambda: np.fft.fft(prime), 5e-5
-    yield "rfft 1280", lambda: ops.rfft(sig), lambda: np.fft.rfft(sig), 5e-5
-    yield "irfft 641->1280", lambda: ops.irfft(np.fft.rfft(sig)), lambda: sig, 5e-5
-    qkv, dh = r(29, 3 * 64), 16
-    yield ("split_heads + RoPE", lambda: np.stack(ops.split_heads(qkv, 4, 3, rope=_rope(29, dh), rope_parts=2)),
-           lambda: _split_rope(qkv, 4, _rope(29, dh)), 1e-6)
-    yield "merge_heads", lambda: ops.merge_heads(q[:1]), lambda: q[0].transpose(1, 0, 2).reshape(19, -1), 1e-7
-    if f16:
-        h = lambda a: a.astype(np.float16)  # noqa: E731
-        yield "linear gemv f16", lambda: ops.linear(h(x1), h(w), h(b)), lambda: x1 @ w.T + b, 3e-3
-        yield "linear tiled f16", lambda: ops.linear(h(x9), h(w), h(b)), lambda: x9 @ w.T + b, 3e-3
-        yield "attention f16", lambda: ops.attention(h(q), h(k), h(v)), lambda: _softmax_attn(q, k, v), 3e-3
-        yield "layer_norm f16", lambda: ops.layer_norm(h(x9), h(g), h(gb)), lambda: _ln(x9, g, gb), 3e-3
+from .gpu import get_runtime
+from .kernels import cases
+from .kernels.cases import rel_err
 
 
 def resident_cases(rt):
@@ -121,9 +21,8 @@ def resident_cases(rt):
     chunk (encoder + 4 decode steps) and 0.4 s of Vocos audio. Bounds follow WSVK_PRECISION."""
     import torch
 
-    from .models import random_s2a, random_t2s, random_vocos
-    from .resident import ResidentS2A, ResidentT2S
-    from .resident_vocos import ResidentVocos
+    from .resident import ResidentS2A, ResidentT2S, ResidentVocos
+    from .tts.models import random_s2a, random_t2s, random_vocos
 
     f16 = rt.weight_dtype == np.float16
     g = torch.Generator().manual_seed(0)
@@ -173,22 +72,27 @@ def resident_cases(rt):
         yield name, lambda both=both: both()["got"], lambda both=both: both()["ref"].astype(np.float64), bound
 
 
+def _check(ours, ref, bound) -> tuple[bool, str]:
+    err = rel_err(ours(), ref())
+    return bool(np.isfinite(err) and err <= bound), f"rel err {err:.2e} (bound {bound:.0e})"
+
+
 def run(out=print) -> bool:
-    """Print pass/fail per kernel; True when all pass."""
+    """Print pass/fail per kernel variant (the case tables' "selftest" cases) and per resident
+    module; True when all pass."""
     rt = get_runtime()
     out(f"selftest on {rt.info['name']} ({rt.info['backend']}, {rt.info['type']})")
-    rng = np.random.default_rng(1234)
+    checks = [(c.name, lambda c=c: (True, f"rel err {c.run():.2e} (bound {c.bound:.0e})"))
+              for c in cases.tagged("selftest") if c.dtype != cases.F16 or rt.has_f16]
+    checks += [(name, lambda o=ours, r=ref, b=bound: _check(o, r, b)) for name, ours, ref, bound in resident_cases(rt)]
     ok = True
-    for name, ours, ref, bound in itertools.chain(cases(rng, rt.has_f16), resident_cases(rt)):
+    for name, check in checks:
         t0 = time.perf_counter()
         try:
-            got = ours()
-            err = _rel(got, ref())
-            passed = bool(np.isfinite(err) and err <= bound)
-            detail = f"rel err {err:.2e} (bound {bound:.0e})"
-        except Exception as e:  # a kernel that crashes is a failure to report, not a traceback
+            passed, detail = check()
+        except Exception as e:  # a kernel that crashes or misses its bound is a failure to report
             passed, detail = False, f"{type(e).__name__}: {str(e).splitlines()[0] if str(e) else ''}"
         ok &= passed
-        out(f"  {'PASS' if passed else 'FAIL'}  {name:<26} {detail}  {1e3 * (time.perf_counter() - t0):.0f} ms")
+        out(f"  {'PASS' if passed else 'FAIL'}  {name:<40} {detail}  {1e3 * (time.perf_counter() - t0):.0f} ms")
     out("all kernels pass" if ok else "SOME KERNELS FAIL: please report this output with `python -m wsvk info`")
     return ok

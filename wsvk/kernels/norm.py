@@ -2,8 +2,10 @@
 
 from __future__ import annotations
 
-from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
-from ._common import out_dtype as _out_dtype
+from ..gpu import Layout
+from .common import alias, as_array, common_dtype, finish, on_gpu, output_dtype, runtime, to_gpu
+
+PARAMS = Layout("rows C eps:f")
 
 
 def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, out_dtype=None):
@@ -23,7 +25,7 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, out_dtype=None):
     if not eps > 0:
         raise ValueError(f"layer_norm: eps must be > 0, got {eps}")
     dt = common_dtype(x=x, weight=weight, bias=bias)
-    od = _out_dtype("layer_norm", out_dtype, dt)
+    od = output_dtype("layer_norm", out_dtype, dt)
     rt = runtime()
     gx = to_gpu(x, dt)
     gw = gx if weight is None else to_gpu(weight, dt)
@@ -32,5 +34,5 @@ def layer_norm(x, weight=None, bias=None, eps: float = 1e-5, out_dtype=None):
     out = rt.empty(gx.shape, od)
     pipe = rt.pipeline("norm", "layer_norm", {"AFFINE": weight is not None},
                        aliases={"T": alias(dt), "O": alias(od)})
-    rt.run(pipe, [gx, gw, gb, out, rt.uniform(rows, C, float(eps), 0)], rt.grid(rows))
+    rt.run(pipe, [gx, gw, gb, out, rt.uniform(PARAMS, rows=rows, C=C, eps=eps)], rt.grid(rows))
     return finish(out, on_gpu(x, weight, bias))

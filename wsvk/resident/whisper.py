@@ -1,16 +1,16 @@
 """Resident decode for WhisperSpeech: T2S and S2A generate() with one GPU submit per step.
 
-    t2s = ResidentT2S(wsvk.models.load_t2s())    # weights + KV caches go to the GPU once
+    t2s = ResidentT2S(wsvk.tts.models.load_t2s())    # weights + KV caches go to the GPU once
     stoks = t2s.generate(text, cps=15, lang="en", step=step, show_progress_bar=False)[0]
-    s2a = ResidentS2A(wsvk.models.load_s2a())
+    s2a = ResidentS2A(wsvk.tts.models.load_s2a())
     atoks = s2a.generate(stoks, speaker_emb[None], step=step, show_progress_bar=False)
 
-Both take a model prepared by `wsvk.models.for_cpu` (merged QKV, float32), keep its
+Both take a model prepared by `wsvk.tts.models.for_cpu` (merged QKV, float32), keep its
 attributes (stoks_len, tunables, ... are forwarded) and return what its own generate returns
 for the same torch seed. Per chunk, one submit: the model's embeddings on the CPU, its encoder
-layers (wsvk.resident_encoder) and the cross-attention K/V of every decoder layer on the GPU,
+layers (wsvk.resident.encoder) and the cross-attention K/V of every decoder layer on the GPU,
 nothing read back. Per step only the position and token ids are uploaded, the decoder runs as
-one submit (wsvk.resident_decoder) and the logits come back to be sampled with whisperspeech's
+one submit (wsvk.resident.decoder) and the logits come back to be sampled with whisperspeech's
 `inference.sample` on torch's global RNG, exactly as the model does. A prompt
 (stoks_prompt / atoks_prompt) fills the KV caches in one more submit (ResidentDecoder.prefill).
 """
@@ -23,9 +23,9 @@ from contextlib import contextmanager
 import torch
 import torch.nn.functional as F
 
-from .resident_decoder import HeadStage, ResidentDecoder
-from .resident_encoder import ResidentEncoder
-from .runtime import Runtime
+from ..gpu import Runtime
+from .decoder import HeadStage, ResidentDecoder
+from .encoder import ResidentEncoder
 
 
 def _rope_tables(layer):
@@ -39,7 +39,7 @@ def _rope_tables(layer):
 
 # The capture below edits the wrapped model for one run_encoder call: one lock for every wrapper
 # (two wrappers of one model must not interleave their edits). Running the same model on the
-# CPU from another thread meanwhile is not supported (wsvk.whisperspeech.Pipeline serializes).
+# CPU from another thread meanwhile is not supported (wsvk.tts.pipeline.Pipeline serializes).
 _CAPTURE_LOCK = threading.Lock()
 
 
@@ -69,13 +69,13 @@ class _Resident:
 
     def __init__(self, model):
         if model.training:
-            raise ValueError("the model must be in eval mode (wsvk.models.for_cpu(model))")
+            raise ValueError("the model must be in eval mode (wsvk.tts.models.for_cpu(model))")
         self.model = model
 
     def _encoder_input(self, owner, attr: str, ln_post, run_encoder):
         """(x0 [L, W], run_encoder's outputs with zeros in place of the encoder's own output).
         The embeddings are small CPU work: kept off the op router, so a chunk stays one submit."""
-        from .router import offload
+        from ..router import offload
 
         captured = []
         with _CAPTURE_LOCK, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
@@ -94,7 +94,7 @@ class _Resident:
     def counters(self) -> dict:
         """The decoder's counters (dispatches_per_step, steps, record_s, wait_s, step_s, ...) and
         the encoder's dispatches per chunk (which also computes the cross K/V: 2 per decoder layer)."""
-        enc = self.resident_encoder.dispatches_per_chunk + 2 * self.resident_decoder.layers_n
+        enc = self.resident_encoder.dispatches_per_chunk + 2 * self.resident_decoder.n_layers
         return {"encoder_dispatches_per_chunk": enc, **self.resident_decoder.counters()}
 
     def reset_counters(self) -> None:
@@ -109,18 +109,18 @@ class _Resident:
 class ResidentT2S(_Resident):
     """whisperspeech's TSARTransformer (text -> semantic tokens) with a GPU-resident decoder."""
 
-    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None):
+    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None, subgroups: bool | None = None):
         super().__init__(model)
         emb = model.embeddings.embedding
         if emb.merged_in is None:
-            raise ValueError("the T2S embeddings are not merged: prepare it with wsvk.models.for_cpu(model)")
+            raise ValueError("the T2S embeddings are not merged: prepare it with wsvk.tts.models.for_cpu(model)")
         self.vocab = int(emb.merged_in.weight.shape[0])
         head = [HeadStage(emb.merged_out, emb.bias_out,
                           ln=(model.decoder.ln_post.weight, model.decoder.ln_post.bias, model.decoder.ln_post.eps))]
         self.resident_decoder = ResidentDecoder(
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
             extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=model.stoks_len,
-            cross_len=model.ttoks_len, head=head, rt=rt, ch=ch)
+            cross_len=model.ttoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups)
         enc = model.encoder
         self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
                                                 causal=model.tunables.causal_encoder,
@@ -217,11 +217,11 @@ class ResidentS2A(_Resident):
     """whisperspeech's SADelARTransformer (semantic -> acoustic tokens, both the plain and the
     conditioned v1.95 variant) with a GPU-resident decoder."""
 
-    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None):
+    def __init__(self, model, rt: Runtime | None = None, ch: int | None = None, subgroups: bool | None = None):
         super().__init__(model)
         embs = model.embds.embeddings
         if any(e.merged_in is None for e in embs):
-            raise ValueError("the S2A embeddings are not merged: prepare it with wsvk.models.for_cpu(model)")
+            raise ValueError("the S2A embeddings are not merged: prepare it with wsvk.tts.models.for_cpu(model)")
         tables = torch.stack([e.merged_in.weight for e in embs])  # [Q, codes + 2, W]
         self.vocab = int(tables.shape[1])
         W, Q = model.width, model.quantizers
@@ -238,7 +238,7 @@ class ResidentS2A(_Resident):
         self.resident_decoder = ResidentDecoder(
             model.decoder.layers, model.n_head, tables, None, extra=False,
             rope=_rope_tables(model.decoder.layers[0]), ksub=model.decoder.layers[0].cross_attn.key_subsampling,
-            self_len=model.ctx_n, cross_len=model.stoks_len, head=head, rt=rt, ch=ch)
+            self_len=model.ctx_n, cross_len=model.stoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups)
         self.resident_encoder = ResidentEncoder(model.encoder, model.n_head, model.ln_post,
                                                 causal=model.tunables.causal_encoder,
                                                 rope=_rope_tables(model.encoder[0]), rt=rt)

@@ -1,6 +1,6 @@
-// 1-D convolutions of the Vocos backbone, kernel size 7, "same" padding (3 zeros each side), bias.
+// The Vocos backbone's convolutions (wsvk/kernels/convnext.py), kernel size 7, "same" padding (3 zeros each side), bias.
 // Activations are time-major [T, C] (the layout the linear layers read). Storage types are
-// aliases prepended by wsvk/resident_vocos.py (f32 or f16, WSVK_PRECISION): WT conv weights,
+// aliases prepended by wsvk/kernels/convnext.py (f32 or f16, WSVK_PRECISION): WT conv weights,
 // YT the previous block's output y, OT the norm's output; math, the residual stream, biases,
 // norm parameters and the norm statistics are f32.
 //

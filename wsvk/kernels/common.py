@@ -1,10 +1,10 @@
-"""Shared plumbing of the kernel wrappers: input checking and the numpy/GPU faces."""
+"""Shared plumbing of the kernel modules: input checking and the numpy/GPU faces."""
 
 from __future__ import annotations
 
 import numpy as np
 
-from ..runtime import GpuArray, Runtime, get_runtime
+from ..gpu import GpuArray, Runtime, get_runtime
 
 FLOATS = (np.dtype(np.float32), np.dtype(np.float16))
 
@@ -35,7 +35,7 @@ def check_float(name: str, x) -> np.dtype:
     return dt
 
 
-def out_dtype(name: str, requested, default) -> np.dtype:
+def output_dtype(name: str, requested, default) -> np.dtype:
     """An output dtype argument: float32 or float16 (with shader-f16); `default` when None."""
     dt = np.dtype(default if requested is None else requested)
     if dt not in FLOATS:

@@ -4,52 +4,46 @@ linear with at most 8 rows (the decode case) runs the GEMV kernel, which reads e
 once; everything else runs a tiled kernel: 128x128 tiles when the product has at least
 BIG_TILES of them (half the shared-memory traffic per FMA), else 64x64 tiles (4x as many
 workgroups to fill the GPU's cores). f32 accumulation for f32 and f16 storage.
+
+Variants are arguments: `tile` (None: by shape, or one of TILES) runs the tiled kernel with that
+tile edge (linear too, whatever its rows); `subgroups=False` runs the GEMV's workgroup-memory reduction on an adapter that has
+subgroups (tests, selftest and benchmarks compare them).
 """
 
 from __future__ import annotations
 
 import math
-from contextlib import contextmanager
 
 import numpy as np
 
-from ..runtime import GpuArray
-from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+from ..gpu import GpuArray, Layout
+from .common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 GEMV_MAX_M = 8
+TILES = (64, 128)
 # 128x128 tiles from this many on: about 4 per core of a large GPU (an H100 has 132), so every
 # core still has several workgroups to switch between. Check with scripts/bench_ops.py --big.
 BIG_TILES = 512
 _U32 = 1 << 32
 
-_force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
-_force_tile = None               # 64 or 128: pinned by tile_variant()
+TILED_PARAMS = Layout("M N K tiles_n tiles_m tiles a_batch b_batch t_in ks dil pad stride")
+GEMV_PARAMS = Layout("N K K4 groups")
 
 
-@contextmanager
-def tile_variant(edge: int):
-    """Pin the tiled kernel's tile edge (64 or 128) inside the block, whatever the shapes: for
-    tests, the selftest and benchmarks that compare the variants. Not thread-safe."""
-    global _force_tile
-    if edge not in (64, 128):
-        raise ValueError(f"tile edge must be 64 or 128, got {edge!r}")
-    saved, _force_tile = _force_tile, edge
-    try:
-        yield
-    finally:
-        _force_tile = saved
-
-
-def tile_size(batch: int, M: int, N: int) -> int:
-    """The tiled kernel's output tile edge for a [batch, M, N] product: 128 or 64."""
-    if _force_tile is not None:
-        return _force_tile
+def tile_size(batch: int, M: int, N: int, tile: int | None = None) -> int:
+    """The tiled kernel's output tile edge for a [batch, M, N] product: `tile` when given, else
+    128 or 64 by the number of tiles."""
+    if tile is not None:
+        if tile not in TILES:
+            raise ValueError(f"tile edge must be one of {TILES}, got {tile!r}")
+        return tile
     return 128 if batch * -(-M // 128) * -(-N // 128) >= BIG_TILES else 64
 
 
-def _pipeline(rt, entry: str, dt, **constants):
-    """The matmul.wgsl pipeline for `entry`, with subgroup reductions where the adapter has them."""
-    sg = rt.has_subgroups and not _force_shared_reduction
+def _pipeline(rt, entry: str, dt, subgroups: bool | None, **constants):
+    """The matmul.wgsl pipeline for `entry`, with subgroup reductions where the adapter has them
+    (and `subgroups` is not False)."""
+    sg = rt.has_subgroups and subgroups is not False
     return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": sg}, aliases={"T": alias(dt)}, subgroups=sg)
 
 
@@ -69,38 +63,41 @@ def _dims(name: str, x, least: int) -> tuple:
     return shape
 
 
-def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, out_shape, conv=None):
+def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, out_shape, conv=None, tile=None):
     """c[batch, M, N] through the tiled kernel; a/b batch strides in elements (0 = shared);
     conv = (t_in, ks, dilation, pad, stride): b is a conv input [batch, Cin, t_in] (see conv1d)."""
     out = rt.empty(out_shape, dt)
-    edge = tile_size(batch, M, N)
+    edge = tile_size(batch, M, N, tile)
     tiles_n, tiles_m = -(-N // edge), -(-M // edge)
     tiles = batch * tiles_m * tiles_n
     if tiles >= _U32:
         raise ValueError(f"matmul: {tiles} output tiles is too many for one dispatch")
-    pipe = _pipeline(rt, "tiled", dt, BIG=edge == 128, TRANS_B=trans_b, CONV=conv is not None, HAS_BIAS=bias is not None, GELU=gelu)
-    params = rt.uniform(M, N, K, tiles_n, tiles_m, tiles, a_batch, b_batch, *(conv or (0,) * 5), 0, 0, 0)
+    pipe = _pipeline(rt, "tiled", dt, None, BIG=edge == 128, TRANS_B=trans_b, CONV=conv is not None,
+                     HAS_BIAS=bias is not None, GELU=gelu)
+    t_in, ks, dil, pad, stride = conv or (0,) * 5
+    params = rt.uniform(TILED_PARAMS, M=M, N=N, K=K, tiles_n=tiles_n, tiles_m=tiles_m, tiles=tiles,
+                        a_batch=a_batch, b_batch=b_batch, t_in=t_in, ks=ks, dil=dil, pad=pad, stride=stride)
     rt.run(pipe, [a, b, a if bias is None else bias, out, params], rt.grid(tiles))
     return out
 
 
-def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape):
+def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape, subgroups):
     """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8."""
     out = rt.empty(out_shape, dt)
     nr = max(1, 8 // M)  # M * NR <= 8 partial sums per thread (shaders/lib/wg_sums.wgsl)
     groups = -(-N // nr)
-    pipe = _pipeline(rt, "gemv", dt, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
-    params = rt.uniform(N, K, K // 4, groups)
+    pipe = _pipeline(rt, "gemv", dt, subgroups, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
+    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups)
     # bindings 5, 6: x and w again, read as vec4 when VEC4 (shaders/matmul.wgsl)
     rt.run(pipe, [x, w, w if bias is None else bias, out, params, x, w], rt.grid(groups))
     return out
 
 
-def linear(x, weight, bias=None, gelu: bool = False):
+def linear(x, weight, bias=None, gelu: bool = False, *, tile: int | None = None, subgroups: bool | None = None):
     """torch's F.linear: x[..., K] @ weight[N, K].T + bias[N] -> [..., N]; gelu=True applies nn.GELU().
 
     float32 (float64 is computed as float32) or float16 with shader-f16; all GpuArray inputs
-    give a GpuArray, otherwise numpy.
+    give a GpuArray, otherwise numpy. tile / subgroups: the variant (module docstring).
     """
     x, weight = as_array(x), as_array(weight)
     bias = None if bias is None else as_array(bias)
@@ -120,8 +117,8 @@ def linear(x, weight, bias=None, gelu: bool = False):
     M = math.prod(xs[:-1])
     rows = rt.max_binding // (K * dt.itemsize)  # weight rows that fit one storage binding
     if N > rows > 0 and not isinstance(weight, GpuArray):  # low-limit adapters: split the weight by rows
-        parts = [linear(x, weight[i:i + rows], None if bias is None else bias[i:i + rows], gelu)
-                 for i in range(0, N, rows)]
+        parts = [linear(x, weight[i:i + rows], None if bias is None else bias[i:i + rows], gelu,
+                        tile=tile, subgroups=subgroups) for i in range(0, N, rows)]
         return np.concatenate([np.asarray(p) for p in parts], axis=-1)
     _check_size(rt, "linear: x", xs)
     _check_size(rt, "linear: weight", ws)
@@ -129,14 +126,14 @@ def linear(x, weight, bias=None, gelu: bool = False):
     gx, gw = to_gpu(x, dt), to_gpu(weight, dt)
     gb = None if bias is None else to_gpu(bias, dt)
     out_shape = xs[:-1] + (N,)
-    if M <= GEMV_MAX_M:
-        out = _gemv(rt, gx, gw, gb, dt, M, N, K, bool(gelu), out_shape)
+    if M <= GEMV_MAX_M and tile is None:
+        out = _gemv(rt, gx, gw, gb, dt, M, N, K, bool(gelu), out_shape, subgroups)
     else:
-        out = _tiled(rt, gx, gw, gb, dt, 1, M, N, K, 0, 0, True, bool(gelu), out_shape)
+        out = _tiled(rt, gx, gw, gb, dt, 1, M, N, K, 0, 0, True, bool(gelu), out_shape, tile=tile)
     return finish(out, on_gpu(x, weight, bias))
 
 
-def matmul(a, b):
+def matmul(a, b, *, tile: int | None = None):
     """a[..., M, K] @ b[..., K, N] -> [..., M, N].
 
     Both at least 2-D; batch dims equal, or one side a plain 2-D matrix shared by every batch.
@@ -160,14 +157,14 @@ def matmul(a, b):
     out_shape = batch_shape + (M, N)
     batch = math.prod(batch_shape)
     if not bbat:  # one shared b: the batch folds into M
-        out = _tiled(rt, ga, gb, None, dt, 1, batch * M, N, K, 0, 0, False, False, out_shape)
+        out = _tiled(rt, ga, gb, None, dt, 1, batch * M, N, K, 0, 0, False, False, out_shape, tile=tile)
     else:
         out = _tiled(rt, ga, gb, None, dt, batch, M, N, K, M * K if abat else 0, K * N, False, False,
-                     out_shape)
+                     out_shape, tile=tile)
     return finish(out, on_gpu(a, b))
 
 
-def conv1d(x, weight, bias=None, stride: int = 1, padding=0, dilation: int = 1):
+def conv1d(x, weight, bias=None, stride: int = 1, padding=0, dilation: int = 1, *, tile: int | None = None):
     """torch's F.conv1d with groups=1: x[B, Cin, T] (or [Cin, T]) * weight[Cout, Cin, ks] -> [B, Cout, T_out].
 
     padding: an int (zeros on both sides), "valid" or "same" (stride 1; an odd total goes right,
@@ -210,5 +207,5 @@ def conv1d(x, weight, bias=None, stride: int = 1, padding=0, dilation: int = 1):
     gb = None if bias is None else to_gpu(bias, dt)
     out_shape = (B, Cout, t_out) if batched else (Cout, t_out)
     out = _tiled(rt, gw, gx, gb, dt, B, Cout, t_out, Cin * ks, 0, Cin * T, False, False, out_shape,
-                 conv=(T, ks, dilation, pad_l, stride))
+                 conv=(T, ks, dilation, pad_l, stride), tile=tile)
     return finish(out, on_gpu(x, weight, bias))

@@ -2,7 +2,10 @@
 
 from __future__ import annotations
 
-from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+from ..gpu import Layout
+from .common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+
+PARAMS = Layout("n alpha:f")
 
 
 def axpy(a, b, alpha: float = 1.0):
@@ -16,5 +19,5 @@ def axpy(a, b, alpha: float = 1.0):
     out = rt.empty(ga.shape, dt)
     n = ga.size
     pipe = rt.pipeline("elementwise", "axpy", aliases={"T": alias(dt)})
-    rt.run(pipe, [ga, gb, out, rt.uniform(n, float(alpha), 0, 0)], rt.grid(-(-n // 256)))
+    rt.run(pipe, [ga, gb, out, rt.uniform(PARAMS, n=n, alpha=alpha)], rt.grid(-(-n // 256)))
     return finish(out, on_gpu(a, b))

@@ -12,7 +12,8 @@ from __future__ import annotations
 from dataclasses import dataclass
 from pathlib import Path
 
-from .models import InputError, _first_line, _torch_load, resolve_folder
+from ..errors import InputError, describe
+from .models import resolve_folder, torch_load
 
 DEFAULT_SPEAKER_MODEL = "speechbrain/spkrec-ecapa-voxceleb"
 SPEAKER_RATE = 16000
@@ -71,7 +72,7 @@ class SpeakerEncoder:
         try:
             hp = load_hyperpyyaml(text, overrides=overrides, overrides_must_match=False)
         except Exception as e:
-            raise InputError(f"{what} hyperparams.yaml does not load ({_first_line(e)})") from None
+            raise InputError(f"{what} hyperparams.yaml does not load ({describe(e)})") from None
         missing = [k for k in _NEEDED if k not in hp]
         if missing:
             raise InputError(f"{what} hyperparams.yaml lacks {', '.join(missing)}")
@@ -84,12 +85,12 @@ class SpeakerEncoder:
         hint = "pass --speaker-model FOLDER (with hyperparams.yaml and embedding_model.ckpt)"
         folder = resolve_folder(ref, ("hyperparams.yaml", "embedding_model.ckpt"), "speaker model", hint)
         enc = cls.from_hparams_text((folder / "hyperparams.yaml").read_text(), folder)
-        state = _torch_load(folder / "embedding_model.ckpt", "speaker model")
+        state = torch_load(folder / "embedding_model.ckpt", "speaker model")
         try:
             enc.embedding_model.load_state_dict(state)
         except Exception as e:
             raise InputError(f"speaker model {folder / 'embedding_model.ckpt'} does not match its "
-                             f"hyperparams.yaml ({_first_line(e)})") from None
+                             f"hyperparams.yaml ({describe(e)})") from None
         return enc
 
     @classmethod
@@ -138,7 +139,7 @@ def check_speaker_file(path) -> None:
     try:
         info = sf.info(str(p))
     except Exception as e:
-        raise InputError(f"speaker file {path} is not a readable audio file ({_first_line(e)})") from None
+        raise InputError(f"speaker file {path} is not a readable audio file ({describe(e)})") from None
     if info.frames <= 0 or info.samplerate <= 0:
         raise InputError(f"speaker file {path} holds no audio samples")
 
@@ -154,7 +155,7 @@ def read_speaker_audio(path, seconds: float = MAX_SECONDS, rate: int = SPEAKER_R
         sr = sf.info(str(path)).samplerate
         data, sr = sf.read(str(path), frames=int(sr * seconds), dtype="float32", always_2d=True)
     except Exception as e:
-        raise InputError(f"speaker file {path} is not a readable audio file ({_first_line(e)})") from None
+        raise InputError(f"speaker file {path} is not a readable audio file ({describe(e)})") from None
     if data.shape[0] == 0:
         raise InputError(f"speaker file {path} holds no audio samples")
     wav = torch.from_numpy(data.mean(axis=1))  # [frames, channels] -> mono [frames]

@@ -5,7 +5,7 @@
 
 Stages per text chunk: T2S (text bytes -> semantic tokens), S2A (semantic -> 4 EnCodec
 codebooks), Vocos (codebooks -> waveform); plus an ECAPA speaker embedding for voice
-cloning. On the wgpu backend T2S, S2A and Vocos run as resident GPU modules (wsvk.resident*:
+cloning. On the wgpu backend T2S, S2A and Vocos run as resident GPU modules (wsvk.resident:
 one submit per chunk and per decode step); everything else, and every stage with resident=False,
 runs inside `wsvk.router.offload()`, which sends F.linear / matmul / SDPA / FFT calls to the
 WGSL kernels when the backend selects an adapter. Sampling stays
@@ -24,8 +24,8 @@ from pathlib import Path
 
 import numpy as np
 
-from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, InputError, NotCachedError,
-                     load_s2a, load_t2s, load_vocos, random_s2a, random_t2s, random_vocos, resolve_file,
+from ..errors import InputError, NotCachedError
+from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos, random_s2a, random_t2s, random_vocos, resolve_file,
                      resolve_folder)
 from .speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, read_speaker_audio
 from .textsplit import split_text
@@ -99,7 +99,7 @@ class Pipeline:
 
     def __init__(self, t2s, s2a, vocos, speaker_model=None, random_weights: str | None = None, seed: int = 0,
                  resident: bool = True, random_t2s: bool = False):
-        from .router import RouterStats
+        from ..router import RouterStats
 
         if int(t2s.stoks_len) > int(s2a.stoks_len):  # S2A would crop what T2S says
             raise InputError(f"the T2S model makes up to {t2s.stoks_len} semantic tokens per chunk but the S2A "
@@ -166,7 +166,7 @@ class Pipeline:
 
         import torch
 
-        from .router import offload
+        from ..router import offload
 
         enc = self.speaker_encoder()
         if isinstance(speaker, (str, Path)):
@@ -213,14 +213,13 @@ class Pipeline:
         """The resident GPU module for a stage, or None (cpu backend, resident off, after a fault)."""
         if not self.resident:
             return None
-        from .router import active_backend
-        from .runtime import get_runtime
+        from ..router import active_backend
+        from ..gpu import get_runtime
 
         if active_backend()[0] != "wgpu" or get_runtime().lost:
             return None
         if stage not in self._resident:
-            from .resident import ResidentS2A, ResidentT2S
-            from .resident_vocos import ResidentVocos
+            from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
 
             make = {"t2s": lambda: ResidentT2S(self.t2s), "s2a": lambda: ResidentS2A(self.s2a),
                     "vocos": lambda: ResidentVocos(self.vocos)}[stage]
@@ -243,8 +242,8 @@ class Pipeline:
         tokens and audio equal an uninterrupted CPU run; one warning says so."""
         import torch
 
-        from .router import offload
-        from .runtime import GpuError
+        from ..router import offload
+        from ..errors import GpuError
 
         cpu_model = {"t2s": self.t2s, "s2a": self.s2a, "vocos": self.vocos}[stage]
         stats = self.stage_stats[stage]
@@ -304,7 +303,7 @@ class Pipeline:
     def _vocos(self, atoks, chunk, n_chunks):
         import torch
 
-        from .resident_vocos import ResidentVocos
+        from ..resident import ResidentVocos
 
         q = atoks.shape[1]
         bandwidth = {2: 0, 4: 1, 8: 2}.get(q)
@@ -364,7 +363,7 @@ class Pipeline:
 
 
 def _merged(all_stats):
-    from .router import RouterStats
+    from ..router import RouterStats
 
     total = RouterStats()
     for s in all_stats:

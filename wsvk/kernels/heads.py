@@ -4,8 +4,10 @@ from __future__ import annotations
 
 import numpy as np
 
-from ._common import alias, as_array, check_float, finish, on_gpu, runtime, to_gpu
-from ._common import out_dtype as _out_dtype
+from ..gpu import Layout
+from .common import alias, as_array, check_float, finish, on_gpu, output_dtype, runtime, to_gpu
+
+PARAMS = Layout("NH L W P KSUB n")  # n = L * W
 
 
 def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope_step: int = 1,
@@ -18,7 +20,7 @@ def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope
     """
     x = as_array(x)
     dt = check_float("split_heads", x)
-    od = _out_dtype("split_heads", out_dtype, dt)
+    od = output_dtype("split_heads", out_dtype, dt)
     if int(rope_step) < 1:
         raise ValueError(f"split_heads: rope_step must be >= 1, got {rope_step}")
     if parts not in (2, 3):
@@ -48,7 +50,7 @@ def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope
                        aliases={"S": alias(dt), "D": alias(od)})
     n = L * W
     third = outs[2] if parts == 3 else rt.empty((4,), od)
-    rt.run(pipe, [gx, outs[0], outs[1], third, grope, rt.uniform(n_head, L, W, P, int(rope_step), n, 0, 0)],
+    rt.run(pipe, [gx, outs[0], outs[1], third, grope, rt.uniform(PARAMS, NH=n_head, L=L, W=W, P=P, KSUB=rope_step, n=n)],
            rt.grid(-(-n // 256)))
     gpu = on_gpu(x)
     return tuple(finish(o, gpu) for o in outs)
@@ -58,7 +60,7 @@ def merge_heads(x, out_dtype=None):
     """x[1, H, L, Dh] -> [L, H * Dh] (attention output back into rows). out_dtype: default x's."""
     x = as_array(x)
     dt = check_float("merge_heads", x)
-    od = _out_dtype("merge_heads", out_dtype, dt)
+    od = output_dtype("merge_heads", out_dtype, dt)
     if x.ndim != 4 or x.shape[0] != 1 or min(x.shape) < 1:
         raise ValueError(f"merge_heads: x must be [1, H, L, Dh], got shape {tuple(x.shape)}")
     _, H, L, dh = (int(s) for s in x.shape)
@@ -67,5 +69,5 @@ def merge_heads(x, out_dtype=None):
     out = rt.empty((L, H * dh), od)
     n = L * H * dh
     pipe = rt.pipeline("heads", "merge", {"DH": dh}, aliases={"S": alias(dt), "D": alias(od)})
-    rt.run(pipe, [gx, out, rt.uniform(H, L, H * dh, 1, 1, n, 0, 0)], rt.grid(-(-n // 256)))
+    rt.run(pipe, [gx, out, rt.uniform(PARAMS, NH=H, L=L, W=H * dh, P=1, KSUB=1, n=n)], rt.grid(-(-n // 256)))
     return finish(out, on_gpu(x))

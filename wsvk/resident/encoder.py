@@ -14,11 +14,25 @@ memory-bound per-step work that f16 storage speeds up, and its output feeds ever
 
 from __future__ import annotations
 
+from dataclasses import dataclass
+
 import numpy as np
 
-from . import ops
-from .resident_decoder import _np
-from .runtime import GpuArray, Runtime, get_runtime
+from .. import ops
+from ..gpu import GpuArray, Runtime, get_runtime
+from .tensors import f32
+
+
+@dataclass
+class EncoderLayer:
+    """One encoder layer on the GPU (float32): layer norms (gamma, beta, eps), linears (w, b)."""
+
+    attn_ln: tuple
+    qkv: tuple
+    out: tuple
+    mlp_ln: tuple
+    fc1: tuple
+    fc2: tuple
 
 
 class ResidentEncoder:
@@ -42,25 +56,27 @@ class ResidentEncoder:
                 raise ValueError(f"encoder layer {i} has cross-attention")
             if l.attn.qkv is None:
                 raise ValueError(f"encoder layer {i}: QKV not merged; prepare the model with "
-                                 "wsvk.models.for_cpu(model) (convert_for_eval) first")
+                                 "wsvk.tts.models.for_cpu(model) (convert_for_eval) first")
             if (l.attn.rotary is None) != (rope is None):
                 raise ValueError(f"encoder layer {i}: RoPE tables must be given exactly when the layers use RoPE")
             if l.attn.query_subsampling != 1 or l.attn.key_subsampling != 1:
                 raise ValueError(f"encoder layer {i}: subsampled self-attention is not supported")
             if getattr(l.mlp[1], "approximate", "none") != "none":
                 raise ValueError(f"encoder layer {i}: GELU(approximate={l.mlp[1].approximate!r}) is not supported")
-            g = {}
-            for name, ln in (("attn_ln", l.attn_ln), ("mlp_ln", l.mlp_ln)):
-                g[name] = (rt.upload(_np(ln.weight)), rt.upload(_np(ln.bias)), float(ln.eps))
-            for name, lin in (("qkv", l.attn.qkv), ("out", l.attn.out), ("fc1", l.mlp[0]), ("fc2", l.mlp[2])):
-                g[name] = (rt.upload(_np(lin.weight)), None if lin.bias is None else rt.upload(_np(lin.bias)))
-            self.layers.append(g)
+            def norm(ln):
+                return (rt.upload(f32(ln.weight)), rt.upload(f32(ln.bias)), float(ln.eps))
+
+            def linear(lin):
+                return (rt.upload(f32(lin.weight)), None if lin.bias is None else rt.upload(f32(lin.bias)))
+
+            self.layers.append(EncoderLayer(attn_ln=norm(l.attn_ln), qkv=linear(l.attn.qkv), out=linear(l.attn.out),
+                                            mlp_ln=norm(l.mlp_ln), fc1=linear(l.mlp[0]), fc2=linear(l.mlp[2])))
         # the bias stays on the host too: a chunk's extra vector is added to it (see run)
-        self.ln_post = (rt.upload(_np(ln_post.weight)), rt.upload(_np(ln_post.bias)), _np(ln_post.bias),
+        self.ln_post = (rt.upload(f32(ln_post.weight)), rt.upload(f32(ln_post.bias)), f32(ln_post.bias),
                         float(ln_post.eps))
         self.rope = None
         if rope is not None:
-            cos, sin = _np(rope[0]), _np(rope[1])
+            cos, sin = f32(rope[0]), f32(rope[1])
             self.rope = rt.upload(np.concatenate([cos, sin]))
             self.P = cos.shape[0]
         self.dispatches_per_chunk = 11 * len(self.layers) + 1
@@ -69,7 +85,7 @@ class ResidentEncoder:
         """ln_post(layers(x0)) (+ extra [W]) as a GpuArray [L, W] of out_dtype; x0 [L, W] (or
         [1, L, W]) is the embedded input. Joins an open recorder, else submits once."""
         rt, W = self.rt, self.W
-        x0 = _np(x0)
+        x0 = f32(x0)
         if x0.ndim == 3 and x0.shape[0] == 1:
             x0 = x0[0]
         if x0.ndim != 2 or x0.shape[1] != W or x0.shape[0] < 1:
@@ -78,15 +94,15 @@ class ResidentEncoder:
             raise ValueError(f"encoder input has {x0.shape[0]} positions, the RoPE tables {self.P}")
         gamma, beta, host_beta, eps = self.ln_post
         if extra is not None:  # ln_post(x) + extra == LN with bias + extra
-            beta = rt.upload(host_beta + _np(extra).reshape(W))
+            beta = rt.upload(host_beta + f32(extra).reshape(W))
         rope_parts = 0 if self.rope is None else 2
         with rt.recorder("wsvk.resident.encoder"):
             x = rt.upload(x0)
             for g in self.layers:
-                h = ops.layer_norm(x, *g["attn_ln"])
-                q, k, v = ops.split_heads(ops.linear(h, *g["qkv"]), self.NH, 3, rope=self.rope, rope_parts=rope_parts)
+                h = ops.layer_norm(x, *g.attn_ln)
+                q, k, v = ops.split_heads(ops.linear(h, *g.qkv), self.NH, 3, rope=self.rope, rope_parts=rope_parts)
                 a = ops.attention(q, k, v, causal=self.causal)
-                x = ops.axpy(x, ops.linear(ops.merge_heads(a), *g["out"]))
-                h = ops.linear(ops.layer_norm(x, *g["mlp_ln"]), *g["fc1"], gelu=True)
-                x = ops.axpy(x, ops.linear(h, *g["fc2"]))
+                x = ops.axpy(x, ops.linear(ops.merge_heads(a), *g.out))
+                h = ops.linear(ops.layer_norm(x, *g.mlp_ln), *g.fc1, gelu=True)
+                x = ops.axpy(x, ops.linear(h, *g.fc2))
             return ops.layer_norm(x, gamma, beta, eps, out_dtype=out_dtype)

@@ -29,20 +29,31 @@ folded in), final residual add + norm 1, head linear 1, spectrum 1, irfft 1, ove
 from __future__ import annotations
 
 import operator
+from dataclasses import dataclass
 
 import numpy as np
 import torch
 
-from . import ops
-from .runtime import GpuArray, Runtime, get_runtime
+from .. import ops
+from ..gpu import GpuArray, Runtime, get_runtime
+from ..kernels import convnext, istft
+from .tensors import f32
 
 __all__ = ["ResidentVocos"]
 
-_K = 7  # kernel size of the backbone's convolutions (shaders/conv1d.wgsl)
 
+@dataclass
+class Block:
+    """One ConvNeXt block's weights on the GPU (WT: the storage type; the rest f32)."""
 
-def _np(t) -> np.ndarray:
-    return np.ascontiguousarray(t.detach().to("cpu", torch.float64).numpy(), dtype=np.float32)
+    dw_w: GpuArray   # [7, C] WT depthwise conv
+    dw_b: GpuArray   # [C]
+    norm: list       # per bandwidth id: (scale [C], shift [C])
+    eps: float
+    w1: GpuArray     # [I, C] WT pointwise 1 (+ GELU)
+    b1: GpuArray     # [I] WT
+    w2: GpuArray     # [C, I] WT pointwise 2, the layer scale folded in
+    b2: GpuArray     # [C] WT
 
 
 class ResidentVocos:
@@ -58,27 +69,26 @@ class ResidentVocos:
             raise TypeError(f"ResidentVocos needs a VocosBackbone, got {type(bb).__name__}")
         if not isinstance(head, ISTFTHead):
             raise TypeError(f"ResidentVocos needs an ISTFTHead, got {type(head).__name__}")
-        istft = head.istft
-        if istft.padding != "same":
-            raise ValueError(f"ResidentVocos supports the ISTFT's 'same' padding only, not {istft.padding!r}")
-        if istft.n_fft % 2:
-            raise ValueError(f"ResidentVocos needs an even n_fft (the head splits n_fft + 2 outputs in two), got {istft.n_fft}")
-        if istft.win_length != istft.n_fft or not 0 < istft.hop_length <= istft.n_fft:
+        stft = head.istft
+        if stft.padding != "same":
+            raise ValueError(f"ResidentVocos supports the ISTFT's 'same' padding only, not {stft.padding!r}")
+        if stft.n_fft % 2:
+            raise ValueError(f"ResidentVocos needs an even n_fft (the head splits n_fft + 2 outputs in two), got {stft.n_fft}")
+        if stft.win_length != stft.n_fft or not 0 < stft.hop_length <= stft.n_fft:
             raise ValueError(f"ResidentVocos needs win_length == n_fft and 0 < hop <= n_fft "
-                             f"(n_fft {istft.n_fft}, win {istft.win_length}, hop {istft.hop_length})")
-        if bb.embed.kernel_size != (_K,) or bb.embed.padding != (3,) or bb.embed.bias is None:
+                             f"(n_fft {stft.n_fft}, win {stft.win_length}, hop {stft.hop_length})")
+        if bb.embed.kernel_size != (convnext.KERNEL,) or bb.embed.padding != (3,) or bb.embed.bias is None:
             raise ValueError("ResidentVocos expects the backbone's input conv to be kernel 7, padding 3, with bias")
 
         self.rt = rt = rt or get_runtime()
         self.cin = int(bb.embed.in_channels)
         self.dim = int(bb.embed.out_channels)
         self.n_layers = len(bb.convnext)
-        self.n_fft, self.hop = int(istft.n_fft), int(istft.hop_length)
-        self.pad = (istft.win_length - istft.hop_length) // 2
+        self.n_fft, self.hop = int(stft.n_fft), int(stft.hop_length)
+        self.pad = (stft.win_length - stft.hop_length) // 2
         self.n_bins = self.n_fft // 2 + 1
         self.adanorm = bool(bb.adanorm)
         self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
-        self.wt = "f16" if self.dtype == np.float16 else "f32"
         wd = self.dtype
 
         def upw(a):  # backbone weights in the storage type
@@ -88,37 +98,36 @@ class ResidentVocos:
         up = rt.upload
 
         # embed conv: w[o, i, k] -> [Cin, K, Cout] so that a workgroup's threads read adjacent o
-        self.embed_w = upw(_np(bb.embed.weight.permute(1, 2, 0)))
-        self.embed_b = up(_np(bb.embed.bias))
+        self.embed_w = upw(f32(bb.embed.weight.permute(1, 2, 0)))
+        self.embed_b = up(f32(bb.embed.bias))
 
         def affine(norm):
             """[(scale, shift) per bandwidth id]: AdaLayerNorm's rows, or LayerNorm's weight/bias."""
             if isinstance(norm, AdaLayerNorm):
-                return [(up(_np(norm.scale.weight[i])), up(_np(norm.shift.weight[i])))
+                return [(up(f32(norm.scale.weight[i])), up(f32(norm.shift.weight[i])))
                         for i in range(self.n_bandwidths)]
             w = norm.weight if norm.weight is not None else torch.ones(self.dim)
             b = norm.bias if norm.bias is not None else torch.zeros(self.dim)
-            return [(up(_np(w)), up(_np(b)))] * self.n_bandwidths
+            return [(up(f32(w)), up(f32(b)))] * self.n_bandwidths
 
         self.norm0, self.norm0_eps = affine(bb.norm), float(bb.norm.eps)
         self.layers = []
         for blk in bb.convnext:
             gamma = blk.gamma.detach().double() if blk.gamma is not None else torch.ones(self.dim, dtype=torch.float64)
-            self.layers.append(dict(
-                dw_w=upw(_np(blk.dwconv.weight[:, 0, :].T)),   # [K, C]
-                dw_b=up(_np(blk.dwconv.bias)),
+            self.layers.append(Block(
+                dw_w=upw(f32(blk.dwconv.weight[:, 0, :].T)),   # [K, C]
+                dw_b=up(f32(blk.dwconv.bias)),
                 norm=affine(blk.norm), eps=float(blk.norm.eps),
-                w1=upw(_np(blk.pwconv1.weight)), b1=upw(_np(blk.pwconv1.bias)),
+                w1=upw(f32(blk.pwconv1.weight)), b1=upw(f32(blk.pwconv1.bias)),
                 # layer scale folded in: gamma * (W2 x + b2) = (gamma W2) x + gamma b2
-                w2=upw(_np(blk.pwconv2.weight.double() * gamma[:, None])),
-                b2=upw(_np(blk.pwconv2.bias.double() * gamma)),
+                w2=upw(f32(blk.pwconv2.weight.double() * gamma[:, None])),
+                b2=upw(f32(blk.pwconv2.bias.double() * gamma)),
             ))
         self.inter = int(bb.convnext[0].pwconv1.out_features) if self.layers else self.dim
         fn = bb.final_layer_norm
         self.final_norm, self.final_eps = affine(fn), float(fn.eps)
-        self.head_w, self.head_b = up(_np(head.out.weight)), up(_np(head.out.bias))
-        self.window = up(_np(istft.window))
-        self._spare = rt.empty((64,))  # bound where a shader's optional writable output is unused
+        self.head_w, self.head_b = up(f32(head.out.weight)), up(f32(head.out.bias))
+        self.window = up(f32(stft.window))
 
         # codes_to_features: the codebooks [Q * bins, Cin], when the feature extractor has them
         fe = getattr(vocos, "feature_extractor", None)
@@ -129,7 +138,7 @@ class ResidentVocos:
             bins = getattr(quantizer, "bins", None)
             if bins and cbw.shape[0] % int(bins) == 0 and cbw.shape[1] == self.cin:
                 self.bins = int(bins)
-                self.codebooks = up(_np(cbw))
+                self.codebooks = up(f32(cbw))
                 self.n_codebooks = int(cbw.shape[0]) // self.bins
 
         self.last_call: dict | None = None  # rt.stats deltas of the latest call
@@ -283,63 +292,25 @@ class ResidentVocos:
         self.last_call = {k: rt.stats[k] - before[k] for k in ("dispatches", "submits", "uploads", "readbacks")}
         return torch.from_numpy(out)[None]
 
-    def _norm(self, r, y, w, b, affine, eps, out, res_out, dwconv: bool):
-        """shaders/conv1d.wgsl:dwconv_norm over [T, C]: out = norm(conv(r + y)), res_out = r + y."""
-        rt = self.rt
-        T = r.shape[0]
-        ot = "f16" if out.dtype == np.float16 else "f32"
-        yt = "f16" if y is not None and y.dtype == np.float16 else "f32"
-        pipe = rt.pipeline("conv1d", "dwconv_norm",
-                           {"DWCONV": dwconv, "RESID": y is not None, "WRITE_RES": res_out is not None,
-                            "STASH": ot == "f32"},
-                           aliases={"WT": self.wt, "YT": yt, "OT": ot})
-        g, s = affine
-        wt = w if w is not None else g  # unread when not dwconv
-        bs = b if b is not None else s
-        res = [r, y if y is not None else s, wt, bs, g, s,
-               res_out if res_out is not None else self._spare, out,
-               rt.uniform(T, self.dim, float(eps), 0, fmt="IIfI")]
-        rt.run(pipe, res, rt.grid(T))
-
     def _record(self, bw: int, x: GpuArray, codes: GpuArray | None, T: int):
         """Record the decode into the open recorder, yielding where what is recorded so far may be
         submitted; returns (StopIteration.value) the waveform [samples]."""
         rt, C = self.rt, self.dim
-        # embed conv [Cin, T] (or codebook gather) -> [T, C]
-        emb = rt.empty((T, C))
-        tiles_o, tiles_t = -(-C // 64), -(-T // 16)
-        n_tiles = tiles_o * tiles_t
-        gather = codes is not None
-        q = codes.shape[0] if gather else 0
-        pipe = rt.pipeline("conv1d", "embed", {"GATHER": gather}, aliases={"WT": self.wt, "YT": "f32", "OT": "f32"})  # one module: all aliases
-        params = rt.uniform(T, self.cin, C, q, self.bins or 0, tiles_o, n_tiles, 0)
-        rt.run(pipe, [x, codes if gather else self.embed_b, self.embed_w, self.embed_b, emb, params],
-               rt.grid(n_tiles))
-
+        emb = convnext.embed_conv(x, self.embed_w, self.embed_b, T, codes, self.bins or 0)  # [T, C]
         r = rt.empty((T, C))  # residual stream r_0 = norm(embed)
-        self._norm(emb, None, None, None, self.norm0[bw], self.norm0_eps, r, None, dwconv=False)
+        convnext.dwconv_norm(emb, None, *self.norm0[bw], self.norm0_eps, r)
         h = rt.empty((T, C), self.dtype)  # normed input of the pointwise layers, reused by every block
         spare = [rt.empty((T, C)), rt.empty((T, C))]
         y = None
-        for i, L in enumerate(self.layers):
+        for i, layer in enumerate(self.layers):
             if i % self.SPLIT_EVERY == 0:
                 yield  # a split point (the arrays alive here stay alive across it)
             nxt = None if y is None else spare[i % 2]  # r_i = r_{i-1} + y_{i-1}, never written in place
-            self._norm(r, y, L["dw_w"], L["dw_b"], L["norm"][bw], L["eps"], h, nxt, dwconv=True)
+            convnext.dwconv_norm(r, y, *layer.norm[bw], layer.eps, h, nxt, conv=(layer.dw_w, layer.dw_b))
             r = r if nxt is None else nxt
-            y = ops.linear(ops.linear(h, L["w1"], L["b1"], gelu=True), L["w2"], L["b2"])
+            y = ops.linear(ops.linear(h, layer.w1, layer.b1, gelu=True), layer.w2, layer.b2)
         hf = rt.empty((T, C))
-        self._norm(r, y, None, None, self.final_norm[bw], self.final_eps, hf, None, dwconv=False)
-
+        convnext.dwconv_norm(r, y, *self.final_norm[bw], self.final_eps, hf)
         # ISTFT head: [T, 2F] -> spectrum [T, F, 2] -> frames [T, n_fft] -> waveform
-        z = ops.linear(hf, self.head_w, self.head_b)
-        F = self.n_bins
-        spec = rt.empty((T, F, 2))
-        rt.run(rt.pipeline("istft", "spectrum"), [z, spec, rt.uniform(T, F, 0, 0)], rt.grid(-(-T * F // 256)))
-        frames = ops.irfft(spec, n=self.n_fft)
-        n_out = (T - 1) * self.hop + self.n_fft - 2 * self.pad
-        wave = rt.empty((n_out,))
-        params = rt.uniform(T, self.n_fft, self.hop, self.pad, n_out, 0, 0, 0)
-        rt.run(rt.pipeline("istft", "overlap_add"), [frames, self.window, wave, params],
-               rt.grid(-(-n_out // 256)))
-        return wave
+        spec = istft.spectrum(ops.linear(hf, self.head_w, self.head_b))
+        return istft.overlap_add(ops.irfft(spec, n=self.n_fft), self.window, self.hop, self.pad)

@@ -17,7 +17,7 @@ from pathlib import Path
 from types import SimpleNamespace
 from urllib.parse import urlparse
 
-from .runtime import WsvkError
+from ..errors import InputError, NotCachedError, describe
 
 DEFAULT_T2S = "collabora/whisperspeech:t2s-v1.95-small-8lang.model"
 DEFAULT_S2A = "collabora/whisperspeech:s2a-v1.95-medium-7lang.model"
@@ -46,32 +46,6 @@ RELEASED_VOCOS_CONFIG = {
 # the random models use them so the pipeline behaves like the real one
 _RANDOM_T2S_DATA = SimpleNamespace(ttoks_len=550, stoks_len=750, stoks_codes=513)
 _RANDOM_S2A_ARGS = dict(stoks_len=750, stoks_codes=513, ctx_n=2250, spk_width=192)
-
-
-class InputError(WsvkError, ValueError):
-    """A bad user input (text, option, model or audio file): synth.py exits with code 2."""
-
-
-class NotCachedError(InputError):
-    """A Hugging Face file that is neither cached nor downloadable (offline)."""
-
-    def __init__(self, what: str, repo_id: str, filename: str, hint: str, whole_repo: bool = False):
-        self.what, self.repo_id, self.filename, self.hint = what, repo_id, filename, hint
-        self.command = f"huggingface-cli download {repo_id}" + ("" if whole_repo else f" {filename}")
-        name = repo_id if whole_repo else f"{repo_id}:{filename}"
-        super().__init__(f"{what} {name} is not in the Hugging Face cache and the Hub is unreachable: "
-                         f"run `{self.command}` on a connected machine, {hint}")
-
-    @staticmethod
-    def combine(errors: list) -> InputError:
-        """One line for several missing files (a first run without network misses them all)."""
-        if len(errors) == 1:
-            return errors[0]
-        downloads = "; ".join(f"`{e.command}`" for e in errors)
-        names = ", ".join(e.what for e in errors)
-        return InputError(f"the {names} are not in the Hugging Face cache and the Hub is unreachable: "
-                          f"run {downloads} on a connected machine, or pass local paths "
-                          f"(--t2s, --s2a, --vocoder), or --random-weights tiny for a noise test")
 
 
 # ---------------------------------------------------------------- references
@@ -154,23 +128,18 @@ def resolve_folder(ref: str, files: tuple[str, ...], what: str, hint: str) -> Pa
 # ---------------------------------------------------------------- checkpoints
 
 
-def _first_line(e: BaseException) -> str:
-    text = str(e).strip().splitlines()
-    return f"{type(e).__name__}: {text[0][:200]}" if text else type(e).__name__
-
-
-def _torch_load(path: Path, what: str):
+def torch_load(path: Path, what: str):
     import torch
 
     try:
         return torch.load(path, map_location="cpu", weights_only=True)
     except Exception as e:
-        raise InputError(f"{what} file {path} is not a readable PyTorch checkpoint ({_first_line(e)})") from None
+        raise InputError(f"{what} file {path} is not a readable PyTorch checkpoint ({describe(e)})") from None
 
 
 def load_spec(path: Path, what: str) -> dict:
     """The released checkpoint dict: config, tunables, state_dict."""
-    spec = _torch_load(path, what)
+    spec = torch_load(path, what)
     if not isinstance(spec, dict) or not {"config", "tunables", "state_dict"} <= set(spec):
         keys = ", ".join(map(str, list(spec)[:5])) if isinstance(spec, dict) else type(spec).__name__
         raise InputError(f"{what} file {path} is not a WhisperSpeech model (expected config, tunables, "
@@ -183,7 +152,7 @@ def _build(cls, tunables_cls, spec: dict, what: str, path):
         model = cls(**spec["config"], tunables=tunables_cls(**tunables_cls.upgrade(spec["tunables"])))
         model.load_state_dict(spec["state_dict"])
     except Exception as e:
-        raise InputError(f"{what} file {path} does not match its model class ({_first_line(e)})") from None
+        raise InputError(f"{what} file {path} does not match its model class ({describe(e)})") from None
     return model
 
 
@@ -289,14 +258,14 @@ def load_vocos(ref: str | None = None):
     try:
         config = yaml.safe_load((folder / "config.yaml").read_text())
     except Exception as e:
-        raise InputError(f"vocoder config {folder / 'config.yaml'} is not valid YAML ({_first_line(e)})") from None
+        raise InputError(f"vocoder config {folder / 'config.yaml'} is not valid YAML ({describe(e)})") from None
     try:
         model = build_vocos(config)
     except InputError:
         raise
     except Exception as e:
-        raise InputError(f"vocoder config {folder / 'config.yaml'} does not build a Vocos ({_first_line(e)})") from None
-    state = _torch_load(folder / "pytorch_model.bin", "vocoder")
+        raise InputError(f"vocoder config {folder / 'config.yaml'} does not build a Vocos ({describe(e)})") from None
+    state = torch_load(folder / "pytorch_model.bin", "vocoder")
     if not isinstance(state, dict):
         raise InputError(f"vocoder file {folder / 'pytorch_model.bin'} is not a state dict")
     for k, v in model.state_dict().items():  # the released file has no EnCodec weights: keep ours
@@ -305,7 +274,7 @@ def load_vocos(ref: str | None = None):
     try:
         model.load_state_dict(state)
     except Exception as e:
-        raise InputError(f"vocoder weights {folder / 'pytorch_model.bin'} do not match its config ({_first_line(e)})") from None
+        raise InputError(f"vocoder weights {folder / 'pytorch_model.bin'} do not match its config ({describe(e)})") from None
     return model.eval().float()
 
 

@@ -28,12 +28,18 @@ from __future__ import annotations
 
 import math
 import time
+from dataclasses import dataclass
 
 import numpy as np
 
-from .runtime import _MAP_READ, _UNIFORM, GpuArray, Runtime, get_runtime, gpu_errors
+from ..gpu import MAP_READ, GpuArray, Layout, Runtime, get_runtime, gpu_errors, raw_pass_calls
+from .tensors import f32
 
 SHADER = "decoder"
+EMBED_PARAMS = Layout("W V NQ flags")
+GEMV_PARAMS = Layout("N K K4 groups eps:f")
+ATTN_PARAMS = Layout("NH L W MAXS nsplit P scale:f")
+SPLIT_PARAMS = Layout("NH L W P KSUB n")  # heads.wgsl's split
 GEMV_ROWS = 8       # rows per gemv workgroup (decoder.wgsl: 256 threads = 8 rows x 32 lanes)
 MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
 WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
@@ -63,38 +69,33 @@ def auto_ch(n_head: int, W: int, keys: int) -> int:
     return ch
 
 
-_force_shared_reduction = False  # tests flip this to run the fallback on a subgroup adapter
-
-
-def _raw_calls():
-    """wgpu-native's compute-pass functions through wgpu-py's cffi handles, or None.
-
-    Recording a step calls them ~150 times; skipping wgpu-py's Python wrappers saves ~20% of the
-    host time (measured 6.4 -> 5.0 us per dispatch). Falls back to the public API when the
-    private handles are not there (another wgpu-py version).
-    """
-    try:
-        from wgpu.backends.wgpu_native._api import ffi, libf
-
-        return (libf.wgpuComputePassEncoderSetPipeline, libf.wgpuComputePassEncoderSetBindGroup,
-                libf.wgpuComputePassEncoderDispatchWorkgroups, ffi.NULL)
-    except Exception:
-        return None
-
-
-def _pipeline(rt, entry: str, constants: dict | None = None, wt: str = "f32"):
+def _pipeline(rt, entry: str, constants: dict | None = None, wt: str = "f32", subgroups: bool | None = None):
     """The decoder.wgsl pipeline for `entry` with storage type WT = `wt` ("f32"/"f16"),
-    subgroup reductions where the adapter has them."""
-    sg = rt.has_subgroups and not _force_shared_reduction
+    subgroup reductions where the adapter has them (and `subgroups` is not False)."""
+    sg = rt.has_subgroups and subgroups is not False
     constants = {**(constants or {}), **({"SUBGROUPS": sg} if entry == "gemv" else {})}
     return rt.pipeline(SHADER, entry, constants, aliases={"WT": wt}, subgroups=sg)
 
 
-def _np(t) -> np.ndarray:
-    """A torch tensor (any float dtype) or array as contiguous float32 numpy."""
-    if hasattr(t, "detach"):
-        t = t.detach().float().cpu().numpy()
-    return np.ascontiguousarray(t, dtype=np.float32)
+@dataclass
+class LayerWeights:
+    """One decoder layer on the GPU: layer norms (gamma, beta, eps), linears (weight WT, bias),
+    its self-attention KV cache and its cross-attention keys/values [NH, L, DH] (WT)."""
+
+    attn_ln: tuple
+    cross_ln: tuple
+    mlp_ln: tuple
+    qkv: tuple        # fused q|k|v projection
+    out: tuple        # self-attention output projection
+    cross_q: tuple
+    cross_kv: tuple   # fused k|v of the encoder output (its bias is WT: it runs through ops.linear)
+    cross_out: tuple
+    fc1: tuple
+    fc2: tuple
+    k_cache: GpuArray
+    v_cache: GpuArray
+    cross_k: GpuArray
+    cross_v: GpuArray
 
 
 class HeadStage:
@@ -104,7 +105,7 @@ class HeadStage:
     """
 
     def __init__(self, w, b=None, ln=None, gelu=False, group=0):
-        self.w, self.b, self.ln, self.gelu, self.group = _np(w), None if b is None else _np(b), ln, gelu, group
+        self.w, self.b, self.ln, self.gelu, self.group = f32(w), None if b is None else f32(b), ln, gelu, group
 
 
 class ResidentDecoder:
@@ -116,17 +117,19 @@ class ResidentDecoder:
     or None; ksub: RoPE position multiplier of the cross-attention keys; self_len / cross_len: the
     KV cache lengths; head: HeadStages, the first one reading the residual stream; ch: keys per
     attention split (None: auto_ch, 64 where it fits; tests pass small ones to get many splits);
-    prerecord: record step pos + 1 while step pos runs (off only to measure what it saves).
+    prerecord: record step pos + 1 while step pos runs (off only to measure what it saves);
+    subgroups: False runs the GEMVs' workgroup-memory reduction on an adapter with subgroups.
     """
 
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
-                 ch: int | None = None, prerecord: bool = True):
+                 ch: int | None = None, prerecord: bool = True, subgroups: bool | None = None):
         rt = rt or get_runtime()
         self.rt = rt
+        self.subgroups = subgroups
         self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
         self.wt = "f16" if self.dtype == np.float16 else "f32"
-        self.layers_n = len(layers)
+        self.n_layers = len(layers)
         W = int(layers[0].attn.n_state)
         self.W, self.NH = W, int(n_head)
         if W % self.NH:
@@ -134,7 +137,7 @@ class ResidentDecoder:
         self.DH = W // self.NH
         if self.DH > 256 or W > MAX_STAGED:
             raise ValueError(f"head width {self.DH} / width {W} too large for the resident decoder")
-        self.tables = _np(tables)
+        self.tables = f32(tables)
         if self.tables.ndim != 3 or self.tables.shape[2] != W:
             raise ValueError(f"embedding tables must be [NQ, V, {W}], got {self.tables.shape}")
         self.NQ, self.V = self.tables.shape[:2]
@@ -144,10 +147,10 @@ class ResidentDecoder:
         self._keep = []  # uniform buffers and dummies referenced by the bind groups
 
         def up(a):
-            return rt.upload(_np(a))
+            return rt.upload(f32(a))
 
         def upw(a):  # weight matrices / tables in the storage type
-            return rt.upload(_np(a).astype(self.dtype))
+            return rt.upload(f32(a).astype(self.dtype))
 
         # ---- per-step inputs and activations
         self.step_buf = rt.empty((1 + self.NQ,), np.uint32)
@@ -166,7 +169,7 @@ class ResidentDecoder:
             rt.write(self.extra, np.zeros(W, np.float32))
 
         if self.rope:
-            cos, sin = _np(rope[0]), _np(rope[1])
+            cos, sin = f32(rope[0]), f32(rope[1])
             self.P = cos.shape[0]
             need = max(self.self_len - 1, (self.cross_len - 1) * self.ksub)
             if cos.shape != (self.P, self.DH) or sin.shape != cos.shape or need >= self.P:
@@ -176,29 +179,28 @@ class ResidentDecoder:
             self.P, self.rope_buf = 1, self.dummy
 
         # ---- weights, once
-        self.L = []
+        self.layers = []
         for i, l in enumerate(layers):
             if l.attn.qkv is None or l.cross_attn is None or l.cross_attn.kv is None:
                 raise ValueError(f"decoder layer {i}: QKV not merged; prepare the model with "
-                                 "wsvk.models.for_cpu(model) (convert_for_eval) first")
+                                 "wsvk.tts.models.for_cpu(model) (convert_for_eval) first")
             gelu = l.mlp[1]
             if getattr(gelu, "approximate", "none") != "none":
                 raise ValueError(f"decoder layer {i}: GELU(approximate={gelu.approximate!r}) is not supported")
-            g = {}
-            for name, ln in (("attn_ln", l.attn_ln), ("cross_ln", l.cross_attn_ln), ("mlp_ln", l.mlp_ln)):
-                g[name] = (up(ln.weight), up(ln.bias), float(ln.eps))
-            for name, lin in (("qkv", l.attn.qkv), ("out", l.attn.out), ("cq", l.cross_attn.q),
-                              ("ckv", l.cross_attn.kv), ("cout", l.cross_attn.out),
-                              ("fc1", l.mlp[0]), ("fc2", l.mlp[2])):
-                g[name] = (upw(lin.weight), up(lin.bias) if lin.bias is not None else None)
-            # ckv runs through ops.linear (one dtype for x, weight, bias): its bias is WT too
-            ckv = l.cross_attn.kv
-            g["ckv"] = (g["ckv"][0], None if ckv.bias is None else upw(ckv.bias))
-            kv_shape = (self.NH, self.self_len, self.DH)
-            g["kc"], g["vc"] = rt.empty(kv_shape, self.dtype), rt.empty(kv_shape, self.dtype)
-            ckv_shape = (self.NH, self.cross_len, self.DH)
-            g["ckc"], g["cvc"] = rt.empty(ckv_shape, self.dtype), rt.empty(ckv_shape, self.dtype)
-            self.L.append(g)
+            def norm(ln):
+                return (up(ln.weight), up(ln.bias), float(ln.eps))
+
+            def linear(lin, bias_dtype=np.float32):
+                return (upw(lin.weight), None if lin.bias is None else rt.upload(f32(lin.bias).astype(bias_dtype)))
+
+            kv_shape, ckv_shape = (self.NH, self.self_len, self.DH), (self.NH, self.cross_len, self.DH)
+            self.layers.append(LayerWeights(
+                attn_ln=norm(l.attn_ln), cross_ln=norm(l.cross_attn_ln), mlp_ln=norm(l.mlp_ln),
+                qkv=linear(l.attn.qkv), out=linear(l.attn.out), cross_q=linear(l.cross_attn.q),
+                cross_kv=linear(l.cross_attn.kv, self.dtype), cross_out=linear(l.cross_attn.out),
+                fc1=linear(l.mlp[0]), fc2=linear(l.mlp[2]),
+                k_cache=rt.empty(kv_shape, self.dtype), v_cache=rt.empty(kv_shape, self.dtype),
+                cross_k=rt.empty(ckv_shape, self.dtype), cross_v=rt.empty(ckv_shape, self.dtype)))
         self.tables_buf = upw(self.tables)
         self.dummy_w = rt.empty((64,), self.dtype)  # bound where a WT buffer is unused
         self.pos_buf = upw(pos_emb) if pos_emb is not None else self.dummy_w
@@ -216,12 +218,12 @@ class ResidentDecoder:
         last_n = head[-1].w.shape[0]
         self.logits = self._head_out[-1]
         self.n_logits = last_n
-        self._maps = [rt.device.create_buffer(size=max(16, -(-4 * last_n // 16) * 16), usage=_MAP_READ)
+        self._maps = [rt.device.create_buffer(size=max(16, -(-4 * last_n // 16) * 16), usage=MAP_READ)
                       for _ in range(2)]
         self.prerecord = bool(prerecord)
         self._next: dict = {}  # position -> its pre-recorded command buffer
         self.dispatches_per_step = len(self.plan)
-        self.raw_calls = _raw_calls()
+        self.raw_calls = raw_pass_calls()
         try:
             self._raw_plan = [(p._internal, b._internal, g) for p, b, g in self.plan]
         except AttributeError:
@@ -234,22 +236,14 @@ class ResidentDecoder:
         self.wait_seconds = 0.0    # host time waiting for the logits (GPU time not hidden by recording)
 
     # ------------------------------------------------------------ building
-    def _uniform(self, values, fmt):
-        packed = np.zeros(-(-len(values) // 4) * 4, np.uint32)
-        for i, (c, v) in enumerate(zip(fmt, values)):
-            packed[i] = np.float32(v).view(np.uint32) if c == "f" else np.uint32(int(v))
-        buf = self.rt.device.create_buffer(size=max(16, packed.nbytes), usage=_UNIFORM)
-        self.rt.queue.write_buffer(buf, 0, packed)
+    def _uniform(self, layout, **values):
+        buf = self.rt.uniform_buffer(layout, **values)
         self._keep.append(buf)
         return buf
 
     def _bind(self, pipe, resources):
-        entries = []
-        for i, r in enumerate(resources):
-            b = r.buffer if isinstance(r, GpuArray) else r
-            entries.append({"binding": i, "resource": {"buffer": b, "offset": 0, "size": b.size}})
         self._keep.append(resources)
-        return self.rt.device.create_bind_group(layout=pipe.get_bind_group_layout(0), entries=entries)
+        return self.rt.new_bind_group(pipe, resources)
 
     def _gemv(self, x, w, b, out, N, K, *, ln=None, gelu=False, resid=False, combine=None, group=0):
         """Plan one gemv: out[N] (+)= act(xin @ w^T + b); combine = (n_split or 0, maxs)."""
@@ -264,10 +258,10 @@ class ResidentDecoder:
                                  f"gemv's workgroup memory: use a larger split")
             consts.update(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1],
                           G_CW=self.NH * combine[1])
-        pipe = _pipeline(self.rt, "gemv", consts, self.wt)
+        pipe = _pipeline(self.rt, "gemv", consts, self.wt, self.subgroups)
         groups = -(-N // GEMV_ROWS)
         eps = ln[2] if ln is not None else 0.0
-        uni = self._uniform([N, K, K // 4, groups, eps], "IIIIf")
+        uni = self._uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups, eps=eps)
         gam, bet = (ln[0], ln[1]) if ln is not None else (self.dummy, self.dummy)
         bg = self._bind(pipe, [self.step_buf, x, w, w, b if b is not None else self.dummy, gam, bet, out, uni])
         self.plan.append((pipe, bg, self.rt.grid(groups)))
@@ -276,7 +270,8 @@ class ResidentDecoder:
     def _attn(self, src, kc, vc, part, L, maxs, self_attn):
         consts = {"DH": self.DH, "CH": self.ch, "SELF": self_attn, "ROPE": self.rope}
         pipe = _pipeline(self.rt, "attn", consts, self.wt)
-        uni = self._uniform([self.NH, L, self.W, maxs, maxs, self.P, 1.0 / math.sqrt(self.DH)], "IIIIIIf")
+        uni = self._uniform(ATTN_PARAMS, NH=self.NH, L=L, W=self.W, MAXS=maxs, nsplit=maxs, P=self.P,
+                            scale=1.0 / math.sqrt(self.DH))
         bg = self._bind(pipe, [self.step_buf, src, kc, vc, self.rope_buf, part, uni])
         self.plan.append((pipe, bg, None if self_attn else self.rt.grid(self.NH * maxs)))
         self.labels.append("attn self" if self_attn else "attn cross")
@@ -285,21 +280,21 @@ class ResidentDecoder:
         W, rt = self.W, self.rt
         flags = (1 if self.P_pos else 0) | (2 if self.extra is not None else 0)
         pipe = _pipeline(rt, "embed", None, self.wt)
-        uni = self._uniform([W, self.V, self.NQ, flags], "IIII")
+        uni = self._uniform(EMBED_PARAMS, W=W, V=self.V, NQ=self.NQ, flags=flags)
         bg = self._bind(pipe, [self.step_buf, self.tables_buf, self.pos_buf,
                                self.extra if self.extra is not None else self.dummy, self.x, uni])
         self.plan.append((pipe, bg, (-(-W // 256), 1, 1)))
         self.labels.append("embed")
         ffn = self.h.shape[0]
-        for g in self.L:
-            self._gemv(self.x, *g["qkv"], self.qkv, 3 * W, W, ln=g["attn_ln"])
-            self._attn(self.qkv, g["kc"], g["vc"], self.part_s, self.self_len, self.maxs_self, True)
-            self._gemv(self.part_s, *g["out"], self.x, W, W, resid=True, combine=(0, self.maxs_self))
-            self._gemv(self.x, *g["cq"], self.qx, W, W, ln=g["cross_ln"])
-            self._attn(self.qx, g["ckc"], g["cvc"], self.part_c, self.cross_len, self.ns_cross, False)
-            self._gemv(self.part_c, *g["cout"], self.x, W, W, resid=True, combine=(self.ns_cross, self.ns_cross))
-            self._gemv(self.x, *g["fc1"], self.h, ffn, W, ln=g["mlp_ln"], gelu=True)
-            self._gemv(self.h, *g["fc2"], self.x, W, ffn, resid=True)
+        for g in self.layers:
+            self._gemv(self.x, *g.qkv, self.qkv, 3 * W, W, ln=g.attn_ln)
+            self._attn(self.qkv, g.k_cache, g.v_cache, self.part_s, self.self_len, self.maxs_self, True)
+            self._gemv(self.part_s, *g.out, self.x, W, W, resid=True, combine=(0, self.maxs_self))
+            self._gemv(self.x, *g.cross_q, self.qx, W, W, ln=g.cross_ln)
+            self._attn(self.qx, g.cross_k, g.cross_v, self.part_c, self.cross_len, self.ns_cross, False)
+            self._gemv(self.part_c, *g.cross_out, self.x, W, W, resid=True, combine=(self.ns_cross, self.ns_cross))
+            self._gemv(self.x, *g.fc1, self.h, ffn, W, ln=g.mlp_ln, gelu=True)
+            self._gemv(self.h, *g.fc2, self.x, W, ffn, resid=True)
         self._head_out = []
         src = self.x
         for st, w, b, ln in self.head_w:
@@ -319,7 +314,7 @@ class ResidentDecoder:
         (tiled matmul + heads.wgsl's split with RoPE on the keys), and the per-chunk extra vector.
         xenc: a GpuArray of self.dtype (the resident encoder's output: nothing leaves the GPU) or
         a CPU array/tensor (uploaded). Joins an open recorder, else submits once."""
-        from .ops import linear
+        from ..ops import linear
 
         rt, W = self.rt, self.W
         if isinstance(xenc, GpuArray):
@@ -328,22 +323,22 @@ class ResidentDecoder:
                                  f"({self.cross_len}, {W})")
             gx = xenc
         else:
-            xe = _np(xenc).reshape(-1, W)
+            xe = f32(xenc).reshape(-1, W)
             if xe.shape[0] != self.cross_len:
                 raise ValueError(f"encoder output has {xe.shape[0]} positions, the cross caches {self.cross_len}")
             gx = rt.upload(xe.astype(self.dtype))  # ops.linear takes one dtype; it accumulates in f32
         if extra is not None:
             if self.extra is None:
                 raise ValueError("this decoder takes no per-chunk extra vector")
-            rt.write(self.extra, _np(extra).reshape(W))
+            rt.write(self.extra, f32(extra).reshape(W))
         pipe = rt.pipeline("heads", "split", {"DH": self.DH, "NP": 2, "ROPE_PARTS": int(self.rope)},
                            aliases={"S": self.wt, "D": self.wt})
         n = self.cross_len * W
-        uni = rt.uniform(self.NH, self.cross_len, W, self.P, self.ksub, n, 0, 0)
+        uni = rt.uniform(SPLIT_PARAMS, NH=self.NH, L=self.cross_len, W=W, P=self.P, KSUB=self.ksub, n=n)
         with rt.recorder("wsvk.resident.cross") as rec:
-            for g in self.L:
-                kv = linear(gx, *g["ckv"])  # [cross_len, 2W] (tiled kernel)
-                rec.dispatch(pipe, [kv, g["ckc"], g["cvc"], self.dummy_w, self.rope_buf, uni],
+            for g in self.layers:
+                kv = linear(gx, *g.cross_kv)  # [cross_len, 2W] (tiled kernel)
+                rec.dispatch(pipe, [kv, g.cross_k, g.cross_v, self.dummy_w, self.rope_buf, uni],
                              rt.grid(-(-n // 256)), "cross kv")
 
     # ------------------------------------------------------------ per step

@@ -24,17 +24,19 @@ import weakref
 
 import numpy as np
 
-from ..runtime import GpuArray, Runtime
-from ._common import runtime
+from ..gpu import GpuArray, Layout, Runtime
+from .common import runtime
 
 __all__ = ["fft", "ifft", "rfft", "irfft"]
 
 _MAX_STAGES = 16  # size of Params.st in the shader
 _MAX_REGS = 32  # butterfly outputs one thread may hold across a barrier in fft_row
 _MAX_WG = 256  # threads per workgroup in fft_row
-_FORCE_GLOBAL = False  # tests set it to run the global-memory path on short rows
+PATHS = ("workgroup", "global")  # one dispatch per row (fits workgroup memory) or one per stage
 
 # in_kind / out_kind / flags of shaders/fft.wgsl
+PARAMS = Layout(f"n nl m istride no ostride rows in_kind out_kind flags scale:f nstages chirp_off filt_off rtw_off "
+                f"_pad st[{4 * _MAX_STAGES}]")
 _IN_REAL, _IN_COMPLEX, _IN_PAIRS, _IN_HALF, _IN_HERM = range(5)
 _OUT_COMPLEX, _OUT_REAL, _OUT_RFFT, _OUT_BLUE_MID = range(4)
 _CONJ_IN, _CONJ_OUT, _CHIRP_IN, _CHIRP_OUT = 1, 2, 4, 8
@@ -150,9 +152,9 @@ def _params(rt, plan, rows, *, nl, m, istride, in_kind, no, ostride, out_kind, f
     """The shader's Params uniform; `stages` fills st[] (all of them for fft_row, one for fft_stage)."""
     st = [v for s in stages for v in (s[0], s[1], s[2], 0)]
     st += [0] * (4 * _MAX_STAGES - len(st))
-    values = [plan.M, nl, m, istride, no, ostride, rows, in_kind, out_kind, flags,
-              float(scale), len(stages), plan.chirp_off, plan.filt_off, plan.rtw_off, 0] + st
-    return rt.uniform(*values, fmt="I" * 10 + "f" + "I" * (5 + 4 * _MAX_STAGES))
+    return rt.uniform(PARAMS, n=plan.M, nl=nl, m=m, istride=istride, no=no, ostride=ostride, rows=rows,
+                      in_kind=in_kind, out_kind=out_kind, flags=flags, scale=scale, nstages=len(stages),
+                      chirp_off=plan.chirp_off, filt_off=plan.filt_off, rtw_off=plan.rtw_off, _pad=0, st=st)
 
 
 def _one_aliases(m: int = 1, regs: int = 1) -> dict:
@@ -160,8 +162,11 @@ def _one_aliases(m: int = 1, regs: int = 1) -> dict:
 
 
 def _execute(rt, plan: _Plan, src: GpuArray, out: GpuArray, rows: int, *, m, istride, in_kind,
-             no, ostride, out_kind, conj_in=False, conj_out=False, scale=1.0):
-    """Transform `rows` rows of src into out (one submit)."""
+             no, ostride, out_kind, conj_in=False, conj_out=False, scale=1.0, path=None):
+    """Transform `rows` rows of src into out (one submit); path "global" forces one dispatch per
+    stage on rows that would fit a workgroup."""
+    if path is not None and path not in PATHS:
+        raise ValueError(f"fft: path must be one of {PATHS}, got {path!r}")
     M = plan.M
     scale = scale / M if plan.blue else scale
     flags_in = (_CONJ_IN if conj_in else 0) | (_CHIRP_IN if plan.blue else 0)
@@ -172,7 +177,7 @@ def _execute(rt, plan: _Plan, src: GpuArray, out: GpuArray, rows: int, *, m, ist
     inner_out = dict(no=M, ostride=2 * M, out_kind=_OUT_COMPLEX)
 
     with rt.recorder("fft") as rec:
-        if plan.wg is not None and (not _FORCE_GLOBAL or not plan.stages):
+        if plan.wg is not None and (path != "global" or not plan.stages):
             threads, regs, row = plan.wg
             pipe = rt.pipeline("fft", "fft_row", constants={"WG": threads}, aliases=_one_aliases(row, regs))
             u = _params(rt, plan, rows, **load, **store, flags=flags_in | flags_out, scale=scale,
@@ -291,7 +296,7 @@ def _complex_result(out: GpuArray, gpu_face: bool):
 # ---------------------------------------------------------------- public functions
 
 
-def _c2c(name: str, x, n, inverse: bool):
+def _c2c(name: str, x, n, inverse: bool, path):
     g, cplx, batch, m_in, istride, gpu_face = _input(name, x, "any")
     n = _length(name, n, m_in)
     rt = runtime()
@@ -300,25 +305,26 @@ def _c2c(name: str, x, n, inverse: bool):
     out = _alloc(name, rt, plan, batch + (n, 2), rows)
     _execute(rt, plan, g, out, rows, m=min(m_in, n), istride=istride,
              in_kind=_IN_COMPLEX if cplx else _IN_REAL, no=n, ostride=2 * n, out_kind=_OUT_COMPLEX,
-             conj_in=inverse, conj_out=inverse, scale=1.0 / n if inverse else 1.0)
+             conj_in=inverse, conj_out=inverse, scale=1.0 / n if inverse else 1.0, path=path)
     return _complex_result(out, gpu_face)
 
 
-def fft(x, n=None):
+def fft(x, n=None, *, path: str | None = None):
     """Discrete Fourier transform along the last axis (numpy.fft.fft, norm="backward").
 
     x: (..., m) real or complex numpy, or GpuArray (..., m, 2). n crops or zero-pads rows to n.
-    Returns complex64 (..., n), or GpuArray (..., n, 2) for a GpuArray input.
+    Returns complex64 (..., n), or GpuArray (..., n, 2) for a GpuArray input. path: None (by
+    length) or one of PATHS ("global" forces one dispatch per stage); rfft/irfft take it too.
     """
-    return _c2c("fft", x, n, inverse=False)
+    return _c2c("fft", x, n, False, path)
 
 
-def ifft(x, n=None):
+def ifft(x, n=None, *, path: str | None = None):
     """Inverse DFT along the last axis, scaled by 1/n (numpy.fft.ifft). Shapes as fft."""
-    return _c2c("ifft", x, n, inverse=True)
+    return _c2c("ifft", x, n, True, path)
 
 
-def rfft(x, n=None):
+def rfft(x, n=None, *, path: str | None = None):
     """DFT of real rows (numpy.fft.rfft): (..., m) real -> complex64 (..., n//2 + 1).
 
     GpuArray face: float32 (..., m) -> GpuArray (..., n//2 + 1, 2). Complex input: TypeError.
@@ -332,14 +338,14 @@ def rfft(x, n=None):
     out = _alloc("rfft", rt, plan, batch + (no, 2), rows)
     if n % 2 == 0:  # half-length complex transform of (x[2k], x[2k+1]) plus the post-pass
         _execute(rt, plan, g, out, rows, m=min(m_in, n), istride=istride, in_kind=_IN_PAIRS,
-                 no=no, ostride=2 * no, out_kind=_OUT_RFFT)
+                 no=no, ostride=2 * no, out_kind=_OUT_RFFT, path=path)
     else:
         _execute(rt, plan, g, out, rows, m=min(m_in, n), istride=istride, in_kind=_IN_REAL,
-                 no=no, ostride=2 * no, out_kind=_OUT_COMPLEX)
+                 no=no, ostride=2 * no, out_kind=_OUT_COMPLEX, path=path)
     return _complex_result(out, gpu_face)
 
 
-def irfft(x, n=None):
+def irfft(x, n=None, *, path: str | None = None):
     """Inverse of rfft (numpy.fft.irfft): (..., m) complex -> float32 (..., n), n = 2(m-1) by default.
 
     Only the first n//2 + 1 bins are used (zero-padded if fewer); the imaginary parts of the
@@ -357,8 +363,8 @@ def irfft(x, n=None):
     if n % 2 == 0:  # z = x[0::2] + i x[1::2] from the half-length inverse; written as n reals
         h = n // 2
         _execute(rt, plan, g, out, rows, m=min(m_in, h + 1), istride=istride, in_kind=_IN_HALF,
-                 no=h, ostride=n, out_kind=_OUT_COMPLEX, conj_in=True, conj_out=True, scale=1.0 / n)
+                 no=h, ostride=n, out_kind=_OUT_COMPLEX, conj_in=True, conj_out=True, scale=1.0 / n, path=path)
     else:
         _execute(rt, plan, g, out, rows, m=min(m_in, n // 2 + 1), istride=istride, in_kind=_IN_HERM,
-                 no=n, ostride=n, out_kind=_OUT_REAL, conj_in=True, conj_out=True, scale=1.0 / n)
+                 no=n, ostride=n, out_kind=_OUT_REAL, conj_in=True, conj_out=True, scale=1.0 / n, path=path)
     return out if gpu_face else out.numpy()

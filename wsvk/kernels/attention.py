@@ -12,8 +12,8 @@ import numbers
 
 import numpy as np
 
-from ..runtime import GpuArray
-from ._common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
+from ..gpu import GpuArray, Layout
+from .common import alias, as_array, common_dtype, finish, on_gpu, runtime, to_gpu
 
 MAX_HEAD_DIM = 128
 WG_STORAGE_BUDGET = 16384  # WebGPU's default workgroup-memory limit: fits any adapter
@@ -23,6 +23,8 @@ DECODE_TARGET_GROUPS = 128  # split the keys until this many workgroups are busy
 # prefill tiles (BQ queries, BK keys, TPQ threads per query), best first; the first one
 # whose workgroup memory fits is taken (D = Dv = 64 -> 16 x 16, D = 128 -> 8 x 8)
 PREFILL_TILES = ((32, 32, 4), (16, 32, 4), (16, 16, 4), (8, 16, 8), (8, 8, 8))
+PATHS = ("prefill", "decode")  # the kernel variants; None picks by the number of queries
+PARAMS = Layout("h lq lk n_groups causal has_mask scale:f n_split m_sb m_sh m_si m_sj")
 
 
 def _prefill_tile(d: int, dv: int, limit: int) -> tuple[int, int, int]:
@@ -81,7 +83,7 @@ def _mask_view(mask, target: tuple) -> tuple:
     return arr, dt, tuple(reversed(strides))
 
 
-def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = None):
+def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = None, *, path: str | None = None):
     """softmax(q k^T * scale + mask) v, as torch.nn.functional.scaled_dot_product_attention.
 
     q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, Dv] (D, Dv <= 128) -> [B, H, Lq, Dv].
@@ -90,12 +92,8 @@ def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = No
     j <= i (top-left aligned, also when Lq != Lk); not allowed together with `mask`.
     `scale` defaults to 1/sqrt(D). Rows with every key masked give 0, as torch 2.11 CPU.
     float32 (float64 numpy is taken as float32) or float16 with shader-f16 (f32 math).
+    path: the kernel, "prefill" or "decode" (None: decode for at most DECODE_MAX_LQ queries).
     """
-    return _attention(q, k, v, mask, causal, scale)
-
-
-def _attention(q, k, v, mask=None, causal=False, scale=None, path: str | None = None):
-    """`attention` with the kernel choice exposed (`path` = "prefill" / "decode") for tests."""
     q, k, v = as_array(q), as_array(k), as_array(v)
     mask = None if mask is None else as_array(mask)
     for name, x in (("q", q), ("k", k), ("v", v)):
@@ -118,7 +116,7 @@ def _attention(q, k, v, mask=None, causal=False, scale=None, path: str | None = 
         scale = 1.0 / math.sqrt(d)
     elif isinstance(scale, (bool, np.bool_)) or not isinstance(scale, numbers.Real):
         raise TypeError(f"attention: scale must be a real number, got {type(scale).__name__}")
-    if path not in (None, "prefill", "decode"):
+    if path is not None and path not in PATHS:
         raise ValueError(f"attention: unknown path {path!r}")
     dt = common_dtype(q=q, k=k, v=v)
     target = (bsz, heads, lq, lk)
@@ -143,11 +141,12 @@ def _attention(q, k, v, mask=None, causal=False, scale=None, path: str | None = 
         path = "decode" if lq <= DECODE_MAX_LQ else "prefill"
 
     def params(n_groups, n_split):
-        return rt.uniform(heads, lq, lk, n_groups, int(bool(causal)), int(mask is not None), float(scale),
-                          n_split, *mstr)
+        return rt.uniform(PARAMS, h=heads, lq=lq, lk=lk, n_groups=n_groups, causal=bool(causal),
+                          has_mask=mask is not None, scale=scale, n_split=n_split, m_sb=mstr[0], m_sh=mstr[1],
+                          m_si=mstr[2], m_sj=mstr[3])
 
     if path == "prefill":
-        limit = min(WG_STORAGE_BUDGET, int(rt.limits.get("max-compute-workgroup-storage-size", WG_STORAGE_BUDGET)))
+        limit = min(WG_STORAGE_BUDGET, rt.workgroup_bytes)
         bq, bk, tpq = _prefill_tile(d, dv, limit)
         n_groups = bsz * heads * -(-lq // bq)
         pipe = rt.pipeline("attention", "prefill", constants={"D": d, "DV": dv, "BQ": bq, "BK": bk, "TPQ": tpq},

@@ -1,0 +1,64 @@
+"""Every WSVK_* setting, read and validated in one place (a bad value raises ConfigError naming
+the valid ones). Read at the moment of use, so tests and long-lived processes see changes."""
+
+from __future__ import annotations
+
+import os
+
+from .errors import ConfigError
+
+BACKENDS = ("auto", "wgpu", "cpu")
+LIMITS = ("adapter", "default")
+PRECISIONS = ("auto", "f32", "f16")
+
+
+def _choice(name: str, valid: tuple[str, ...], default: str) -> str:
+    raw = os.environ.get(name, default)
+    value = raw.strip().lower() or default
+    if value not in valid:
+        raise ConfigError(f"{name}={raw!r} is not valid; use one of: {', '.join(valid)}")
+    return value
+
+
+def _count(name: str, default: int | None) -> int | None:
+    raw = os.environ.get(name, "").strip()
+    if not raw:
+        return default
+    if not raw.isdigit():
+        raise ConfigError(f"{name}={raw!r} is not a non-negative integer")
+    return int(raw)
+
+
+def backend() -> str:
+    """WSVK_BACKEND: auto (default), wgpu or cpu."""
+    return _choice("WSVK_BACKEND", BACKENDS, "auto")
+
+
+def adapter() -> str:
+    """WSVK_ADAPTER: an index from `python -m wsvk info`, part of a name, or '' (the best one)."""
+    return os.environ.get("WSVK_ADAPTER", "").strip()
+
+
+def limits() -> str:
+    """WSVK_LIMITS: adapter (its own limits and optional features, default) or default (WebGPU's)."""
+    return _choice("WSVK_LIMITS", LIMITS, "adapter")
+
+
+def precision() -> str:
+    """WSVK_PRECISION: auto (f16 storage where the adapter has shader-f16), f32 or f16."""
+    return _choice("WSVK_PRECISION", PRECISIONS, "auto")
+
+
+def min_work() -> int:
+    """WSVK_MIN_WORK: the op router keeps calls with fewer multiply-adds on the CPU (default 0)."""
+    return _count("WSVK_MIN_WORK", 0)
+
+
+def fault_after() -> int | None:
+    """WSVK_FAULT_AFTER=N: the (N+1)-th submit fails as a lost device would (fault-path tests)."""
+    return _count("WSVK_FAULT_AFTER", None)
+
+
+def summary() -> dict[str, str | None]:
+    """The raw values of the settings `python -m wsvk info` shows."""
+    return {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION")}

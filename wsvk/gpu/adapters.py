@@ -1,0 +1,91 @@
+"""Adapter choice: which of wgpu's adapters wsvk uses (WSVK_BACKEND, WSVK_ADAPTER)."""
+
+from __future__ import annotations
+
+from .. import config
+from ..errors import ConfigError, NoAdapterError
+
+FEATURES = ("shader-f16", "subgroup", "timestamp-query")  # the optional features wsvk uses
+NO_ADAPTER_HINT = ("install a Vulkan/Metal/D3D12 driver (on Debian/Ubuntu without a GPU: "
+                   "apt-get install mesa-vulkan-drivers) or set WSVK_BACKEND=cpu")
+
+
+def list_adapters() -> list:
+    """Every adapter wgpu finds, in its own order (the indices WSVK_ADAPTER takes)."""
+    try:
+        import wgpu
+    except ImportError as e:  # pragma: no cover - wgpu is a hard dependency
+        raise NoAdapterError(f"the wgpu package is not importable ({e}); pip install 'wgpu==0.32.*'") from e
+    try:
+        return list(wgpu.gpu.enumerate_adapters_sync())
+    except Exception:  # no loader / no driver: wgpu-native raises rather than returning []
+        return []
+
+
+def adapter_summary(adapter) -> dict:
+    info = adapter.info
+    return {
+        "name": info.get("device") or info.get("description") or "?",
+        "backend": info.get("backend_type", "?"),
+        "type": info.get("adapter_type", "?"),
+        **{f: f in adapter.features for f in FEATURES},
+        "max_storage_binding": int(adapter.limits["max-storage-buffer-binding-size"]),
+    }
+
+
+def preference(adapter) -> tuple:
+    """Sort key, best first: not OpenGL, then discrete > integrated > virtual > unknown > CPU."""
+    info = adapter.info
+    kind = {"DiscreteGPU": 0, "IntegratedGPU": 1, "VirtualGPU": 2, "Unknown": 3, "CPU": 4}
+    gl = info.get("backend_type") == "OpenGL"  # wgpu lists GL twins of Vulkan adapters: last resort
+    return (gl, kind.get(info.get("adapter_type"), 3))
+
+
+def _is_software(adapter) -> bool:
+    return adapter_summary(adapter)["type"] == "CPU"
+
+
+def select_adapter(adapters: list | None = None):
+    """The adapter WSVK_BACKEND/WSVK_ADAPTER select for models, or None for CPU torch.
+
+    `auto` never picks a software rasterizer (CPU torch is faster than lavapipe). Raises
+    ConfigError on bad values and NoAdapterError when wgpu is forced but nothing matches.
+    """
+    backend, wanted = config.backend(), config.adapter()
+    if backend == "cpu":
+        return None
+    adapters = list_adapters() if adapters is None else adapters
+    if wanted:
+        if wanted.isdigit():
+            idx = int(wanted)
+            if idx >= len(adapters):
+                raise ConfigError(
+                    f"WSVK_ADAPTER={wanted} but there are {len(adapters)} adapters (run `python -m wsvk info`)")
+            chosen = adapters[idx]
+        else:
+            matches = [a for a in adapters if wanted.lower() in adapter_summary(a)["name"].lower()]
+            if not matches:
+                names = ", ".join(sorted({adapter_summary(a)["name"] for a in adapters})) or "none"
+                raise ConfigError(f"WSVK_ADAPTER={wanted!r} matches no adapter (found: {names})")
+            chosen = min(matches, key=preference)
+        return chosen if backend == "wgpu" or not _is_software(chosen) else None
+    if not adapters:
+        if backend == "wgpu":
+            raise NoAdapterError(f"WSVK_BACKEND=wgpu but wgpu found no GPU adapter: {NO_ADAPTER_HINT}")
+        return None
+    chosen = min(adapters, key=preference)
+    return None if backend == "auto" and _is_software(chosen) else chosen
+
+
+def adapter_for_kernels():
+    """The adapter the kernels run on: the selected one, else (under auto) the best one wgpu
+    has, software included (the kernels were asked for explicitly: a software adapter beats
+    none). Raises NoAdapterError under WSVK_BACKEND=cpu or when wgpu finds nothing."""
+    adapter = select_adapter()
+    if adapter is None and config.backend() == "auto":
+        adapters = list_adapters()
+        adapter = min(adapters, key=preference) if adapters else None
+    if adapter is None:
+        raise NoAdapterError("the GPU kernels are disabled by WSVK_BACKEND=cpu" if config.backend() == "cpu"
+                             else f"wgpu found no GPU adapter: {NO_ADAPTER_HINT}")
+    return adapter

@@ -1,0 +1,290 @@
+"""The command line behind synth.py: text to speech into an audio file.
+
+Exit codes: 0 done, 2 bad input (one `error:` line, nothing written), 1 run-time failure.
+Heavy imports (torch, whisperspeech) wait until the cheap checks have passed.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import sys
+import tempfile
+import time
+
+EXIT_BAD_INPUT = 2
+EXIT_FAILURE = 1
+SIZES = ("tiny", "base", "small", "medium")  # = models.RANDOM_SIZES (not imported: --help stays fast)
+
+
+class BadInput(Exception):
+    """Raised for bad arguments before any model work; printed as one `error:` line, exit 2."""
+
+
+class _Parser(argparse.ArgumentParser):
+    def error(self, message):  # one line, exit 2 (argparse prints usage + a prefixed line)
+        raise BadInput(message)
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = _Parser(prog="synth.py", description="Speak TEXT with WhisperSpeech and write a 24 kHz mono WAV. "
+                "The backend comes from WSVK_BACKEND (auto, wgpu or cpu).")
+    p.add_argument("text", nargs="?", help="the text to speak; '-' reads it from stdin")
+    p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="the WAV file to write")
+    p.add_argument("--text-file", metavar="F", help="read the text from a UTF-8 file instead")
+    p.add_argument("--lang", default="en", help="language code of the text (default en)")
+    p.add_argument("--cps", type=float, default=15.0, help="speaking rate in characters per second (default 15)")
+    p.add_argument("--speaker", metavar="WAV", help="clone the voice in this audio file (first 30 s)")
+    p.add_argument("--t2s", metavar="REF", help="T2S model: a file or owner/repo:file on Hugging Face")
+    p.add_argument("--s2a", metavar="REF", help="S2A model: a file or owner/repo:file on Hugging Face")
+    p.add_argument("--vocoder", metavar="REF", help="Vocos: a folder (config.yaml + pytorch_model.bin) or a repo id")
+    p.add_argument("--speaker-model", metavar="REF",
+                   help="ECAPA speaker encoder: a folder (hyperparams.yaml + embedding_model.ckpt) or a repo id")
+    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same speech on every backend")
+    p.add_argument("--random-weights", choices=SIZES, metavar="{tiny,base,small,medium}",
+                   help="random models of this size for the parts not given (offline test; the output is noise)")
+    p.add_argument("--no-resident", action="store_true",
+                   help="route every op through the op router instead of the resident GPU decoder/vocoder")
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the router's per-op GPU/CPU table and the resident modules' counters")
+    return p
+
+
+# ---------------------------------------------------------------- cheap checks (no torch)
+
+
+def read_text(args) -> str:
+    if args.text is not None and args.text_file is not None:
+        raise BadInput("give TEXT or --text-file, not both")
+    if args.text_file is not None:
+        try:
+            with open(args.text_file, encoding="utf-8") as f:
+                text = f.read()
+        except FileNotFoundError:
+            raise BadInput(f"text file not found: {args.text_file}") from None
+        except (OSError, UnicodeDecodeError) as e:
+            raise BadInput(f"cannot read text file {args.text_file}: {e}") from None
+    elif args.text == "-":
+        try:
+            text = sys.stdin.read()
+        except UnicodeDecodeError as e:
+            raise BadInput(f"stdin is not UTF-8 text: {e}") from None
+    elif args.text is not None:
+        text = args.text
+    else:
+        raise BadInput("no text: give TEXT, '-' for stdin, or --text-file F")
+    if not text.strip():
+        raise BadInput("the text is empty")
+    return text
+
+
+def check_output(path: str) -> str:
+    """Fail now, before any synthesis, when OUT cannot be written."""
+    out = os.path.abspath(path)
+    folder = os.path.dirname(out)
+    if os.path.isdir(out):
+        raise BadInput(f"output {path} is a directory")
+    if not os.path.isdir(folder):
+        raise BadInput(f"output folder does not exist: {folder}")
+    try:  # os.access misjudges some mounts and root; a real temp file does not
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".synth-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise BadInput(f"cannot write to {folder}: {e.strerror or e}") from None
+    if os.path.exists(out) and not os.access(out, os.W_OK):
+        raise BadInput(f"output {path} exists and is not writable")
+    return out
+
+
+def cheap_checks(args):
+    """Everything that needs no model: text, rate, language, backend, output, local files."""
+    from .. import config
+    from .models import resolve_file, resolve_folder
+    from .pipeline import check_language
+
+    text = read_text(args)
+    if not args.cps > 0 or args.cps != args.cps or args.cps == float("inf"):
+        raise BadInput(f"--cps must be a positive number, got {args.cps}")
+    lang = check_language(args.lang)
+    config.backend()  # raises ConfigError for a bad WSVK_BACKEND
+    out = check_output(args.output)
+    if args.speaker is not None:
+        from .speaker import check_speaker_file
+
+        check_speaker_file(args.speaker)
+    # local model paths are checked here; Hugging Face references when loading
+    for ref, what in ((args.t2s, "T2S model"), (args.s2a, "S2A model")):
+        if ref and (os.path.exists(ref) or ":" not in ref or ref.startswith(("/", ".", "~"))):
+            resolve_file(ref, what, f"pass --{what[:3].lower()} PATH")
+    for ref, files, what in ((args.vocoder, ("config.yaml", "pytorch_model.bin"), "vocoder"),
+                             (args.speaker_model, ("hyperparams.yaml", "embedding_model.ckpt"), "speaker model")):
+        if ref and (os.path.exists(ref) or ref.startswith(("/", ".", "~"))):
+            resolve_folder(ref, files, what, "check the path")
+    return text, lang, out
+
+
+# ---------------------------------------------------------------- progress
+
+
+class ConsoleProgress:
+    """A redrawn bar on a terminal; one line per finished stage otherwise."""
+
+    def __init__(self, stream=sys.stderr):
+        self.stream = stream
+        self.tty = stream.isatty()
+        self.stage = None
+        self.total = None
+        self.done = 0
+        self.label = ""
+        self.last_draw = 0.0
+
+    def stage_start(self, stage, chunk, n_chunks, total_steps):
+        self.stage, self.total, self.done = stage, total_steps, 0
+        self.label = stage + (f" chunk {chunk + 1}/{n_chunks}" if n_chunks > 1 else "")
+        self._draw(force=True)
+
+    def step(self, stage):
+        self.done += 1
+        self._draw()
+
+    def stage_end(self, stage, chunk, n_chunks, seconds):
+        steps = f", {self.done} steps" if self.total and self.total > 1 else ""
+        self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self.label}: {seconds:.2f} s{steps}\n")
+        self.stream.flush()
+
+    def _draw(self, force=False):
+        if not self.tty:
+            return
+        now = time.monotonic()
+        if not force and now - self.last_draw < 0.1:
+            return
+        self.last_draw = now
+        if self.total:
+            frac = min(1.0, self.done / self.total)
+            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+            self.stream.write(f"\r\x1b[K{self.label} [{bar}] {self.done}/{self.total} (max)")
+        else:
+            self.stream.write(f"\r\x1b[K{self.label} ...")
+        self.stream.flush()
+
+
+def note(msg: str) -> None:
+    sys.stderr.write(msg + "\n")
+    sys.stderr.flush()
+
+
+# ---------------------------------------------------------------- main
+
+
+def write_wav(out: str, audio, rate: int) -> None:
+    """Write to a temporary file beside OUT, then rename: a failed run leaves nothing behind."""
+    import numpy as np
+    import soundfile as sf
+
+    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".synth-", suffix=".wav")
+    os.close(fd)
+    try:
+        sf.write(tmp, np.clip(audio, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
+        os.replace(tmp, out)
+    except BaseException:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
+        raise
+
+
+def run(args) -> int:
+    text, lang, out = cheap_checks(args)
+
+    import warnings
+
+    warnings.filterwarnings("ignore", category=FutureWarning)  # torch's weight_norm notice from encodec
+    warnings.filterwarnings("ignore", message="wsvk:")  # GPU faults: reported once, below
+    from ..router import active_backend
+    from .pipeline import SAMPLE_RATE, STAGES, load_pipeline
+    from .speaker import read_voice
+
+    backend, adapter = active_backend()
+    t0 = time.perf_counter()
+    pipe = load_pipeline(t2s=args.t2s, s2a=args.s2a, vocoder=args.vocoder, speaker_model=args.speaker_model,
+                         random_weights=args.random_weights, seed=args.seed, progress=ConsoleProgress(),
+                         resident=not args.no_resident)
+    speaker = None
+    if args.speaker is not None:
+        pipe.speaker_encoder()  # load it now: a bad speaker model fails before any synthesis
+        speaker = read_voice(args.speaker)  # and a bad voice file too
+    load_s = time.perf_counter() - t0
+    # stderr stays empty until here, so a bad input gets exactly one `error:` line
+    note(f"backend: {backend} ({adapter}); models loaded in {load_s:.1f} s")
+    if args.random_weights:
+        note(f"random {args.random_weights} weights: the output is noise, not speech")
+
+    t0 = time.perf_counter()
+    audio = pipe.generate(text, speaker=speaker, lang=lang, cps=args.cps, seed=args.seed)
+    synth_s = time.perf_counter() - t0
+    if audio.size == 0:
+        raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
+    write_wav(out, audio, SAMPLE_RATE)
+    faults = pipe.last.faults
+    if faults:  # the stage was finished on the CPU after a GPU failure: the audio is still complete
+        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
+
+    secs = pipe.last.seconds
+    audio_s = audio.size / SAMPLE_RATE
+    print(f"wrote {args.output}: {audio_s:.2f} s of audio, {SAMPLE_RATE} Hz mono"
+          + (" (random weights: noise)" if args.random_weights else ""))
+    print(f"backend   {backend}")
+    print(f"adapter   {adapter}")
+    print(f"chunks    {len(pipe.last.chunks)}")
+    print("seconds   " + ", ".join(f"{s} {secs[s]:.2f}" for s in STAGES if s != "speaker" or args.speaker)
+          + f", load {load_s:.2f}, total {synth_s:.2f}")
+    print(f"real-time factor {synth_s / audio_s:.2f} (synthesis time / audio time)")
+    if args.verbose:
+        for stage in STAGES:
+            if stage == "speaker" and not args.speaker:
+                continue
+            print(f"\nrouter, {stage}:\n{pipe.stage_stats[stage].table()}")
+        print(f"\nrouter, all stages:\n{pipe.stats.table()}")
+        for stage, mod in pipe.resident_modules().items():
+            print(f"\nresident {stage}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
+                                                      for k, v in mod.items()))
+    return 0
+
+
+def main(argv=None) -> int:
+    args = None
+    try:
+        args = build_parser().parse_args(argv)
+        return run(args)
+    except BadInput as e:
+        note(f"error: {e}")
+        return EXIT_BAD_INPUT
+    except KeyboardInterrupt:
+        note("error: interrupted")
+        return 130
+    except MemoryError:
+        note("error: out of memory (try a smaller model, shorter text or WSVK_BACKEND=cpu)")
+        return EXIT_FAILURE
+    except Exception as e:  # sorted by kind below; no traceback for anything a user can act on
+        return report(e, verbose=bool(args and args.verbose))
+
+
+def report(e: Exception, verbose: bool) -> int:
+    from ..errors import ConfigError, GpuError, WsvkError
+
+    msg = " ".join(str(e).split()) or type(e).__name__
+    if isinstance(e, (ConfigError, ValueError)) and isinstance(e, WsvkError):  # ConfigError, InputError
+        note(f"error: {msg}")
+        return EXIT_BAD_INPUT
+    if isinstance(e, GpuError):
+        note(f"error: GPU failure: {msg} (WSVK_BACKEND=cpu runs without the GPU)")
+        return EXIT_FAILURE
+    if isinstance(e, WsvkError):
+        note(f"error: {msg}")
+        return EXIT_FAILURE
+    if verbose:
+        import traceback
+
+        traceback.print_exc()
+    note(f"error: {type(e).__name__}: {msg}")
+    return EXIT_FAILURE
