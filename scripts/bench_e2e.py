@@ -2,6 +2,7 @@
 """End-to-end WhisperSpeech speed: wsvk's resident GPU path against torch CPU and torch CUDA.
 
     python scripts/bench_e2e.py --size small [--json OUT] [--steps 100] [--vocos-seconds 10]
+    python scripts/bench_e2e.py --batch 1,2,4,8,16 [--size small --s2a-size medium] [--json OUT]
 
 Builds random-weight models of whisperspeech's size presets (no download) and times, in one
 process and one run, for every backend available here:
@@ -15,6 +16,13 @@ process and one run, for every backend available here:
   time of one step by kind of dispatch (timestamps, where the adapter has timestamp-query).
 Backends: wsvk (WSVK_BACKEND/WSVK_ADAPTER pick the adapter), torch CPU (all threads), torch CUDA
 eager (where CUDA exists). Timings on a software adapter (lavapipe) mean nothing.
+
+--batch B1,B2,...: batched decode instead (defaults: T2S small, S2A medium, the released pair).
+For each B, B sequences share each decode step of a decoder with B slots: the step time, the
+aggregate tokens per second and the GPU time of one B-column step by kind of dispatch; then a
+10-chunk text (--long-chunks) through the pipeline, all chunks decoded together against one chunk at a time
+(slots=1), with its synthesis time and x real time; and torch CUDA eager's own batched
+generate (whisperspeech's bs=) as the same-run baseline where CUDA exists.
 """
 
 from __future__ import annotations
@@ -176,6 +184,91 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
     return out
 
 
+def long_text(chunks: int) -> str:
+    """About `chunks` T2S windows (549 bytes) of sentences: the pipeline splits it into that many."""
+    sentence = "This sentence, number {:03d}, is one of many in a long text that goes on and on for a while."
+    per_chunk = 549 // (len(sentence.format(0)) + 1)
+    return " ".join(sentence.format(i) for i in range(chunks * per_chunk))
+
+
+def bench_batch(args) -> dict:
+    """Per B: step ms, tokens/s and the GPU time of one step by kind, for T2S and S2A; then the
+    10-chunk text, batched against one chunk at a time; torch CUDA's bs=B where CUDA exists."""
+    from wsvk.gpu import get_runtime
+    from wsvk.resident import ResidentS2A, ResidentT2S
+    from wsvk.tts.pipeline import SAMPLE_RATE, Pipeline
+
+    rt = get_runtime()
+    t2s, s2a, vocos = models(args)
+    stoks, spk, _ = inputs(args, s2a)
+    out = {"adapter": f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})", "per_batch": {}}
+    for B in args.batch:
+        row = {}
+        for name, mod, make in (
+                ("t2s", ResidentT2S(t2s, slots=B),
+                 lambda m, g: m.sequence(TEXT, N=args.steps + 2, generator=g)),
+                ("s2a", ResidentS2A(s2a, slots=B),
+                 lambda m, g: m.sequence(stoks, spk, N=args.steps + 3, generator=g))):
+            mod.run([make(mod, torch.Generator().manual_seed(i)) for i in range(B)])  # warm-up
+            mod.reset_counters()
+            mod.run([make(mod, torch.Generator().manual_seed(i)) for i in range(B)])
+            c = mod.counters()
+            row[f"{name}_step_ms"] = 1e3 * c["step_s_per_step"]
+            row[f"{name}_tokens_per_s"] = c["columns_per_step"] / c["step_s_per_step"]
+            if rt.has_timestamps:
+                dec = mod.resident_decoder
+                cols = [(s, [0] * dec.NQ, min(args.steps, dec.self_len - 1)) for s in range(B)]
+                kinds = by_kind(dec.profile_step(None, 0, columns=cols))
+                row[f"{name}_gpu_ms_per_step"], row[f"{name}_gpu_ms_by_kernel"] = sum(kinds.values()), kinds
+        out["per_batch"][B] = row
+    for label, slots in (("batched", max(args.batch)), ("one_chunk_at_a_time", 1))[:2 if args.long_chunks else 0]:
+        pipe = Pipeline(t2s, s2a, vocos, random_weights=args.size, random_t2s=True, slots=slots)
+        pipe.generate("Warm up.", seed=1)
+        t0 = time.perf_counter()
+        audio = pipe.generate(long_text(args.long_chunks), seed=1)
+        secs = time.perf_counter() - t0
+        out[f"long_text_{label}"] = {"chunks": len(pipe.last.chunks), "seconds": secs,
+                                     "audio_seconds": audio.size / SAMPLE_RATE,
+                                     "realtime_x": audio.size / SAMPLE_RATE / secs}
+    if torch.cuda.is_available():
+        cuda = {}
+        for B in args.batch:
+            t2s_c, s2a_c, _ = (m.to("cuda") for m in models(args))
+            clock = StepClock(torch.cuda.synchronize)
+            torch.manual_seed(0)
+            t2s_c.generate(TEXT, N=args.steps + 2, bs=B, step=clock, show_progress_bar=False)
+            cuda[B] = {"t2s_step_ms": clock.per_step_ms()}
+            clock = StepClock(torch.cuda.synchronize)
+            s2a_c.generate(stoks.cuda(), spk.cuda(), N=args.steps + 3, bs=B, step=clock, show_progress_bar=False)
+            cuda[B]["s2a_step_ms"] = clock.per_step_ms()
+        out["torch_cuda_per_batch"] = cuda
+    return out
+
+
+def print_batch(res: dict) -> None:
+    print(f"batched decode; adapter: {res['adapter']}")
+    print(f"{'B':>4} {'T2S ms/step':>12} {'T2S tok/s':>10} {'S2A ms/step':>12} {'S2A tok/s':>10}"
+          f" {'T2S GPU ms':>11} {'S2A GPU ms':>11} {'CUDA T2S ms':>12} {'CUDA S2A ms':>12}")
+    cuda = res.get("torch_cuda_per_batch", {})
+    fmt = lambda v, w: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
+    for B, r in res["per_batch"].items():
+        c = cuda.get(B, {})
+        print(f"{B:>4} {fmt(r['t2s_step_ms'], 12)} {fmt(r['t2s_tokens_per_s'], 10)} {fmt(r['s2a_step_ms'], 12)}"
+              f" {fmt(r['s2a_tokens_per_s'], 10)} {fmt(r.get('t2s_gpu_ms_per_step'), 11)}"
+              f" {fmt(r.get('s2a_gpu_ms_per_step'), 11)} {fmt(c.get('t2s_step_ms'), 12)} {fmt(c.get('s2a_step_ms'), 12)}")
+    for B, r in res["per_batch"].items():
+        for st in ("t2s", "s2a"):
+            kinds = r.get(f"{st}_gpu_ms_by_kernel")
+            if kinds:
+                print(f"B={B} {st.upper()} GPU ms by kind: " + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:6]))
+    for label in ("batched", "one_chunk_at_a_time"):
+        r = res.get(f"long_text_{label}")
+        if r is None:
+            continue
+        print(f"{r['chunks']}-chunk text, {label.replace('_', ' ')}: {r['seconds']:.2f} s for {r['audio_seconds']:.1f} s"
+              f" of audio, {r['realtime_x']:.2f}x real time")
+
+
 def main(argv=None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=RANDOM_SIZES, default="small")
@@ -186,10 +279,26 @@ def main(argv=None) -> int:
     p.add_argument("--reps", type=int, default=3, help="Vocos repetitions")
     p.add_argument("--json", type=Path, help="write the results here")
     p.add_argument("--skip-cpu", action="store_true", help="no torch CPU baseline (slow for 'small')")
+    p.add_argument("--batch", help="comma-separated slot counts: the batched-decode benchmark")
+    p.add_argument("--long-chunks", type=int, default=10, help="with --batch: chunks of the long text (0: skip it)")
     args = p.parse_args(argv)
     if args.steps < 3:
         p.error("--steps must be at least 3")
     torch.set_num_threads(os.cpu_count() or 1)
+    if args.batch:
+        try:
+            args.batch = [int(b) for b in args.batch.split(",")]
+        except ValueError:
+            p.error(f"--batch takes comma-separated integers, got {args.batch!r}")
+        if min(args.batch) < 1:
+            p.error("--batch values must be >= 1")
+        args.s2a_size = args.s2a_size or ("medium" if args.size == "small" else args.size)
+        res = bench_batch(args)
+        print_batch(res)
+        if args.json:
+            args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps,
+                                             "torch": torch.__version__, "batch": res}, indent=2))
+        return 0
     args.s2a_size = args.s2a_size or args.size
     results = {"wsvk": bench_wsvk(*models(args), args)}
     baselines = ([] if args.skip_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])

@@ -1,6 +1,7 @@
 // Scaled dot-product attention, torch SDPA semantics.
 //   q [B, H, Lq, D], k [B, H, Lk, D], v [B, H, Lk, DV] -> out [B, H, Lq, DV]   (all contiguous)
-// T: q/k/v/out storage type (f32 or f16); M: mask storage type. All math in f32.
+// T: q/k/v/out storage type (f32 or f16); M: mask storage type; WT: decode_cache's KV caches.
+// All math in f32.
 // The mask is additive and read through broadcast strides (0 on broadcast dims), so a
 // [Lq, Lk] or [B, 1, 1, Lk] mask is never expanded to [B, H, Lq, Lk].
 //
@@ -17,6 +18,8 @@
 //            (flash decoding). With one split it writes the output directly; otherwise it
 //            writes (max, sum, unnormalized out[DV]) per split and `combine` merges them.
 //   combine  one thread per (row, d): merges the splits' partial results.
+//   decode_cache  the resident decoder's step: one query per sequence over its own KV cache
+//            (per-sequence lengths, the new key/value appended), split over keys like decode.
 
 struct Params {
     h: u32,         // H
@@ -242,8 +245,33 @@ const DWG = 64u;
 @group(0) @binding(6) var<storage, read_write> part: array<f32>;
 
 var<workgroup> dq: array<f32, DD>;   // scaled query
-var<workgroup> dp: array<f32, CH>;   // scores, then probabilities
+var<workgroup> dp: array<f32, CH>;   // scores, then probabilities (decode and decode_cache)
 var<workgroup> red: array<f32, DWG>;
+
+// The max / sum over a 64-thread workgroup of one value per thread, returned to every thread.
+fn wg_max(v: f32, t: u32) -> f32 {
+    red[t] = v;
+    workgroupBarrier();
+    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) { red[t] = max(red[t], red[t + st]); }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();  // red is free for the next reduction
+    return r;
+}
+
+fn wg_add(v: f32, t: u32) -> f32 {
+    red[t] = v;
+    workgroupBarrier();
+    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
+        if (t < st) { red[t] += red[t + st]; }
+        workgroupBarrier();
+    }
+    let r = red[0];
+    workgroupBarrier();
+    return r;
+}
 
 @compute @workgroup_size(DWG)
 fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -285,16 +313,7 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             lmax = max(lmax, s);
         }
     }
-    red[t] = lmax;
-    workgroupBarrier();
-    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
-        if (t < st) {
-            red[t] = max(red[t], red[t + st]);
-        }
-        workgroupBarrier();
-    }
-    let m = red[0];
-    workgroupBarrier();
+    let m = wg_max(lmax, t);
 
     var lsum = 0.0;
     for (var j = t; j < n; j += DWG) {
@@ -306,15 +325,7 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
         dp[j] = pj;
         lsum += pj;
     }
-    red[t] = lsum;
-    workgroupBarrier();
-    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
-        if (t < st) {
-            red[t] = red[t] + red[t + st];
-        }
-        workgroupBarrier();
-    }
-    let l = red[0];
+    let l = wg_add(lsum, t);
 
     // threads over output columns: v rows are read coalesced
     let pbase = g * (DDV + 2u);
@@ -360,4 +371,126 @@ fn combine(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: 
     let row = x / DDV;
     let d = x % DDV;
     cout[row * DDV + d] = T(splitk_combine(row * cp.n_split * (DDV + 2u), cp.n_split, DDV, d));
+}
+
+// ------------------------------------------------------------------ decode_cache
+// The resident decoder's attention (wsvk/resident/plan.py): one query per column (a sequence of
+// the batch) over that sequence's KV cache, split over keys (partials out, merged by the next
+// GEMV's combine prologue in shaders/matmul.wgsl). One 64-thread workgroup per (column, head,
+// split of CH keys). The step buffer holds the column count at word 0, the splits per head of this
+// step's grid at word 1 (self-attention), and from word 4 one entry of `ss` words per column:
+// [slot, pos, token ids...]. The query of head h is src[c * src_stride + h * DH ..], RoPE'd at
+// pos when ROPE, scaled by `scale`. SELF: src is the column's fused qkv row [3W]; the workgroup
+// whose split holds pos first writes the new key (RoPE'd) and value into the slot's caches, and
+// the keys stop at pos + 1 (whisperspeech's additive -inf mask over its fixed-size cache: the
+// masked keys contribute exactly 0). Cross: all L keys of the slot's encoder output.
+// WT: the caches' storage type (f32 or f16); everything else f32.
+
+override DH: u32 = 64u;
+override SELF: bool = false;
+override ROPE: bool = false;
+
+struct AP { NH: u32, L: u32, W: u32, MAXS: u32, nsplit: u32, P: u32, scale: f32, src_stride: u32, ss: u32 }
+
+@group(0) @binding(0) var<storage, read> a_step: array<u32>;
+@group(0) @binding(1) var<storage, read> a_src: array<f32>;          // [cols, src_stride]: q or qkv
+@group(0) @binding(2) var<storage, read_write> a_kc: array<WT>;      // [slots, NH, L, DH]
+@group(0) @binding(3) var<storage, read_write> a_vc: array<WT>;      // [slots, NH, L, DH]
+@group(0) @binding(4) var<storage, read> a_rope: array<f32>;         // cos [P, DH] then sin [P, DH]
+@group(0) @binding(5) var<storage, read_write> a_part: array<f32>;   // [cols, NH, MAXS, DH + 2]
+@group(0) @binding(6) var<uniform> ap: AP;
+
+var<workgroup> cq: array<f32, DH>;
+
+// x[base + d] RoPE'd at position p: x * cos + rotate_half(x) * sin, rotate_half = (-x2, x1)
+fn rope_at(base: u32, d: u32, p: u32) -> f32 {
+    let x = a_src[base + d];
+    if (!ROPE) { return x; }
+    let half = DH / 2u;
+    var rot: f32;
+    if (d < half) { rot = -a_src[base + d + half]; } else { rot = a_src[base + d - half]; }
+    return x * a_rope[p * DH + d] + rot * a_rope[(ap.P + p) * DH + d];
+}
+
+// The scaled query . the key at a_kc[kb ..], eight dimensions per iteration so that their
+// loads overlap (a loop is not unrolled for us: each iteration would wait for its load)
+fn cache_key_dot(kb: u32) -> f32 {
+    var s = 0.0;
+    var d = 0u;
+    for (; d + 8u <= DH; d += 8u) {
+        let k0 = vec4<f32>(f32(a_kc[kb + d]), f32(a_kc[kb + d + 1u]), f32(a_kc[kb + d + 2u]), f32(a_kc[kb + d + 3u]));
+        let k1 = vec4<f32>(f32(a_kc[kb + d + 4u]), f32(a_kc[kb + d + 5u]), f32(a_kc[kb + d + 6u]), f32(a_kc[kb + d + 7u]));
+        s += dot(k0, vec4<f32>(cq[d], cq[d + 1u], cq[d + 2u], cq[d + 3u]))
+           + dot(k1, vec4<f32>(cq[d + 4u], cq[d + 5u], cq[d + 6u], cq[d + 7u]));
+    }
+    for (; d < DH; d++) { s += cq[d] * f32(a_kc[kb + d]); }
+    return s;
+}
+
+@compute @workgroup_size(64)
+fn decode_cache(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
+                @builtin(local_invocation_index) t: u32) {
+    var gs = ap.nsplit;  // splits per head in this grid
+    if (SELF) { gs = a_step[1]; }
+    let g = wid.x + wid.y * nwg.x;
+    let c = g / (ap.NH * gs);
+    if (c >= a_step[0]) { return; }  // uniform per workgroup
+    let e = 4u + c * ap.ss;
+    let slot = a_step[e];
+    let pos = a_step[e + 1u];
+    var valid = ap.L;
+    var ns = ap.nsplit;
+    if (SELF) { valid = pos + 1u; ns = (valid + CH - 1u) / CH; }
+    let h = (g / gs) % ap.NH;
+    let sp = g % gs;
+    if (sp >= ns) { return; }
+    let k0 = sp * CH;
+    let n = min(k0 + CH, valid) - k0;
+    let qb = c * ap.src_stride + h * DH;
+    let cache = (slot * ap.NH + h) * ap.L;  // the slot's head h, in rows of DH
+
+    for (var d = t; d < DH; d += DWG) { cq[d] = rope_at(qb, d, pos) * ap.scale; }
+    if (SELF && pos >= k0 && pos < k0 + CH) {
+        let cb = (cache + pos) * DH;
+        for (var d = t; d < DH; d += DWG) {
+            a_kc[cb + d] = WT(rope_at(qb + ap.W, d, pos));
+            a_vc[cb + d] = WT(a_src[qb + 2u * ap.W + d]);
+        }
+    }
+    storageBarrier();  // the new key/value are read below by other threads of this workgroup
+    workgroupBarrier();
+
+    let kvb = (cache + k0) * DH;
+    var lmax = NEG_MAX;
+    for (var j = t; j < n; j += DWG) {
+        let s = cache_key_dot(kvb + j * DH);
+        dp[j] = s;
+        lmax = max(lmax, s);
+    }
+    let m = wg_max(lmax, t);
+    var lsum = 0.0;
+    for (var j = t; j < n; j += DWG) {
+        let pj = exp(dp[j] - m);
+        dp[j] = pj;
+        lsum += pj;
+    }
+    let l = wg_add(lsum, t);
+    let pb = ((c * ap.NH + h) * ap.MAXS + sp) * (DH + 2u);
+    for (var d = t; d < DH; d += DWG) {
+        // four keys per iteration: their value loads are independent, so they overlap
+        let vb = kvb + d;
+        var o = 0.0;
+        var j = 0u;
+        for (; j + 4u <= n; j += 4u) {
+            let v = vec4<f32>(f32(a_vc[vb + j * DH]), f32(a_vc[vb + (j + 1u) * DH]),
+                              f32(a_vc[vb + (j + 2u) * DH]), f32(a_vc[vb + (j + 3u) * DH]));
+            o += dot(v, vec4<f32>(dp[j], dp[j + 1u], dp[j + 2u], dp[j + 3u]));
+        }
+        for (; j < n; j++) { o += dp[j] * f32(a_vc[vb + j * DH]); }
+        a_part[pb + 2u + d] = o;
+    }
+    if (t == 0u) {
+        a_part[pb] = m;
+        a_part[pb + 1u] = l;
+    }
 }

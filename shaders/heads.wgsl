@@ -11,7 +11,7 @@ override DH: u32 = 64u;
 override NP: u32 = 3u;          // parts per source row (2 or 3)
 override ROPE_PARTS: u32 = 0u;  // the leading parts that get RoPE
 
-struct HP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, _p0: u32, _p1: u32 }  // n = L * W
+struct HP { NH: u32, L: u32, W: u32, P: u32, KSUB: u32, n: u32, ooff: u32, _p1: u32 }  // n = L * W; ooff: split's output offset
 
 @group(0) @binding(0) var<storage, read> src: array<S>;
 @group(0) @binding(1) var<storage, read_write> out0: array<D>;
@@ -45,7 +45,7 @@ fn split(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     let c = i % hp.W;
     let d = c % DH;
     let rb = j * NP * hp.W;
-    let o = ((c / DH) * hp.L + j) * DH + d;
+    let o = hp.ooff + ((c / DH) * hp.L + j) * DH + d;
     out0[o] = D(part_value(rb, 0u, c, d, j));
     out1[o] = D(part_value(rb, 1u, c, d, j));
     if (NP > 2u) { out2[o] = D(part_value(rb, 2u, c, d, j)); }

@@ -1,9 +1,11 @@
-// Matrix products. T: storage type (f32 or f16, prepended by the runtime); accumulation in f32.
+// Matrix products, accumulated in f32. Storage types are aliases prepended by the runtime (f32 or
+// f16): T for every array of `tiled`; X (activations) and WT (weights) for `gemv`.
 //
-// Two entry points share the epilogue (bias + optional GELU):
+// Two entry points, with bias and GELU fused:
 //   tiled:  c[z, M, N] = a[z, M, K] @ B[z]   where B is b[K, N], or weight[N, K]^T when TRANS_B,
 //           or (CONV) the implicit im2col matrix of a 1-D convolution's input (see conv_input)
-//   gemv:   out[M, N]  = x[M, K] @ weight[N, K]^T for the decode case M <= 8
+//   gemv:   out[c, N] (+)= act(xin_c @ weight[N, K]^T + bias) for a few columns c (decode steps of
+//           several sequences, linear() with M <= 8), a layer norm or an attention combine in front
 // Workgroup ids are folded over a 2-D grid (flat id = wid.x + wid.y * nwg.x) so counts past
 // 65,535 work; ids past the end return at once (uniform per workgroup, before any barrier).
 
@@ -193,89 +195,211 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
     }
 }
 
-// ------------------------------------------------------------------ GEMV (decode, M <= 8)
-// One workgroup owns NR weight rows and all MROWS rows of x, so each weight row is read once.
-// All 256 threads sweep K for every owned row (thread t reads elements t, t+256, ... or vec4s):
-// consecutive threads read consecutive addresses. Each thread ends with MROWS*NR <= 8 partial
-// sums of the same outputs, reduced by wg_sums (subgroups where SUBGROUPS, else a tree).
-// M = 1 (the decode case) has its 8 rows written out with constant indices (see wg_sums.wgsl on
-// runtime-indexed private arrays); M = 2..8 takes a generic loop.
+// ------------------------------------------------------------------ GEMV (decode: a few columns)
+// out[c, n] (+)= act(xin_c . w[n, :] + bias[n]) for every column c of x: the decode step of B
+// sequences (the resident decoder's slots) or linear() with at most 8 rows. One 256-thread
+// workgroup owns 8 weight rows of one column; the workgroups of one row group are `groups` apart
+// in launch order, so they run together and read the same weights (from memory once, then from
+// the cache). Every thread sweeps K (thread t reads vec4 t, t + 256, ...: consecutive threads read
+// consecutive addresses) for the 8 rows and ends with 8 partial sums, reduced by wg_sums
+// (shaders/lib/wg_sums.wgsl, which declares the SUBGROUPS override).
+// Before the sweep the workgroup stages its column's input in workgroup memory when it is
+// computed (XMODE 1: layer norm, 2: combine the attention splits of shaders/attention.wgsl's
+// decode_cache); XMODE 0 reads x from memory (GROUP > 0: row n reads x[(n / GROUP) * K ..], e.g.
+// the S2A unembeddings of all quantizers in one launch).
+// X: the activation type (x, bias, layer-norm parameters, out); WT: the weights' (both prepended by
+// the runtime; the resident decoder keeps activations f32 under f16 weights). Every product
+// accumulates in f32. STEP: the active columns come from the step buffer (step[0], the resident
+// decoder), else from the uniform (linear); the column entries of the step buffer start at word
+// 4, `ss` words each: [slot, pos, token ids...].
 
-override MROWS: u32 = 1u;         // rows of x, 1..8
-override NR: u32 = 8u;            // weight rows per workgroup; MROWS * NR <= 8
-override VEC4: bool = false;      // K % 4 == 0: read x and w as vec4
+override XMODE: u32 = 0u;
+override STEP: bool = false;
+override RESID: bool = false;     // out[c, n] += value (the residual stream, updated in place)
+override VEC4: bool = false;      // K % 4 == 0
+override XS: u32 = 4u;            // staged input length (K for XMODE 1 and 2)
+override GROUP: u32 = 0u;
+// XMODE 2: a column's partials are [NH, MAXS, DH + 2] = (max, sum, unnormalized out[DH])
+override G_DH: u32 = 64u;
+override G_CH: u32 = 256u;
+override G_NSPLIT: u32 = 0u;      // splits per head; 0: ceil((pos + 1) / G_CH) (self-attention)
+override G_MAXS: u32 = 1u;
+override G_CW: u32 = 1u;          // NH * MAXS: the per-(head, split) weights staged by XMODE 2
 
-struct GVParams { N: u32, K: u32, K4: u32, groups: u32 }
+struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, x_stride: u32, cols: u32, ss: u32 }
 
-// x4/w4 view the buffers of x/w (bound twice): one entry point may not put two variables on
-// one binding, even if an override makes one of them unused.
-@group(0) @binding(0) var<storage, read> x: array<T>;          // [MROWS, K]
-@group(0) @binding(1) var<storage, read> w: array<T>;          // [N, K]
-@group(0) @binding(3) var<storage, read_write> out: array<T>;  // [MROWS, N]
-@group(0) @binding(4) var<uniform> gp: GVParams;
-@group(0) @binding(5) var<storage, read> x4: array<vec4<T>>;   // x as [MROWS, K / 4] when VEC4
-@group(0) @binding(6) var<storage, read> w4: array<vec4<T>>;   // w as [N, K / 4] when VEC4
+@group(0) @binding(0) var<storage, read> g_step: array<u32>;
+@group(0) @binding(1) var<storage, read> g_x: array<X>;         // [cols, x_stride] or partials
+@group(0) @binding(2) var<storage, read> g_w: array<WT>;        // [N, K]
+@group(0) @binding(3) var<storage, read> g_w4: array<vec4<WT>>;  // the same buffer as vec4
+@group(0) @binding(4) var<storage, read> g_bias: array<X>;      // [N]
+@group(0) @binding(5) var<storage, read> g_gamma: array<X>;     // [K] layer-norm weight
+@group(0) @binding(6) var<storage, read> g_beta: array<X>;      // [K] layer-norm bias
+@group(0) @binding(7) var<storage, read_write> g_out: array<X>;  // [cols, N]
+@group(0) @binding(8) var<uniform> gp: GP;
+
+const GWG: u32 = 256u;
+const GR: u32 = 8u;                       // rows per workgroup
+var<workgroup> xs: array<f32, XS>;
 
 // #include wg_sums
 
-// weight row row0 + r (the last group's extra rows reread a valid row) at vec4 k / element k
-fn w_vec(row0: u32, r: u32, k: u32) -> vec4<f32> { return vec4<f32>(w4[min(row0 + r, gp.N - 1u) * gp.K4 + k]); }
-fn w_one(row0: u32, r: u32, k: u32) -> f32 { return f32(w[min(row0 + r, gp.N - 1u) * gp.K + k]); }
+// XMODE 2: xs = the attention output of every head of column c, merged from its key splits'
+// partials as shaders/lib/splitk_combine.wgsl does (0 for a head whose keys were all masked). The
+// splits' maxima and sums are staged first, each head's split weights e^(m_s - M) / sum e^(m_s - M) l_s
+// computed once, and then every element is a weighted sum of the splits' outputs, read four
+// splits at a time so that their loads overlap.
+var<workgroup> cw_m: array<f32, G_CW>;  // m_s (-inf-like when l_s = 0), then the split's weight
+var<workgroup> cw_l: array<f32, G_CW>;
+
+fn combine_prologue(t: u32, x0: u32, c: u32) {
+    var ns = G_NSPLIT;
+    if (ns == 0u) { ns = (g_step[4u + c * gp.ss + 1u] + G_CH) / G_CH; }
+    let nh = gp.K / G_DH;
+    let stride = G_DH + 2u;
+    for (var i = t; i < nh * ns; i += GWG) {
+        let s = (i / ns) * G_MAXS + i % ns;
+        let l = f32(g_x[x0 + s * stride + 1u]);
+        cw_l[s] = l;
+        cw_m[s] = select(-3.40282347e38, f32(g_x[x0 + s * stride]), l > 0.0);
+    }
+    workgroupBarrier();
+    for (var h = t; h < nh; h += GWG) {
+        let s0 = h * G_MAXS;
+        var mx = -3.40282347e38;
+        for (var s = 0u; s < ns; s++) { mx = max(mx, cw_m[s0 + s]); }
+        var den = 0.0;
+        for (var s = 0u; s < ns; s++) {
+            let w = select(0.0, exp(cw_m[s0 + s] - mx), cw_l[s0 + s] > 0.0);
+            cw_m[s0 + s] = w;
+            den += w * cw_l[s0 + s];
+        }
+        let inv = select(0.0, 1.0 / den, den > 0.0);
+        for (var s = 0u; s < ns; s++) { cw_m[s0 + s] *= inv; }
+    }
+    workgroupBarrier();
+    for (var i = t; i < gp.K; i += GWG) {
+        let s0 = (i / G_DH) * G_MAXS;
+        let o0 = x0 + s0 * stride + 2u + i % G_DH;  // element i's output in split 0 of its head
+        var v = 0.0;
+        var s = 0u;
+        for (; s + 4u <= ns; s += 4u) {
+            let o = vec4<f32>(f32(g_x[o0 + s * stride]), f32(g_x[o0 + (s + 1u) * stride]),
+                              f32(g_x[o0 + (s + 2u) * stride]), f32(g_x[o0 + (s + 3u) * stride]));
+            v += dot(o, vec4<f32>(cw_m[s0 + s], cw_m[s0 + s + 1u], cw_m[s0 + s + 2u], cw_m[s0 + s + 3u]));
+        }
+        for (; s < ns; s++) { v += cw_m[s0 + s] * f32(g_x[o0 + s * stride]); }
+        xs[i] = v;
+    }
+    workgroupBarrier();
+}
+
+// The sum of one value per thread, returned to every thread.
+fn wg_sum(v: f32, t: u32) -> f32 {
+    let s = wg_sums(vec4<f32>(v, 0.0, 0.0, 0.0), vec4<f32>(), t);
+    if (t == 0u) { sums_red[255] = vec4<f32>(s); }  // a slot wg_sums' final reads never touch
+    workgroupBarrier();
+    let total = sums_red[255].x;
+    workgroupBarrier();  // free for the next wg_sums
+    return total;
+}
+
+// input element i of the column starting at x0 (staged, or from memory)
+fn xin(x0: u32, i: u32) -> f32 {
+    if (XMODE == 0u) { return f32(g_x[x0 + i]); }
+    return xs[i];
+}
+
+fn xin4(x0: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(xin(x0, i), xin(x0, i + 1u), xin(x0, i + 2u), xin(x0, i + 3u));
+}
+
+// Weight row row0 + r (the last group's extra rows reread a valid row) at vec4 k4.
+fn wrow4(row0: u32, r: u32, k4: u32) -> vec4<WT> { return g_w4[min(row0 + r, gp.N - 1u) * gp.K4 + k4]; }
+
+// Row row0 + r's product term at vec4 k4: x . w, where x is xv, or under GROUP the input of the
+// row's group.
+fn term4(x0: u32, row0: u32, r: u32, k4: u32, xv: vec4<f32>, w: vec4<WT>) -> f32 {
+    var x = xv;
+    if (GROUP > 0u) { x = xin4(x0, (min(row0 + r, gp.N - 1u) / GROUP) * gp.K + 4u * k4); }
+    return dot(x, vec4<f32>(w));
+}
+
+fn term1(x0: u32, row0: u32, r: u32, k: u32, xv: f32) -> f32 {
+    let row = min(row0 + r, gp.N - 1u);
+    var x = xv;
+    if (GROUP > 0u) { x = xin(x0, (row / GROUP) * gp.K + k); }
+    return x * f32(g_w[row * gp.K + k]);
+}
 
 @compute @workgroup_size(256)
 fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
         @builtin(subgroup_invocation_id) sg_id: u32,  // [sg]
-        @builtin(local_invocation_index) lid: u32) {
+        @builtin(local_invocation_index) t: u32) {
     sg_inv = sg_id;  // [sg]
-    let g = wid.x + wid.y * nwg.x;
-    if (g >= gp.groups) { return; }
-    let row0 = g * NR;
-    var lo = vec4<f32>();  // sums 0..3 (sum m * NR + r: x row m . weight row row0 + r)
-    var hi = vec4<f32>();  // sums 4..7
-    // lanes leave these loops at different k; wg_sums starts with a barrier, so all reach it
-    if (MROWS == 1u) {
-        if (VEC4) {
-            for (var k = lid; k < gp.K4; k += 256u) {
-                let xv = vec4<f32>(x4[k]);
-                lo += vec4<f32>(dot(xv, w_vec(row0, 0u, k)), dot(xv, w_vec(row0, 1u, k)),
-                                dot(xv, w_vec(row0, 2u, k)), dot(xv, w_vec(row0, 3u, k)));
-                hi += vec4<f32>(dot(xv, w_vec(row0, 4u, k)), dot(xv, w_vec(row0, 5u, k)),
-                                dot(xv, w_vec(row0, 6u, k)), dot(xv, w_vec(row0, 7u, k)));
+    let id = wid.x + wid.y * nwg.x;
+    let c = id / gp.groups;  // the column; its row groups are consecutive
+    let g = id % gp.groups;
+    var cols = gp.cols;
+    if (STEP) { cols = g_step[0]; }
+    if (c >= cols) { return; }  // uniform per workgroup: the barriers below stay uniform
+    let K = gp.K;
+    let row0 = g * GR;
+    let x0 = c * gp.x_stride;
+    // The first sweep's weights are loaded before the prologue, so that their memory latency
+    // overlaps the layer norm's / combine's reductions (at width <= 1024 that is all of them).
+    // Rows are written out one by one here and below (constant indices only, see wg_sums).
+    var wf: array<vec4<WT>, 8>;  // WT: f16 weights hold half the registers through the prologue
+    if (VEC4 && t < gp.K4) {
+        wf = array<vec4<WT>, 8>(wrow4(row0, 0u, t), wrow4(row0, 1u, t), wrow4(row0, 2u, t), wrow4(row0, 3u, t),
+                                wrow4(row0, 4u, t), wrow4(row0, 5u, t), wrow4(row0, 6u, t), wrow4(row0, 7u, t));
+    }
+    if (XMODE == 1u) {
+        // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
+        var s = 0.0;
+        for (var i = t; i < K; i += GWG) { let v = f32(g_x[x0 + i]); xs[i] = v; s += v; }
+        let mean = wg_sum(s, t) / f32(K);
+        var q = 0.0;
+        for (var i = t; i < K; i += GWG) { let d = xs[i] - mean; q += d * d; }
+        let inv = inverseSqrt(wg_sum(q, t) / f32(K) + gp.eps);
+        for (var i = t; i < K; i += GWG) { xs[i] = (xs[i] - mean) * inv * f32(g_gamma[i]) + f32(g_beta[i]); }
+        workgroupBarrier();
+    } else if (XMODE == 2u) {
+        combine_prologue(t, x0, c);
+    }
+
+    var lo = vec4<f32>();  // rows row0 + 0..3
+    var hi = vec4<f32>();  // rows row0 + 4..7
+    if (VEC4) {
+        for (var k4 = t; k4 < gp.K4; k4 += GWG) {
+            var w = wf;
+            if (k4 != t) {
+                w = array<vec4<WT>, 8>(wrow4(row0, 0u, k4), wrow4(row0, 1u, k4), wrow4(row0, 2u, k4), wrow4(row0, 3u, k4),
+                                       wrow4(row0, 4u, k4), wrow4(row0, 5u, k4), wrow4(row0, 6u, k4), wrow4(row0, 7u, k4));
             }
-        } else {
-            for (var k = lid; k < gp.K; k += 256u) {
-                let xv = f32(x[k]);
-                lo += xv * vec4<f32>(w_one(row0, 0u, k), w_one(row0, 1u, k), w_one(row0, 2u, k), w_one(row0, 3u, k));
-                hi += xv * vec4<f32>(w_one(row0, 4u, k), w_one(row0, 5u, k), w_one(row0, 6u, k), w_one(row0, 7u, k));
-            }
+            let xv = xin4(x0, 4u * k4);
+            lo += vec4<f32>(term4(x0, row0, 0u, k4, xv, w[0]), term4(x0, row0, 1u, k4, xv, w[1]),
+                            term4(x0, row0, 2u, k4, xv, w[2]), term4(x0, row0, 3u, k4, xv, w[3]));
+            hi += vec4<f32>(term4(x0, row0, 4u, k4, xv, w[4]), term4(x0, row0, 5u, k4, xv, w[5]),
+                            term4(x0, row0, 6u, k4, xv, w[6]), term4(x0, row0, 7u, k4, xv, w[7]));
         }
     } else {
-        var acc: array<f32, 8>;
-        if (VEC4) {
-            let K4 = gp.K4;
-            for (var k = lid; k < K4; k += 256u) {
-                for (var r = 0u; r < NR; r++) {
-                    let wv = w_vec(row0, r, k);
-                    for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += dot(vec4<f32>(x4[m * K4 + k]), wv); }
-                }
-            }
-        } else {
-            let K = gp.K;
-            for (var k = lid; k < K; k += 256u) {
-                for (var r = 0u; r < NR; r++) {
-                    let wv = w_one(row0, r, k);
-                    for (var m = 0u; m < MROWS; m++) { acc[m * NR + r] += f32(x[m * K + k]) * wv; }
-                }
-            }
+        for (var k = t; k < K; k += GWG) {
+            let xv = xin(x0, k);
+            lo += vec4<f32>(term1(x0, row0, 0u, k, xv), term1(x0, row0, 1u, k, xv), term1(x0, row0, 2u, k, xv),
+                            term1(x0, row0, 3u, k, xv));
+            hi += vec4<f32>(term1(x0, row0, 4u, k, xv), term1(x0, row0, 5u, k, xv), term1(x0, row0, 6u, k, xv),
+                            term1(x0, row0, 7u, k, xv));
         }
-        lo = vec4<f32>(acc[0], acc[1], acc[2], acc[3]);
-        hi = vec4<f32>(acc[4], acc[5], acc[6], acc[7]);
     }
-    let total = wg_sums(lo, hi, lid);  // thread lid < MROWS * NR: output (lid / NR, row0 + lid % NR)
-    let row = row0 + lid % NR;
-    if (lid < MROWS * NR && row < gp.N) {
-        var bias_v = 0.0;
-        if (HAS_BIAS) { bias_v = f32(bias[row]); }
-        out[(lid / NR) * gp.N + row] = T(epilogue(total, bias_v));
+    let total = wg_sums(lo, hi, t);
+    let row = row0 + t;
+    if (t < GR && row < gp.N) {
+        let o = c * gp.N + row;
+        var v = total;
+        if (HAS_BIAS) { v += f32(g_bias[row]); }
+        if (GELU) { v = gelu(v); }
+        if (RESID) { v += f32(g_out[o]); }
+        g_out[o] = X(v);
     }
 }

@@ -46,3 +46,16 @@ def test_bench_e2e_tiny(rt, tmp_path):
         assert w["s2a_gpu_ms_per_step"] > 0 and abs(sum(kinds.values()) - w["s2a_gpu_ms_per_step"]) < 1e-9
         assert w["vocos_gpu_ms"] > 0 and len(w["vocos_gpu_ms_by_kernel"]) > 3  # several kinds of dispatch
     assert all(r_["realtime_x"] > 0 for r_ in res.values())
+
+
+def test_bench_e2e_batch_tiny(rt, tmp_path):
+    r = run_script("bench_e2e.py", "--batch", "1,2", "--size", "tiny", "--steps", "3", "--long-chunks", "0",
+                   "--json", str(tmp_path / "batch.json"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "batch.json").read_text())["batch"]
+    assert set(res["per_batch"]) == {"1", "2"}
+    for row in res["per_batch"].values():
+        assert row["t2s_step_ms"] > 0 and row["s2a_tokens_per_s"] > 0
+        assert (row.get("t2s_gpu_ms_per_step", 0) > 0) == rt.has_timestamps
+    if rt.has_timestamps:
+        assert "B=2 T2S GPU ms by kind" in r.stdout

@@ -14,6 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
+from conftest import rel_err  # noqa: E402
 
 from wsvk.errors import InputError
 from wsvk.tts.models import load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
@@ -46,11 +47,6 @@ def backend(monkeypatch):
 def tiny_pipeline(tiny, seed=7, resident=True):
     return load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]),
                          speaker_model=str(tiny["speaker_model"]), seed=seed, resident=resident)
-
-
-def rel_err(a, b):
-    a, b = np.asarray(a, np.float64), np.asarray(b, np.float64)
-    return float(np.linalg.norm(a - b) / max(np.linalg.norm(b), 1e-30))
 
 
 # ---------------------------------------------------------------- text splitting
@@ -216,14 +212,14 @@ def test_gpu_fault_in_a_stage_still_gives_the_cpu_audio(tiny, rt, backend, stage
     ref = tiny_pipeline(tiny).generate("Hi there, friend.", seed=11)
     backend("wgpu")
     pipe = tiny_pipeline(tiny)
-    real_run = pipe._run
+    real_run = pipe.stages.run_stage
 
     def spy(st, *args):
         if st == stage:
             rt.fault_after = rt.stats["submits"] + after
         return real_run(st, *args)
 
-    pipe._run = spy
+    pipe.stages.run_stage = spy
     try:
         with pytest.warns(RuntimeWarning) as caught:
             audio = pipe.generate("Hi there, friend.", seed=11)

@@ -67,8 +67,8 @@ def test_t2s_f16_logits(rt, monkeypatch):
         for name in ("k_cache", "v_cache", "cross_k", "cross_v"):
             assert getattr(g16, name).dtype == np.float16 and 2 * getattr(g16, name).nbytes == getattr(g32, name).nbytes
         assert g16.attn_ln[0].dtype == np.float32
-    assert 2 * d16.tables_buf.nbytes == d32.tables_buf.nbytes
-    assert all(w.dtype == np.float16 for _, w, _, _ in d16.head_w)
+    assert 2 * d16.plan.tables_buf.nbytes == d32.plan.tables_buf.nbytes
+    assert all(w.dtype == np.float16 for _, w, _, _ in d16.plan.head_w)
     # the shared-memory reduction (adapters without subgroups) builds its own f16 module
     _, _, slow = _t2s_logits(model, monkeypatch, "f16", subgroups=False)
     assert rel_err(slow, l16) < 1e-5

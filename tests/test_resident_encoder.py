@@ -32,7 +32,7 @@ def resident_xenc(res, rt, start):
     """The decoder's cross K/V input as the resident path computes it: capture set_cross's argument."""
     seen = []
     real = res.resident_decoder.set_cross
-    res.resident_decoder.set_cross = lambda xenc, *a: (seen.append(xenc), real(xenc, *a))
+    res.resident_decoder.set_cross = lambda xenc, *a, **k: (seen.append(xenc), real(xenc, *a, **k))
     s0, r0, d0 = rt.stats["submits"], rt.stats["readbacks"], rt.stats["dispatches"]
     start()
     assert rt.stats["submits"] - s0 == 1 and rt.stats["readbacks"] == r0  # one submit, nothing read back
@@ -52,7 +52,7 @@ def test_t2s_encoder(rt, causal):
         ref, _, cps_emb = model.run_encoder(tt, langs, cpss)
     assert got.shape == (model.ttoks_len, model.width)
     assert rel_err(got, ref[0].numpy()) < 1e-5
-    np.testing.assert_allclose(res.resident_decoder.extra.numpy(), cps_emb.reshape(-1).numpy(), rtol=1e-6)
+    np.testing.assert_allclose(res.resident_decoder.extra.numpy()[0], cps_emb.reshape(-1).numpy(), rtol=1e-6)
     # the model is left whole: its layers back, the capture hook gone
     assert len(model.encoder.layers) == len(res.resident_encoder.layers) and not model.encoder.ln_post._forward_hooks
 
@@ -111,7 +111,7 @@ def test_capture_from_two_wrappers_in_threads_leaves_the_model_whole(rt):
 
     def work(res):
         for _ in range(100):
-            x0, _ = res._encoder_input(model.encoder, "layers", model.encoder.ln_post,
+            x0, _ = res.encoder_input(model.encoder, "layers", model.encoder.ln_post,
                                        lambda: model.run_encoder(tt, langs, cpss))
             x0s.append(x0)
 

@@ -54,6 +54,14 @@ def min_work() -> int:
     return _count("WSVK_MIN_WORK", 0)
 
 
+def slots() -> int | None:
+    """WSVK_SLOTS: sequences one resident decode step advances (default: by the adapter)."""
+    n = _count("WSVK_SLOTS", None)
+    if n == 0:
+        raise ConfigError("WSVK_SLOTS=0: a decoder needs at least one slot")
+    return n
+
+
 def fault_after() -> int | None:
     """WSVK_FAULT_AFTER=N: the (N+1)-th submit fails as a lost device would (fault-path tests)."""
     return _count("WSVK_FAULT_AFTER", None)
@@ -61,4 +69,4 @@ def fault_after() -> int | None:
 
 def summary() -> dict[str, str | None]:
     """The raw values of the settings `python -m wsvk info` shows."""
-    return {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION")}
+    return {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION", "WSVK_SLOTS")}

@@ -25,6 +25,31 @@ DECODE_TARGET_GROUPS = 128  # split the keys until this many workgroups are busy
 PREFILL_TILES = ((32, 32, 4), (16, 32, 4), (16, 16, 4), (8, 16, 8), (8, 8, 8))
 PATHS = ("prefill", "decode")  # the kernel variants; None picks by the number of queries
 PARAMS = Layout("h lq lk n_groups causal has_mask scale:f n_split m_sb m_sh m_si m_sj")
+# decode_cache, the resident decoder's attention over per-sequence KV caches
+CACHE_PARAMS = Layout("NH L W MAXS nsplit P scale:f src_stride ss")
+CACHE_CH = 64        # keys per split: many small workgroups (a decode step has few)
+CACHE_CH_MAX = 2048  # decode_cache stages CH scores (+ DH + 64 floats) in workgroup memory
+
+
+def _aliases(dt, mask_dt=np.float32, wt=np.float32) -> dict:
+    return {"T": alias(dt), "M": alias(mask_dt), "WT": alias(wt)}  # one module: every alias, always
+
+
+def cache_pipeline(rt, wt, dh: int, ch: int, self_attn: bool, rope: bool):
+    """attention.wgsl's decode_cache for caches of storage type wt, head width dh, ch keys per split."""
+    return rt.pipeline("attention", "decode_cache", {"DH": dh, "CH": ch, "SELF": self_attn, "ROPE": rope},
+                       aliases=_aliases(np.float32, np.float32, wt))
+
+
+def auto_ch(n_head: int, keys: int, fits) -> int:
+    """Keys per decode_cache split for caches of up to `keys`: CACHE_CH, doubled while n_head x
+    splits do not `fits` (the combining gemv's workgroup memory)."""
+    ch = CACHE_CH
+    while not fits(n_head * -(-keys // ch)):
+        if ch >= keys or ch >= CACHE_CH_MAX:
+            raise ValueError(f"{n_head} heads over {keys} keys do not fit the resident decoder's workgroup memory")
+        ch *= 2
+    return ch
 
 
 def _prefill_tile(d: int, dv: int, limit: int) -> tuple[int, int, int]:
@@ -135,7 +160,7 @@ def attention(q, k, v, mask=None, causal: bool = False, scale: float | None = No
     gq, gk, gv = to_gpu(q, dt), to_gpu(k, dt), to_gpu(v, dt)
     gm = rt.empty((1,), np.float32) if mask_arr is None else to_gpu(mask_arr, mask_dt)
     out = rt.empty(out_shape, dt)
-    aliases = {"T": alias(dt), "M": alias(mask_dt)}
+    aliases = _aliases(dt, mask_dt)
     rows = bsz * heads * lq
     if path is None:
         path = "decode" if lq <= DECODE_MAX_LQ else "prefill"

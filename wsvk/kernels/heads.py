@@ -7,16 +7,18 @@ import numpy as np
 from ..gpu import Layout
 from .common import alias, as_array, check_float, finish, on_gpu, output_dtype, runtime, to_gpu
 
-PARAMS = Layout("NH L W P KSUB n")  # n = L * W
+PARAMS = Layout("NH L W P KSUB n ooff")  # n = L * W; ooff: split's output offset in elements
 
 
 def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope_step: int = 1,
-                out_dtype=None):
+                out_dtype=None, *, out=None, offset: int = 0):
     """x[L, parts * W] (rows of a fused q|k|v or k|v projection) -> `parts` arrays [1, n_head, L, W / n_head].
 
     rope: a [2P, Dh] float32 table ([cos; sin] as whisperspeech's Rotary caches them) applied, as
     whisperspeech's rope_rotate, to the first `rope_parts` parts at position row * rope_step
     (rope_step: the layer's key/query subsampling). out_dtype: float32 or float16 (default: x's).
+    out: `parts` GpuArrays to write into instead, at element `offset` (a region of a larger
+    buffer: the resident decoder's per-slot caches); they are returned.
     """
     x = as_array(x)
     dt = check_float("split_heads", x)
@@ -45,12 +47,21 @@ def split_heads(x, n_head: int, parts: int, rope=None, rope_parts: int = 0, rope
         grope = to_gpu(rope, np.float32)
     else:
         P, grope = 1, rt.empty((4,))
-    outs = [rt.empty((1, n_head, L, dh), od) for _ in range(parts)]
+    if out is not None:
+        outs = list(out)
+        if len(outs) != parts or not on_gpu(x, *outs) or len({o.dtype for o in outs}) != 1:
+            raise ValueError(f"split_heads: out must be {parts} GpuArrays of one dtype, with a GpuArray x")
+        od = outs[0].dtype
+        if offset < 0 or any(offset + L * W > o.size for o in outs):
+            raise ValueError(f"split_heads: {L * W} values at offset {offset} do not fit the outputs")
+    else:
+        outs = [rt.empty((1, n_head, L, dh), od) for _ in range(parts)]
     pipe = rt.pipeline("heads", "split", {"DH": dh, "NP": parts, "ROPE_PARTS": rope_parts},
                        aliases={"S": alias(dt), "D": alias(od)})
     n = L * W
     third = outs[2] if parts == 3 else rt.empty((4,), od)
-    rt.run(pipe, [gx, outs[0], outs[1], third, grope, rt.uniform(PARAMS, NH=n_head, L=L, W=W, P=P, KSUB=rope_step, n=n)],
+    rt.run(pipe, [gx, outs[0], outs[1], third, grope, rt.uniform(PARAMS, NH=n_head, L=L, W=W, P=P, KSUB=rope_step, n=n,
+                                                                ooff=offset if out is not None else 0)],
            rt.grid(-(-n // 256)))
     gpu = on_gpu(x)
     return tuple(finish(o, gpu) for o in outs)
@@ -69,5 +80,5 @@ def merge_heads(x, out_dtype=None):
     out = rt.empty((L, H * dh), od)
     n = L * H * dh
     pipe = rt.pipeline("heads", "merge", {"DH": dh}, aliases={"S": alias(dt), "D": alias(od)})
-    rt.run(pipe, [gx, out, rt.uniform(PARAMS, NH=H, L=L, W=H * dh, P=1, KSUB=1, n=n)], rt.grid(-(-n // 256)))
+    rt.run(pipe, [gx, out, rt.uniform(PARAMS, NH=H, L=L, W=H * dh, P=1, KSUB=1, n=n, ooff=0)], rt.grid(-(-n // 256)))
     return finish(out, on_gpu(x))

@@ -27,7 +27,17 @@ BIG_TILES = 512
 _U32 = 1 << 32
 
 TILED_PARAMS = Layout("M N K tiles_n tiles_m tiles a_batch b_batch t_in ks dil pad stride")
-GEMV_PARAMS = Layout("N K K4 groups")
+GEMV_PARAMS = Layout("N K K4 groups eps:f x_stride cols ss")
+GEMV_ROWS = 8       # weight rows per gemv workgroup (256 threads, 8 partial sums each)
+MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
+WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
+WG_SUMS_BYTES = 4096 + 16 + 2 * 256  # shaders/lib/wg_sums.wgsl's arrays (each variable rounds up to 16 bytes)
+
+
+def cw_max(K: int) -> int:
+    """How many (head, split) weights the combining gemv (XMODE 2) stages next to its K inputs
+    (two arrays of them, each rounded up to 16 bytes)."""
+    return (WG_BYTES - WG_SUMS_BYTES - -(-4 * K // 16) * 16 - 32) // 8
 
 
 def tile_size(batch: int, M: int, N: int, tile: int | None = None) -> int:
@@ -40,11 +50,25 @@ def tile_size(batch: int, M: int, N: int, tile: int | None = None) -> int:
     return 128 if batch * -(-M // 128) * -(-N // 128) >= BIG_TILES else 64
 
 
-def _pipeline(rt, entry: str, dt, subgroups: bool | None, **constants):
+def _pipeline(rt, entry: str, dt, subgroups: bool | None, wt=None, **constants):
     """The matmul.wgsl pipeline for `entry`, with subgroup reductions where the adapter has them
-    (and `subgroups` is not False)."""
+    (and `subgroups` is not False). dt: the storage type of the activations (every array of
+    `tiled`); wt: the gemv's weights (default dt)."""
     sg = rt.has_subgroups and subgroups is not False
-    return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": sg}, aliases={"T": alias(dt)}, subgroups=sg)
+    aliases = {"T": alias(dt), "X": alias(dt), "WT": alias(dt if wt is None else wt)}
+    return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": sg}, aliases=aliases, subgroups=sg)
+
+
+def gemv_pipeline(rt, x_dtype, w_dtype, *, xmode=0, step=False, bias=False, gelu=False, resid=False, K=4,
+                  group=0, combine=None, subgroups=None):
+    """The gemv entry for a resident plan: xmode 0 (x from memory), 1 (layer norm of x in front)
+    or 2 (the attention splits merged in front: combine = dict of the G_* constants); step: the
+    active columns come from the step buffer. K: the input length (staged by xmode 1/2)."""
+    if xmode and K > MAX_STAGED:
+        raise ValueError(f"gemv with a fused prologue needs K <= {MAX_STAGED}, got {K}")
+    consts = {"XMODE": xmode, "STEP": step, "HAS_BIAS": bias, "GELU": gelu, "RESID": resid, "VEC4": K % 4 == 0,
+              "XS": K if xmode else 4, "GROUP": group, **(combine or {})}
+    return _pipeline(rt, "gemv", np.dtype(x_dtype), subgroups, wt=np.dtype(w_dtype), **consts)
 
 
 def _check_size(rt, what: str, shape) -> None:
@@ -82,14 +106,14 @@ def _tiled(rt, a, b, bias, dt, batch, M, N, K, a_batch, b_batch, trans_b, gelu, 
 
 
 def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape, subgroups):
-    """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8."""
+    """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8: the gemv with M columns."""
     out = rt.empty(out_shape, dt)
-    nr = max(1, 8 // M)  # M * NR <= 8 partial sums per thread (shaders/lib/wg_sums.wgsl)
-    groups = -(-N // nr)
-    pipe = _pipeline(rt, "gemv", dt, subgroups, MROWS=M, NR=nr, VEC4=K % 4 == 0, HAS_BIAS=bias is not None, GELU=gelu)
-    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups)
-    # bindings 5, 6: x and w again, read as vec4 when VEC4 (shaders/matmul.wgsl)
-    rt.run(pipe, [x, w, w if bias is None else bias, out, params, x, w], rt.grid(groups))
+    groups = -(-N // GEMV_ROWS)
+    pipe = gemv_pipeline(rt, dt, dt, bias=bias is not None, gelu=gelu, K=K, subgroups=subgroups)
+    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups, eps=0.0, x_stride=K, cols=M, ss=0)
+    step = rt.empty((4,), np.uint32)  # unread: the columns come from the uniform
+    # bindings: step, x, w, w as vec4, bias, layer-norm gamma and beta (unread), out, params
+    rt.run(pipe, [step, x, w, w, w if bias is None else bias, x, x, out, params], rt.grid(groups * M))
     return out
 
 

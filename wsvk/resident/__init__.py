@@ -1,15 +1,22 @@
 """Layer 3, the resident modules: whole model stages kept on the GPU (weights, KV caches, every
 bind group built once), so a chunk or a decode step is one submit with one small readback.
 
-    decoder.py  a WhisperSpeech decoder: one submit per decode step
-    encoder.py  a WhisperSpeech encoder: one pass per chunk, output left on the GPU
-    whisper.py  ResidentT2S / ResidentS2A: whisperspeech's generate() on the two above
-    vocos.py    ResidentVocos: backbone + ISTFT head, one readback per call
+    plan.py      a WhisperSpeech decoder's weights, slots and dispatch list, built once
+    decoder.py   ResidentDecoder: runs the plan, one submit per decode step of every active slot
+    batching.py  DecodeLoop: sequences join and leave the slots at step boundaries
+    sampling.py  whisperspeech's sampler with a per-sequence torch.Generator
+    encoder.py   a WhisperSpeech encoder: one pass per chunk, output left on the GPU
+    whisper.py   what T2S and S2A share (whisperspeech's embeddings, counters)
+    t2s.py, s2a.py  ResidentT2S / ResidentS2A: whisperspeech's generate(), and batches of sequences
+    vocos.py     ResidentVocos: backbone + ISTFT head, one readback per call
 """
 
+from .batching import DecodeLoop
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
+from .s2a import ResidentS2A
+from .t2s import ResidentT2S
 from .vocos import ResidentVocos
-from .whisper import ResidentS2A, ResidentT2S
 
-__all__ = ["HeadStage", "ResidentDecoder", "ResidentEncoder", "ResidentS2A", "ResidentT2S", "ResidentVocos"]
+__all__ = ["DecodeLoop", "HeadStage", "ResidentDecoder", "ResidentEncoder", "ResidentS2A", "ResidentT2S",
+           "ResidentVocos"]

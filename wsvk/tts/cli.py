@@ -141,7 +141,7 @@ class ConsoleProgress:
 
     def stage_start(self, stage, chunk, n_chunks, total_steps):
         self.stage, self.total, self.done = stage, total_steps, 0
-        self.label = stage + (f" chunk {chunk + 1}/{n_chunks}" if n_chunks > 1 else "")
+        self.label = stage + (f" ({n_chunks} chunks)" if n_chunks > 1 else "")
         self._draw(force=True)
 
     def step(self, stage):

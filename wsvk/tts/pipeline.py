@@ -1,16 +1,15 @@
 """Layer 4: the WhisperSpeech text-to-speech pipeline on CPU torch, hot ops on the GPU.
 
-    pipe = load_pipeline()                      # released models (Hugging Face cache)
-    audio = pipe.generate("Hello there.")      # float32 mono, 24 kHz
+    pipe = load_pipeline()                              # released models (Hugging Face cache)
+    audio = pipe.generate("Hello there.")              # float32 mono, 24 kHz
+    audios = pipe.generate_batch(["One.", "Two."])     # one waveform per text, decoded together
 
 Stages per text chunk: T2S (text bytes -> semantic tokens), S2A (semantic -> 4 EnCodec
-codebooks), Vocos (codebooks -> waveform); plus an ECAPA speaker embedding for voice
-cloning. On the wgpu backend T2S, S2A and Vocos run as resident GPU modules (wsvk.resident:
-one submit per chunk and per decode step); everything else, and every stage with resident=False,
-runs inside `wsvk.router.offload()`, which sends F.linear / matmul / SDPA / FFT calls to the
-WGSL kernels when the backend selects an adapter. Sampling stays
-on the CPU: whisperspeech samples with the global torch RNG, so each stage of each chunk is
-seeded from (seed, chunk, stage) inside a forked RNG, the same on every backend.
+codebooks), Vocos (codebooks -> waveform); plus an ECAPA speaker embedding for voice cloning.
+Every chunk of every text in a call goes through each stage together (wsvk/tts/stages.py): on
+the wgpu backend T2S and S2A decode them side by side in the resident decoder's slots, one submit
+per step. Sampling stays on the CPU, each stage of each chunk seeded from (seed, chunk, stage):
+the same tokens on every backend, alone or in a batch.
 """
 
 from __future__ import annotations
@@ -18,16 +17,16 @@ from __future__ import annotations
 import math
 import threading
 import time
-import warnings
 from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 
 from ..errors import InputError, NotCachedError
-from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos, random_s2a, random_t2s, random_vocos, resolve_file,
-                     resolve_folder)
+from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos,
+                     random_s2a, random_t2s, random_vocos, resolve_file, resolve_folder)
 from .speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, read_speaker_audio
+from .stages import Chunk, Stages
 from .textsplit import split_text
 
 SAMPLE_RATE = 24000
@@ -65,12 +64,16 @@ def check_cps(cps) -> float:
     return value
 
 
-def _stage_seed(seed: int, chunk: int, stage: int) -> int:
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, chunk, stage]).generate_state(1)[0])
+def check_seed(seed) -> int:
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
+        raise InputError(f"seed must be an integer, not {seed!r}")
+    return int(seed)
 
 
 class Progress:
-    """Hooks the pipeline calls; subclass and override what you need (all no-ops here)."""
+    """Hooks the pipeline calls; subclass and override what you need (all no-ops here). A stage
+    runs all the chunks of a call together: chunk is 0 and n_chunks their number; step() comes once
+    per decode step of each chunk, up to total_steps (an upper bound) in all."""
 
     def stage_start(self, stage: str, chunk: int, n_chunks: int, total_steps: int | None) -> None:
         pass
@@ -84,11 +87,12 @@ class Progress:
 
 @dataclass
 class Generation:
-    """What the last `generate` did: chunks, tokens per chunk, seconds per stage."""
+    """What the last `generate` / `generate_batch` did: chunks (of every text, in order), tokens per
+    chunk, seconds per stage."""
 
     chunks: list[str] = field(default_factory=list)
     stoks: list = field(default_factory=list)  # per chunk: long tensor [n]
-    atoks: list = field(default_factory=list)  # per chunk: long tensor [1, quantizers, 3n-ish]
+    atoks: list = field(default_factory=list)  # per chunk: long tensor [1, quantizers, 3n-ish], or None
     seconds: dict = field(default_factory=lambda: {s: 0.0 for s in STAGES})
     audio_seconds: float = 0.0
     faults: list = field(default_factory=list)  # GPU failures that sent a stage back to the CPU
@@ -98,7 +102,7 @@ class Pipeline:
     """T2S + S2A + Vocos (+ a lazily loaded speaker encoder). Build it with `load_pipeline`."""
 
     def __init__(self, t2s, s2a, vocos, speaker_model=None, random_weights: str | None = None, seed: int = 0,
-                 resident: bool = True, random_t2s: bool = False):
+                 resident: bool = True, random_t2s: bool = False, slots: int | None = None):
         from ..router import RouterStats
 
         if int(t2s.stoks_len) > int(s2a.stoks_len):  # S2A would crop what T2S says
@@ -113,9 +117,10 @@ class Pipeline:
         self.last = Generation()
         self._encoder: SpeakerEncoder | None = speaker_model if isinstance(speaker_model, SpeakerEncoder) else None
         self.resident = bool(resident)  # decode steps and Vocos as one GPU submit each (wgpu backend)
+        self.slots = slots              # sequences per resident decode step (None: WSVK_SLOTS or by adapter)
         self.random_t2s = random_t2s    # a random T2S never says "stop": bound its length by the text
-        self._resident: dict = {}       # stage -> resident module, built on first GPU use
-        self._lock = threading.Lock()   # whisperspeech samples from torch's global RNG: one call at a time
+        self.stages = Stages(self)
+        self._lock = threading.Lock()   # one call at a time: the resident modules' slots are shared
         self._speakers: dict = {}       # samples hash -> ECAPA embedding, least recently used first
         self._speaker_lock = threading.Lock()
 
@@ -123,6 +128,10 @@ class Pipeline:
     def stats(self):
         """RouterStats of every stage together, over this pipeline's life."""
         return _merged(self.stage_stats.values())
+
+    @property
+    def _resident(self) -> dict:
+        return self.stages.resident
 
     # -- facts about the loaded models
     @property
@@ -208,158 +217,91 @@ class Pipeline:
             raise InputError(f"speaker embedding has {emb.numel()} values; the S2A model takes {self.speaker_width}")
         return emb.float()
 
-    # -- stages
-    def _gpu_runner(self, stage: str):
-        """The resident GPU module for a stage, or None (cpu backend, resident off, after a fault)."""
-        if not self.resident:
-            return None
-        from ..router import active_backend
-        from ..gpu import get_runtime
-
-        if active_backend()[0] != "wgpu" or get_runtime().lost:
-            return None
-        if stage not in self._resident:
-            from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
-
-            make = {"t2s": lambda: ResidentT2S(self.t2s), "s2a": lambda: ResidentS2A(self.s2a),
-                    "vocos": lambda: ResidentVocos(self.vocos)}[stage]
-            self._resident[stage] = make()
-        return self._resident[stage]
-
     def resident_modules(self) -> dict:
         """Counters of the resident GPU modules used so far: dispatches and host time per step."""
-        out = {}
-        for stage, mod in self._resident.items():
-            if hasattr(mod, "counters"):
-                out[stage] = mod.counters()
-            else:  # Vocos: one readback per chunk
-                out[stage] = {"dispatches_per_call": mod.dispatches_per_call, **mod.stats}
-        return out
-
-    def _run(self, stage: str, chunk: int, n_chunks: int, total, seed: int, fn):
-        """fn(model, step) on the stage's resident GPU module when there is one, else on the torch
-        model under offload(). A GPU failure reruns the stage on the CPU with the same seed, so the
-        tokens and audio equal an uninterrupted CPU run; one warning says so."""
-        import torch
-
-        from ..router import offload
-        from ..errors import GpuError
-
-        cpu_model = {"t2s": self.t2s, "s2a": self.s2a, "vocos": self.vocos}[stage]
-        stats = self.stage_stats[stage]
-        self.progress.stage_start(stage, chunk, n_chunks, total)
-        t0 = time.perf_counter()
-        runner = self._gpu_runner(stage)
-        faults_before = len(stats.faults)
-        while True:
-            try:
-                with torch.random.fork_rng(devices=[]), offload(stats, warn=False):
-                    torch.manual_seed(seed)
-                    out = fn(runner or cpu_model, lambda: self.progress.step(stage))
-                break
-            except GpuError as e:
-                if runner is None:
-                    raise
-                stats.faults.append(str(e))
-                runner = None  # rerun the stage on the CPU: same seed, same tokens
-        if len(stats.faults) > faults_before:
-            self.last.faults.append(f"{stage}: {stats.faults[faults_before]}")
-            warnings.warn(f"wsvk: {stats.faults[faults_before]}; finished the {stage} stage on the CPU",
-                          RuntimeWarning, stacklevel=3)
-        if runner is not None:
-            stats.count("resident")  # one resident run: decode steps or a Vocos chunk
-        dt = time.perf_counter() - t0
-        self.last.seconds[stage] += dt
-        self.progress.stage_end(stage, chunk, n_chunks, dt)
-        return out
-
-    def _token_cap(self, text: str, cps: float):
-        """Semantic tokens allowed for a chunk: all of them, except for a random T2S (it never ends,
-        so noise as long as the text would take to say, at 25 tokens per second, plus margin)."""
-        if not self.random_t2s:
-            return None
-        seconds = len(text) / cps
-        return int(min(int(self.t2s.stoks_len), math.ceil(25 * 1.5 * seconds) + 10))
-
-    def _t2s(self, text, lang, cps, seed, chunk, n_chunks):
-        cap = self._token_cap(text, cps)
-        steps = (cap or int(self.t2s.stoks_len)) - 2  # upper bound: T2S stops early at its end token
-        stoks = self._run("t2s", chunk, n_chunks, steps, seed, lambda m, step: m.generate(
-            text, cps=cps, lang=lang, N=cap, step=step, show_progress_bar=False)[0])
-        return self._until_end(stoks)
-
-    def _until_end(self, stoks):
-        """Semantic tokens up to the end token. whisperspeech checks for the end token after every
-        step but the first, so a first-step end (or a special code S2A cannot embed) gets through."""
-        eot = int(self.t2s.stoks_codes) + int(self.t2s.tunables.padding_token_offset)
-        bad = ((stoks == eot) | (stoks >= int(self.s2a.stoks_codes))).nonzero()
-        return stoks[: int(bad[0, 0])] if bad.numel() else stoks
-
-    def _s2a(self, stoks, spk, seed, chunk, n_chunks):
-        steps = max(0, min(3 * len(stoks), int(self.s2a.ctx_n) - 1) - 2)
-        return self._run("s2a", chunk, n_chunks, steps, seed, lambda m, step: m.generate(
-            stoks, spk.unsqueeze(0), step=step, show_progress_bar=False))
-
-    def _vocos(self, atoks, chunk, n_chunks):
-        import torch
-
-        from ..resident import ResidentVocos
-
-        q = atoks.shape[1]
-        bandwidth = {2: 0, 4: 1, 8: 2}.get(q)
-        if bandwidth is None:
-            raise InputError(f"Vocos takes 2, 4 or 8 codebooks; the S2A model makes {q}")
-
-        def decode(model, step):
-            with torch.inference_mode():
-                if isinstance(model, ResidentVocos):
-                    audio = model.decode_codes(atoks, bandwidth_id=bandwidth)  # [1, samples]
-                else:
-                    feats = model.codes_to_features(atoks.permute(1, 0, 2))  # [q, 1, t] -> [1, 128, t]
-                    audio = model.decode(feats, bandwidth_id=torch.tensor(bandwidth))
-            step()
-            return audio[0].float().numpy()
-
-        return self._run("vocos", chunk, n_chunks, 1, 0, decode)
+        return self.stages.counters()
 
     # -- the whole thing
     def generate(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> np.ndarray:
-        """Speech for `text`: float32 mono at 24 kHz (see _generate). Thread-safe: calls from
-        several threads run one at a time, each with its own seed."""
-        with self._lock:
-            return self._generate(text, speaker, lang, cps, seed)
+        """Speech for `text`: float32 mono at 24 kHz. Text longer than the T2S window is split into
+        chunks (sentences, clauses, words), all decoded together and joined in order.
 
-    def _generate(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> np.ndarray:
-        """Speech for `text`: float32 mono at 24 kHz. Text longer than the T2S window is split
-        into chunks (sentences, clauses, words) that are spoken in turn and joined.
-
-        speaker: None (whisperspeech's default voice), an audio file path, a wsvk.speaker.Voice
-        (audio already read), or a speaker embedding [D].
+        speaker: None (whisperspeech's default voice), an audio file path, a wsvk.tts.speaker.Voice
+        (audio already read), or a speaker embedding [D]. Thread-safe: calls from several threads
+        run one at a time, each with its own seed.
         """
-        if not isinstance(text, str):
-            raise InputError(f"text must be a str, not {type(text).__name__}")
-        chunks = split_text(text, self.max_text_bytes)
-        if not chunks:
-            raise InputError("the text is empty")
-        lang = check_language(lang)
-        cps = check_cps(cps)
-        seed = self.seed if seed is None else int(seed)
-        self.last = Generation(chunks=chunks)
-        spk = self._speaker(speaker)
-        parts = []
-        n = len(chunks)
-        for i, chunk in enumerate(chunks):
-            stoks = self._t2s(chunk, lang, cps, _stage_seed(seed, i, 0), i, n)
-            self.last.stoks.append(stoks)
-            if len(stoks) < 2:  # the model ended at once: S2A needs a few tokens to say anything
-                self.last.atoks.append(None)
-                continue
-            atoks = self._s2a(stoks, spk, _stage_seed(seed, i, 1), i, n)
-            self.last.atoks.append(atoks)
-            parts.append(self._vocos(atoks, i, n))
-        audio = np.concatenate(parts).astype(np.float32) if parts else np.zeros(0, np.float32)
-        self.last.audio_seconds = audio.size / SAMPLE_RATE
-        return audio
+        return self.generate_batch([text], speaker, lang, cps, seed, _single=True)[0]
+
+    def generate_batch(self, texts, speaker=None, lang="en", cps=15, seed=None, _single=False) -> list[np.ndarray]:
+        """One waveform per text (float32, 24 kHz), every chunk of every text decoded together.
+        speaker, lang, cps and seed are each one value for all texts or a list with one per text;
+        with one seed, text i's audio equals generate(texts[i], ..., seed=seed). Every input is
+        checked before any work (an InputError names the text's index)."""
+        with self._lock:
+            chunks, n_texts = self._plan(texts, speaker, lang, cps, seed, _single)
+            self.last = Generation(chunks=[c.text for c in chunks])
+            self._synthesize(chunks)
+            parts = [[] for _ in range(n_texts)]
+            for c in chunks:
+                if c.audio is not None:
+                    parts[c.text_index].append(c.audio)
+            audios = [np.concatenate(p).astype(np.float32) if p else np.zeros(0, np.float32) for p in parts]
+            self.last.audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
+            return audios
+
+    def _plan(self, texts, speaker, lang, cps, seed, single: bool):
+        """The checked chunks of every text (InputError naming the text, before any work)."""
+        if single:
+            texts = [texts[0]]
+        elif isinstance(texts, str) or not isinstance(texts, (list, tuple)):
+            raise InputError(f"texts must be a list of str, not {type(texts).__name__}")
+        if not texts:
+            raise InputError("no texts given")
+        n = len(texts)
+
+        def per_text(name, value):
+            if isinstance(value, (list, tuple)) and not (name == "speaker" and _is_embedding(value)):
+                if len(value) != n:
+                    raise InputError(f"{name} has {len(value)} values for {n} texts")
+                return list(value)
+            return [value] * n
+
+        params = {k: per_text(k, v) for k, v in (("speaker", speaker), ("lang", lang), ("cps", cps),
+                                                 ("seed", self.seed if seed is None else seed))}
+        chunks, speakers = [], {}
+        for i, text in enumerate(texts):
+            where = "" if single else f"text {i}: "
+            try:
+                if not isinstance(text, str):
+                    raise InputError(f"text must be a str, not {type(text).__name__}")
+                pieces = split_text(text, self.max_text_bytes)
+                if not pieces:
+                    raise InputError("the text is empty")
+                lang_i, cps_i = check_language(params["lang"][i]), check_cps(params["cps"][i])
+                seed_i = check_seed(params["seed"][i])
+                spk = params["speaker"][i]
+                key = id(spk) if not isinstance(spk, (str, Path)) else str(spk)
+                if key not in speakers:
+                    speakers[key] = self._speaker(spk)
+            except InputError as e:
+                raise InputError(f"{where}{e}") from None
+            chunks += [Chunk(i, j, piece, lang_i, cps_i, seed_i, speakers[key]) for j, piece in enumerate(pieces)]
+        return chunks, n
+
+    def _synthesize(self, chunks: list[Chunk]) -> None:
+        """T2S for every chunk, S2A for those that said something, Vocos for those (chunk.audio)."""
+        self.stages.t2s(chunks)
+        speaking = [c for c in chunks if len(c.stoks) >= 2]  # S2A needs a few tokens to say anything
+        if speaking:
+            self.stages.s2a(speaking)
+            self.stages.vocos(speaking)
+        self.last.stoks = [c.stoks for c in chunks]
+        self.last.atoks = [c.atoks for c in chunks]
+
+
+def _is_embedding(value) -> bool:
+    """A speaker given as a list of floats (an embedding), not a list of speakers."""
+    return len(value) > 0 and all(isinstance(v, (float, int, np.floating)) for v in value)
 
 
 def _merged(all_stats):
@@ -373,7 +315,7 @@ def _merged(all_stats):
 
 def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str | None = None,
                   speaker_model: str | None = None, random_weights: str | None = None, seed: int = 0,
-                  progress: Progress | None = None, resident: bool = True) -> Pipeline:
+                  progress: Progress | None = None, resident: bool = True, slots: int | None = None) -> Pipeline:
     """Load the three models (released ones by default) and return a Pipeline.
 
     Each of t2s/s2a is a local checkpoint path or a Hugging Face `owner/repo:file` reference;
@@ -382,6 +324,7 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     whichever of t2s/s2a/vocoder is not given, so the pipeline runs offline (it makes noise).
     resident: on the wgpu backend, run T2S/S2A (encoder per chunk, decode steps) and Vocos as
     resident GPU modules (one submit per chunk/step); False keeps the op-by-op router for every stage.
+    slots: sequences one resident decode step advances (None: WSVK_SLOTS, else by the adapter).
     """
     if random_weights is not None and random_weights not in RANDOM_SIZES:
         raise InputError(f"random_weights must be one of {', '.join(RANDOM_SIZES)}, not {random_weights!r}")
@@ -404,7 +347,8 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     s2a_model = load_s2a(refs["s2a"]) if "s2a" in refs else random_s2a(random_weights, seed)
     vocos_model = load_vocos(refs["vocoder"]) if "vocoder" in refs else random_vocos(seed)
     pipe = Pipeline(t2s_model, s2a_model, vocos_model, speaker_model=speaker_model,
-                    random_weights=random_weights, seed=seed, resident=resident, random_t2s="t2s" not in refs)
+                    random_weights=random_weights, seed=seed, resident=resident, random_t2s="t2s" not in refs,
+                    slots=slots)
     if progress is not None:
         pipe.progress = progress
     return pipe

@@ -1,0 +1,168 @@
+"""Batched resident decode: many sequences share each decode step (wsvk/resident/batching.py), each
+with its own tokens: identical to its solo decode and to the CPU model's, in float32."""
+
+import numpy as np
+import pytest
+import torch
+
+import test_resident as tr
+import tiny_models as tm
+from conftest import rel_err
+from test_precision import LOGIT_BOUND
+from wsvk.errors import InputError
+from wsvk.resident import ResidentS2A, ResidentT2S
+from wsvk.tts.models import s2a_from_spec, t2s_from_spec
+
+pytestmark = pytest.mark.usefixtures("f32_precision")
+
+TEXTS = ["hello world", "a b c", "twelve bytes", "x", "so many words", "fin", "the end is near", "ok",
+         "more text here", "last one"]
+CAPS = [9, 14, 6, 12, 16, 7, 11, 13, 5, 10]  # N per sequence: they leave at different steps
+
+
+@pytest.fixture(scope="module")
+def t2s():
+    return t2s_from_spec(tr.t2s_spec())
+
+
+@pytest.fixture(scope="module")
+def s2a():
+    return s2a_from_spec(tm.build_s2a(0))
+
+
+def gen(i):
+    return torch.Generator().manual_seed(100 + i)
+
+
+def cpu_t2s(model, i):
+    """whisperspeech's own generate, sampling from the global generator seeded as sequence i's."""
+    torch.manual_seed(100 + i)
+    return model.generate(TEXTS[i], N=CAPS[i], show_progress_bar=False)
+
+
+@pytest.mark.parametrize("slots", [1, 3, 8])
+def test_t2s_batch_equals_solo_and_cpu(rt, t2s, slots):
+    """10 sequences of different lengths through `slots` slots: they join as slots free up and
+    leave at their own ends; every sequence's tokens equal the CPU model's; one submit per step
+    (plus one per joining chunk: its encoder pass and cross K/V)."""
+    res = ResidentT2S(t2s, slots=slots, ch=4)
+    seqs = [res.sequence(TEXTS[i], N=CAPS[i], generator=gen(i)) for i in range(len(TEXTS))]
+    s0 = rt.stats["submits"]
+    res.run(seqs)
+    c = res.counters()
+    assert rt.stats["submits"] - s0 == c["steps"] + len(seqs)
+    assert c["steps"] == (sum(n - 1 for n in CAPS) if slots == 1 else c["steps"])
+    if slots > 1:  # sequences really shared steps
+        assert c["columns_per_step"] > 1.5 and c["steps"] < sum(n - 1 for n in CAPS)
+    for i, seq in enumerate(seqs):
+        ref = cpu_t2s(t2s, i)
+        assert torch.equal(seq.result, ref), (i, seq.result.tolist(), ref.tolist())
+
+
+def test_s2a_batch_equals_cpu(rt, s2a):
+    res = ResidentS2A(s2a, slots=3, ch=8)
+    inputs = [tr.s2a_inputs(i, n=n) for i, n in enumerate((5, 3, 7, 4))]
+    seqs = [res.sequence(stoks, spk, generator=gen(i)) for i, (stoks, spk) in enumerate(inputs)]
+    res.run(seqs)
+    assert res.counters()["columns_per_step"] > 1.5
+    for i, ((stoks, spk), seq) in enumerate(zip(inputs, seqs)):
+        torch.manual_seed(100 + i)
+        ref = s2a.generate(stoks, spk, show_progress_bar=False)
+        assert torch.equal(seq.result, ref), i
+
+
+def test_a_cancelled_sequence_leaves_without_disturbing_the_others(rt, t2s):
+    res = ResidentT2S(t2s, slots=3, ch=4)
+    seqs = [res.sequence(TEXTS[i], N=CAPS[i], generator=gen(i)) for i in range(5)]
+    steps = []
+
+    def cancel_after_three():
+        steps.append(1)
+        if len(steps) == 3:
+            seqs[1].cancelled = True
+
+    seqs[1].step = cancel_after_three
+    res.run(seqs)
+    assert seqs[1].result is None and len(steps) == 3
+    for i in (0, 2, 3, 4):
+        assert torch.equal(seqs[i].result, cpu_t2s(t2s, i)), i
+
+
+@pytest.mark.parametrize("precision", ["f32", pytest.param("f16", marks=pytest.mark.needs_f16)])
+def test_step_many_logits_equal_solo_steps(rt, t2s, monkeypatch, precision):
+    """Three slots with their own chunks at their own positions in one step: each column's logits
+    are its solo step's (f32: to rounding; f16: within the f16 bound of the f32 logits)."""
+    monkeypatch.setenv("WSVK_PRECISION", "f32")
+    solo = ResidentT2S(t2s, ch=4)
+    monkeypatch.setenv("WSVK_PRECISION", precision)
+    batch = ResidentT2S(t2s, slots=3, ch=4)
+    texts = ["hello world", "other words!", "third"]
+    runs = {}
+    for slot, text in enumerate(texts):
+        ttoks, langs, cpss = _inputs(t2s, text)
+        batch.start_chunk(ttoks, langs, cpss, slot=slot)
+    ref = []
+    for slot, text in enumerate(texts):  # slot s decodes positions s .. s + 5 (own lengths)
+        ttoks, langs, cpss = _inputs(t2s, text)
+        solo.start_chunk(ttoks, langs, cpss)
+        ref.append([solo.logits(5 + k, k).numpy()[0, 0] for k in range(slot + 6)])
+    for slot in range(3):  # the first positions of slots 1 and 2 alone, then all three together
+        for k in range(slot):
+            runs.setdefault(slot, []).append(batch.resident_decoder.step([5 + k], k, slot=slot))
+    for k in range(6):
+        rows = batch.resident_decoder.step_many([(s, [5 + s + k], s + k) for s in range(3)])
+        for s in range(3):
+            runs.setdefault(s, []).append(rows[s] * batch.output_scale())
+    for s in range(3):
+        got, want = np.stack(runs[s][s:]), np.stack(ref[s][s:])
+        err = rel_err(got, want)
+        assert (err < 1e-6) if precision == "f32" else (0 < err < LOGIT_BOUND), (s, err)
+
+
+def _inputs(model, text):
+    from wsvk.resident.t2s import t2s_inputs
+
+    return t2s_inputs(model, text, "en", 15)
+
+
+def test_slot_and_step_errors(rt, t2s):
+    res = ResidentT2S(t2s, slots=2)
+    dec = res.resident_decoder
+    with pytest.raises(ValueError, match="slot 2 outside"):
+        dec.step([0], 0, slot=2)
+    with pytest.raises(ValueError, match="twice"):
+        dec.step_many([(0, [0], 0), (0, [1], 1)])
+    with pytest.raises(ValueError, match="1 to 2 columns"):
+        dec.step_many([(0, [0], 0), (1, [0], 0), (1, [0], 0)])
+    with pytest.raises(ValueError, match="at least one slot"):
+        ResidentT2S(t2s, slots=0)
+
+
+def test_kv_caches_over_the_binding_limit_say_how_many_slots_fit(rt, t2s, monkeypatch):
+    monkeypatch.setitem(rt.limits, "max-storage-buffer-binding-size", 3 * 64 * tm.TTOKS_LEN * 4)
+    with pytest.raises(ValueError, match="use at most 3 slots"):
+        ResidentT2S(t2s, slots=4)
+    ResidentT2S(t2s, slots=3)
+
+
+def test_generate_batch_inputs_are_checked_first(rt):
+    from wsvk.tts import load_pipeline
+
+    pipe = load_pipeline(random_weights="tiny")
+    bad = [
+        (dict(texts=["fine", ""]), "text 1: the text is empty"),
+        (dict(texts=["fine", 5]), "text 1: text must be a str"),
+        (dict(texts="not a list"), "list of str"),
+        (dict(texts=[]), "no texts"),
+        (dict(texts=["a", "b"], lang=["en"]), "lang has 1 values for 2 texts"),
+        (dict(texts=["a", "b"], lang=["en", "xx"]), "text 1: unknown language 'xx'"),
+        (dict(texts=["a", "b"], cps=[15, -1]), "text 1: cps"),
+        (dict(texts=["a"], seed="7"), "text 0: seed must be an integer"),
+        (dict(texts=["a"], speaker="/no/such/voice.wav"), "text 0: speaker audio file not found"),
+    ]
+    calls = []
+    pipe.stages.run_stage = lambda *a, **k: calls.append(a)  # no stage may start
+    for kw, words in bad:
+        with pytest.raises(InputError, match=words):
+            pipe.generate_batch(**kw)
+    assert not calls

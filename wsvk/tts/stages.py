@@ -1,0 +1,207 @@
+"""The three stages over a batch of text chunks (Pipeline's engine).
+
+On the wgpu backend T2S and S2A decode every chunk of the batch together through the resident
+decoder's slots (continuous batching: more chunks than slots run as slots free up), each chunk
+sampling with its own torch.Generator seeded from (seed, chunk, stage); Vocos runs chunk by chunk
+on the resident vocoder. Otherwise each chunk runs whisperspeech's own generate() inside the op
+router, sampling from torch's global generator seeded the same way (the same draws). A GPU
+failure reruns the whole stage on the CPU with the same seeds: the tokens and audio equal an
+uninterrupted CPU run, and one warning says so.
+"""
+
+from __future__ import annotations
+
+import math
+import time
+import warnings
+from dataclasses import dataclass
+
+import numpy as np
+
+from .. import config
+from ..errors import GpuError, InputError
+
+STAGE_IDS = {"t2s": 0, "s2a": 1}
+
+
+def stage_seed(seed: int, chunk: int, stage: int) -> int:
+    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, chunk, stage]).generate_state(1)[0])
+
+
+@dataclass
+class Chunk:
+    """One chunk of one text, and what the stages made of it."""
+
+    text_index: int
+    index: int         # within its text: the seeds follow it, so a text sounds the same in any batch
+    text: str
+    lang: str
+    cps: float
+    seed: int
+    speaker: object    # the speaker embedding [D]
+    stoks: object = None
+    atoks: object = None
+    audio: object = None
+
+    def generator(self, stage: str):
+        import torch
+
+        return torch.Generator().manual_seed(stage_seed(self.seed, self.index, STAGE_IDS[stage]))
+
+
+def default_slots(rt) -> int:
+    """WSVK_SLOTS, else 8 sequences per decode step on a discrete GPU and 4 elsewhere (integrated
+    and software adapters share the host's memory)."""
+    return config.slots() or (8 if rt.info["type"] == "DiscreteGPU" else 4)
+
+
+class Stages:
+    """Runs T2S, S2A and Vocos for a Pipeline (its models, statistics, progress hooks)."""
+
+    def __init__(self, pipe):
+        self.pipe = pipe
+        self.resident: dict = {}  # stage -> resident module, built on first GPU use
+
+    # -- the resident modules
+    def gpu_runner(self, stage: str):
+        """The resident GPU module for a stage, or None (cpu backend, resident off, after a fault)."""
+        pipe = self.pipe
+        if not pipe.resident:
+            return None
+        from ..gpu import get_runtime
+        from ..router import active_backend
+
+        if active_backend()[0] != "wgpu" or get_runtime().lost:
+            return None
+        if stage not in self.resident:
+            from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
+
+            slots = pipe.slots or default_slots(get_runtime())
+            make = {"t2s": lambda: ResidentT2S(pipe.t2s, slots=slots), "s2a": lambda: ResidentS2A(pipe.s2a, slots=slots),
+                    "vocos": lambda: ResidentVocos(pipe.vocos)}[stage]
+            self.resident[stage] = make()
+        return self.resident[stage]
+
+    def counters(self) -> dict:
+        """Counters of the resident GPU modules used so far: dispatches and host time per step."""
+        out = {}
+        for stage, mod in self.resident.items():
+            if hasattr(mod, "counters"):
+                out[stage] = mod.counters()
+            else:  # Vocos: one readback per chunk
+                out[stage] = {"dispatches_per_call": mod.dispatches_per_call, **mod.stats}
+        return out
+
+    # -- running a stage
+    def run_stage(self, stage: str, chunks: list, total: int | None, on_gpu, on_cpu) -> None:
+        """on_gpu(module, chunks, step) for the whole batch on the stage's resident module when
+        there is one, else (or after a GPU failure) on_cpu(model, chunk, step) chunk by chunk,
+        each inside a forked global RNG seeded for that chunk and the op router."""
+        import torch
+
+        from ..router import offload
+
+        pipe = self.pipe
+        cpu_model = {"t2s": pipe.t2s, "s2a": pipe.s2a, "vocos": pipe.vocos}[stage]
+        stats = pipe.stage_stats[stage]
+        pipe.progress.stage_start(stage, 0, len(chunks), total)
+        t0 = time.perf_counter()
+        step = lambda: pipe.progress.step(stage)  # noqa: E731
+        runner = self.gpu_runner(stage)
+        faults_before = len(stats.faults)
+        if runner is not None:
+            try:
+                with offload(stats, warn=False):
+                    on_gpu(runner, chunks, step)
+                stats.count("resident")  # one resident run: a batch of decodes or of Vocos chunks
+            except GpuError as e:
+                stats.faults.append(str(e))
+                runner = None  # rerun the stage on the CPU: same seeds, same tokens
+        if runner is None:
+            for chunk in chunks:
+                with torch.random.fork_rng(devices=[]), offload(stats, warn=False):
+                    if stage in STAGE_IDS:
+                        torch.manual_seed(stage_seed(chunk.seed, chunk.index, STAGE_IDS[stage]))
+                    on_cpu(cpu_model, chunk, step)
+        if len(stats.faults) > faults_before:
+            pipe.last.faults.append(f"{stage}: {stats.faults[faults_before]}")
+            warnings.warn(f"wsvk: {stats.faults[faults_before]}; finished the {stage} stage on the CPU",
+                          RuntimeWarning, stacklevel=4)
+        dt = time.perf_counter() - t0
+        pipe.last.seconds[stage] += dt
+        pipe.progress.stage_end(stage, 0, len(chunks), dt)
+
+    # -- the stages
+    def token_cap(self, chunk: Chunk):
+        """Semantic tokens allowed for a chunk: all of them, except for a random T2S (it never ends,
+        so noise as long as the text would take to say, at 25 tokens per second, plus margin)."""
+        if not self.pipe.random_t2s:
+            return None
+        seconds = len(chunk.text) / chunk.cps
+        return int(min(int(self.pipe.t2s.stoks_len), math.ceil(25 * 1.5 * seconds) + 10))
+
+    def until_end(self, stoks):
+        """Semantic tokens up to the end token. whisperspeech checks for the end token after every
+        step but the first, so a first-step end (or a special code S2A cannot embed) gets through."""
+        pipe = self.pipe
+        eot = int(pipe.t2s.stoks_codes) + int(pipe.t2s.tunables.padding_token_offset)
+        bad = ((stoks == eot) | (stoks >= int(pipe.s2a.stoks_codes))).nonzero()
+        return stoks[: int(bad[0, 0])] if bad.numel() else stoks
+
+    def t2s(self, chunks: list) -> None:
+        """chunk.stoks for every chunk: semantic tokens up to the end token."""
+        total = sum((self.token_cap(c) or int(self.pipe.t2s.stoks_len)) - 2 for c in chunks)
+
+        def on_gpu(mod, batch, step):
+            seqs = [mod.sequence(c.text, cps=c.cps, lang=c.lang, N=self.token_cap(c), generator=c.generator("t2s"),
+                                 step=step) for c in batch]
+            mod.run(seqs)
+            for c, seq in zip(batch, seqs):
+                c.stoks = self.until_end(seq.result[0])
+
+        def on_cpu(model, c, step):
+            c.stoks = self.until_end(model.generate(c.text, cps=c.cps, lang=c.lang, N=self.token_cap(c), step=step,
+                                                    show_progress_bar=False)[0])
+
+        self.run_stage("t2s", chunks, total, on_gpu, on_cpu)
+
+    def s2a(self, chunks: list) -> None:
+        """chunk.atoks [1, quantizers, n] for every chunk (chunks with fewer than 2 semantic tokens
+        are not given: S2A needs a few to say anything)."""
+        ctx = int(self.pipe.s2a.ctx_n)
+        total = sum(max(0, min(3 * len(c.stoks), ctx - 1) - 2) for c in chunks)
+
+        def on_gpu(mod, batch, step):
+            seqs = [mod.sequence(c.stoks, c.speaker.unsqueeze(0), generator=c.generator("s2a"), step=step)
+                    for c in batch]
+            mod.run(seqs)
+            for c, seq in zip(batch, seqs):
+                c.atoks = seq.result
+
+        def on_cpu(model, c, step):
+            c.atoks = model.generate(c.stoks, c.speaker.unsqueeze(0), step=step, show_progress_bar=False)
+
+        self.run_stage("s2a", chunks, total, on_gpu, on_cpu)
+
+    def vocos(self, chunks: list) -> None:
+        """chunk.audio (float32 [samples]) for every chunk, from its acoustic tokens."""
+        import torch
+
+        q = chunks[0].atoks.shape[1] if chunks else 4
+        bandwidth = {2: 0, 4: 1, 8: 2}.get(q)
+        if bandwidth is None:
+            raise InputError(f"Vocos takes 2, 4 or 8 codebooks; the S2A model makes {q}")
+
+        def on_gpu(mod, batch, step):
+            for c in batch:
+                with torch.inference_mode():
+                    c.audio = mod.decode_codes(c.atoks, bandwidth_id=bandwidth)[0].float().numpy()
+                step()
+
+        def on_cpu(model, c, step):
+            with torch.inference_mode():
+                feats = model.codes_to_features(c.atoks.permute(1, 0, 2))  # [q, 1, t] -> [1, 128, t]
+                c.audio = model.decode(feats, bandwidth_id=torch.tensor(bandwidth))[0].float().numpy()
+            step()
+
+        self.run_stage("vocos", chunks, len(chunks), on_gpu, on_cpu)
