@@ -166,3 +166,96 @@ def test_generate_batch_inputs_are_checked_first(rt):
         with pytest.raises(InputError, match=words):
             pipe.generate_batch(**kw)
     assert not calls
+
+
+# ---------------------------------------------------------------- the pipeline
+
+
+@pytest.fixture(scope="module")
+def tiny_files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("batch-models")
+    paths = tm.write_all(root)
+    paths["voice"] = tm.write_voice(root / "voice.wav")
+    return paths
+
+
+def pipeline(files, **kw):
+    from wsvk.tts import load_pipeline
+
+    return load_pipeline(t2s=str(files["t2s"]), s2a=str(files["s2a"]), vocoder=str(files["vocoder"]),
+                         speaker_model=str(files["speaker_model"]), **kw)
+
+
+BATCH = ["Hi there, friend.", "A second caller speaks at some length here.", "Short one."]
+
+
+def test_generate_batch_equals_solo_generate(rt, tiny_files, monkeypatch):
+    """With one seed, text i of a batch sounds as generate(texts[i]) does; per-text seeds, langs,
+    speeds and speakers too; the batch shared decode steps."""
+    monkeypatch.setenv("WSVK_BACKEND", "wgpu")
+    pipe = pipeline(tiny_files, slots=4)
+    solo = [pipe.generate(t, seed=5) for t in BATCH]
+    pipe.stages.resident["t2s"].reset_counters()
+    together = pipe.generate_batch(BATCH, seed=5)
+    assert pipe.resident_modules()["t2s"]["columns_per_step"] > 1.5
+    for a, b in zip(together, solo):
+        assert a.shape == b.shape and a.size > 0 and rel_err(a, b) < 1e-5
+    voice = str(tiny_files["voice"])
+    mixed = pipe.generate_batch(BATCH, speaker=[None, voice, None], lang=["en", "pl", "en"], cps=[15, 12, 18],
+                                seed=[1, 2, 3])
+    for i, (spk, lang, cps, seed) in enumerate(zip([None, voice, None], ["en", "pl", "en"], [15, 12, 18], [1, 2, 3])):
+        ref = pipe.generate(BATCH[i], speaker=spk, lang=lang, cps=cps, seed=seed)
+        assert rel_err(mixed[i], ref) < 1e-5, i
+
+
+def test_long_text_batched_equals_the_cpu_backend(rt, tiny_files, monkeypatch):
+    monkeypatch.setenv("WSVK_BACKEND", "cpu")
+    text = " ".join(f"Sentence {i} says a few words." for i in range(8))
+    cpu = pipeline(tiny_files)
+    ref = cpu.generate(text, seed=3)
+    monkeypatch.setenv("WSVK_BACKEND", "wgpu")
+    gpu = pipeline(tiny_files, slots=3)  # more chunks than slots: they run as slots free up
+    got = gpu.generate(text, seed=3)
+    assert len(gpu.last.chunks) > 3 and gpu.last.chunks == cpu.last.chunks
+    assert all(torch.equal(a, b) for a, b in zip(gpu.last.stoks, cpu.last.stoks))
+    assert got.shape == ref.shape and rel_err(got, ref) < 1e-4
+
+
+def test_gpu_fault_mid_batch_finishes_every_text_on_the_cpu(rt, tiny_files, monkeypatch):
+    monkeypatch.setenv("WSVK_BACKEND", "cpu")
+    ref = pipeline(tiny_files).generate_batch(BATCH, seed=9)
+    monkeypatch.setenv("WSVK_BACKEND", "wgpu")
+    pipe = pipeline(tiny_files, slots=4)
+    real = pipe.stages.run_stage
+
+    def fault_in_s2a(stage, *a):
+        if stage == "s2a":
+            rt.fault_after = rt.stats["submits"] + 6  # a few batched steps in
+        return real(stage, *a)
+
+    pipe.stages.run_stage = fault_in_s2a
+    try:
+        with pytest.warns(RuntimeWarning) as caught:
+            got = pipe.generate_batch(BATCH, seed=9)
+    finally:
+        rt.fault_after, rt.lost = None, None
+    assert len([w for w in caught if "wsvk" in str(w.message)]) == 1 and len(pipe.last.faults) == 1
+    for a, b in zip(got, ref):
+        assert a.shape == b.shape and rel_err(a, b) < 1e-4
+
+
+@pytest.mark.slow
+def test_memory_flat_over_200_batched_calls(rt, tiny_files, monkeypatch):
+    import resource
+
+    monkeypatch.setenv("WSVK_BACKEND", "wgpu")
+    pipe = pipeline(tiny_files, slots=3)
+    for i in range(3):
+        pipe.generate_batch(["Warm up.", "Twice."], seed=i)
+    gpu_before = rt.pool.allocated_bytes
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(200):
+        pipe.generate_batch(["Again and again.", "And more."], seed=i % 4)
+    assert rt.pool.allocated_bytes <= gpu_before
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 64, f"host memory grew by {grown_mb:.0f} MB over 200 batched calls"
