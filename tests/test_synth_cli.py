@@ -93,6 +93,7 @@ CASES = [
      "speaker audio file not found"),
     ("non-audio speaker", ["hi", "-o", "{out}", "--speaker", "{t2s}"], None, {}, "not a readable audio file"),
     ("unwritable output", ["hi", "-o", "{dir}/no/such/folder/x.wav"], None, {}, "output folder does not exist"),
+    ("unknown format", ["hi", "-o", "{dir}/x.aiff"], None, {}, "use one of .flac, .mp3, .ogg, .opus, .wav"),
     ("bad backend", ["hi", "-o", "{out}"], None, {"WSVK_BACKEND": "cuda"}, "WSVK_BACKEND='cuda' is not valid"),
     ("no output", ["hi"], None, {}, "-o/--output"),
     ("bad size", ["hi", "-o", "{out}", "--random-weights", "huge"], None, {}, "invalid choice"),
@@ -176,3 +177,38 @@ def test_random_weights_run_offline(tmp_path, backend):
     audio, rate = sf.read(out)
     assert rate == 24000 and audio.size > 0
     assert torch.from_numpy(audio).isfinite().all()
+
+
+@pytest.mark.parametrize("name,fmt", [("out.flac", "FLAC"), ("out.mp3", "MP3"), ("out.ogg", "OGG"), ("out.opus", "OGG"),
+                                      ("out.wav", "WAV")])
+def test_the_extension_names_the_format(tiny, tmp_path, name, fmt):
+    """-o writes the format its extension names, readable by everyone (0666 less the umask)."""
+    res = synth("Hello there.", "-o", tmp_path / name, *model_args(tiny), "--seed", "3")
+    assert res.returncode == 0, res.stderr
+    info = sf.info(tmp_path / name)
+    assert info.format == fmt and info.samplerate == 24000 and info.channels == 1 and info.frames > 0
+    mode = (tmp_path / name).stat().st_mode & 0o777
+    umask = os.umask(0)
+    os.umask(umask)
+    assert mode == 0o666 & ~umask, oct(mode)
+    assert [p.name for p in tmp_path.iterdir()] == [name]
+
+
+@pytest.mark.parametrize("backend", ["cpu", "wgpu"])
+def test_dash_streams_a_wav_to_stdout(tiny, tmp_path, backend):
+    """-o -: a WAV with the unknown-length header on stdout, the same samples as -o x.wav; the
+    summary (with the time to first audio) on stderr."""
+    ref = synth("Hello there, friend. A second sentence.", "-o", tmp_path / "x.wav", *model_args(tiny),
+                "--seed", "3", backend=backend, env={"WSVK_PRECISION": "f32"})
+    assert ref.returncode == 0, ref.stderr
+    full_env = dict(os.environ, WSVK_BACKEND=backend, WSVK_PRECISION="f32", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
+                    XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    res = subprocess.run([sys.executable, str(SYNTH), "Hello there, friend. A second sentence.", "-o", "-",
+                          *map(str, model_args(tiny)), "--seed", "3"], capture_output=True, env=full_env, cwd=ROOT,
+                         timeout=300)
+    assert res.returncode == 0, res.stderr.decode()
+    assert res.stdout[:4] == b"RIFF" and res.stdout[4:8] == b"\xff\xff\xff\xff"
+    samples = np.frombuffer(res.stdout[44:], "<i2")
+    want = (sf.read(tmp_path / "x.wav", dtype="int16")[0]).astype(np.int32)
+    assert samples.size == want.size and np.abs(samples.astype(np.int32) - want).max() <= 1
+    assert "first audio after" in res.stderr.decode()

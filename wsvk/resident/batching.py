@@ -1,6 +1,9 @@
 """Continuous batching over a ResidentDecoder's slots: sequences join free slots and leave at step
 boundaries, and every step advances all the active ones in one submit.
 
+`run(sequences)` decodes a list to its end; `serve(queue)` keeps taking sequences from a
+queue.Queue (blocking while idle) until it takes None: the server's loop.
+
 A sequence is any object with
     start(slot) -> (token ids, pos) or None   its encoder pass and prompt go into `slot`; the
                                               first step's input (None: nothing to decode)
@@ -11,7 +14,10 @@ A sequence is any object with
 
 from __future__ import annotations
 
+import queue
 from collections import deque
+
+_EMPTY = object()  # nothing waiting (as opposed to None: stop)
 
 
 class DecodeLoop:
@@ -23,13 +29,34 @@ class DecodeLoop:
 
     def run(self, sequences) -> None:
         """Decode every sequence to its end (or cancellation), in joining order."""
-        dec = self.decoder
         pending = deque(sequences)
+        self._loop(lambda block: pending.popleft() if pending else _EMPTY)
+
+    def serve(self, source: queue.Queue) -> None:
+        """Decode sequences as they arrive in `source` until it yields None (then return at once,
+        dropping what is active)."""
+        def take(block):
+            try:
+                return source.get(block=block)
+            except queue.Empty:
+                return _EMPTY
+
+        self._loop(take)
+
+    def _loop(self, take) -> None:
+        """take(block) -> the next sequence, _EMPTY (none waiting) or None (stop)."""
+        dec = self.decoder
         free = list(range(dec.slots - 1, -1, -1))  # pop() hands out slot 0 first
         active: dict[int, list] = {}  # slot -> [sequence, next input]
-        while pending or active:
-            while pending and free:
-                seq = pending.popleft()
+        while True:
+            while free:
+                seq = take(not active)  # block only while there is nothing to step
+                if seq is None:
+                    return
+                if seq is _EMPTY:
+                    if not active:
+                        return  # run(): the list is done
+                    break
                 if getattr(seq, "cancelled", False):
                     continue
                 slot = free.pop()

@@ -37,6 +37,27 @@ class S2ASequence:
         self.max_steps = max(0, self.end - self.first - 2)
         self.result = None
         self.cancelled = False
+        self.on_feed = None  # called with the sequence after every step (frames_done grows)
+        self.on_done = None  # called with the sequence once its result is set
+
+    @property
+    def n_frames(self) -> int:
+        """Frames of the finished result (N - 4, as generate returns)."""
+        return max(0, min(self.N - 4, min(self.N, self.owner.model.ctx_n) - 1))
+
+    @property
+    def frames_done(self) -> int:
+        """Frames whose every quantizer is sampled: quantizer j of frame t sits at column t + 1 + j."""
+        if self.result is not None:
+            return self.n_frames
+        return max(0, min(self.pos + 2 - self.owner.model.quantizers, self.n_frames))
+
+    def frames(self, a: int, b: int):
+        """Codes [1, Q, b - a] of frames a..b-1 (the delay pattern undone), b <= frames_done."""
+        if self.result is not None:
+            return self.result[:, :, a:b]
+        Q = self.owner.model.quantizers
+        return torch.stack([self.toks[j, 1 + a + j:1 + b + j] for j in range(Q)])[None]
 
     def start(self, slot: int):
         self.slot, self.pos = slot, self.first
@@ -54,11 +75,15 @@ class S2ASequence:
             self.step()
         if p + 2 < self.end:
             self.pos = p + 1
+            if self.on_feed is not None:
+                self.on_feed(self)
             return self.toks[:, p + 1].tolist(), p + 1
         toks = self.toks[None, :, 1:self.N].clone()
         for j in range(m.quantizers):
             toks[:, j] = torch.roll(toks[:, j], -j)
         self.result = toks[:, :, :self.N - 4]
+        if self.on_done is not None:
+            self.on_done(self)
         return None
 
 

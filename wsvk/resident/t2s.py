@@ -61,6 +61,7 @@ class T2SSequence:
         self.max_steps = max(0, self.N - 2 - self.first)
         self.result = None
         self.cancelled = False
+        self.on_done = None  # called with the sequence once its result is set
 
     def start(self, slot: int):
         self.slot, self.pos = slot, self.first
@@ -77,15 +78,18 @@ class T2SSequence:
         self.toks[p + 1] = tok
         if p != self.first:
             if tok == self.eot:
-                self.result = self.toks[1:p + 1][None]
-                return None
+                return self._finish(self.toks[1:p + 1][None])
             if self.step is not None:
                 self.step()
         if p + 1 < self.N - 1:
             self.pos = p + 1
             return [tok], p + 1
-        self.result = self.toks[1:][None]
-        return None
+        return self._finish(self.toks[1:][None])
+
+    def _finish(self, result):
+        self.result = result
+        if self.on_done is not None:
+            self.on_done(self)
 
 
 class ResidentT2S(Resident):

@@ -30,7 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p = _Parser(prog="synth.py", description="Speak TEXT with WhisperSpeech and write a 24 kHz mono WAV. "
                 "The backend comes from WSVK_BACKEND (auto, wgpu or cpu).")
     p.add_argument("text", nargs="?", help="the text to speak; '-' reads it from stdin")
-    p.add_argument("-o", "--output", required=True, metavar="OUT.wav", help="the WAV file to write")
+    p.add_argument("-o", "--output", required=True, metavar="OUT",
+                   help="the audio file to write: .wav, .flac, .mp3, .ogg or .opus by its extension; '-' streams "
+                        "a WAV to stdout as it is made (e.g. | aplay)")
     p.add_argument("--text-file", metavar="F", help="read the text from a UTF-8 file instead")
     p.add_argument("--lang", default="en", help="language code of the text (default en)")
     p.add_argument("--cps", type=float, default=15.0, help="speaking rate in characters per second (default 15)")
@@ -79,11 +81,20 @@ def read_text(args) -> str:
 
 
 def check_output(path: str) -> str:
-    """Fail now, before any synthesis, when OUT cannot be written."""
+    """Fail now, before any synthesis, when OUT cannot be written or names no format we write."""
+    from ..errors import InputError
+    from .audio import format_for_path
+
+    if path == "-":
+        return path
     out = os.path.abspath(path)
     folder = os.path.dirname(out)
     if os.path.isdir(out):
         raise BadInput(f"output {path} is a directory")
+    try:
+        format_for_path(path)
+    except InputError as e:
+        raise BadInput(str(e)) from None
     if not os.path.isdir(folder):
         raise BadInput(f"output folder does not exist: {folder}")
     try:  # os.access misjudges some mounts and root; a real temp file does not
@@ -177,22 +188,6 @@ def note(msg: str) -> None:
 # ---------------------------------------------------------------- main
 
 
-def write_wav(out: str, audio, rate: int) -> None:
-    """Write to a temporary file beside OUT, then rename: a failed run leaves nothing behind."""
-    import numpy as np
-    import soundfile as sf
-
-    fd, tmp = tempfile.mkstemp(dir=os.path.dirname(out), prefix=".synth-", suffix=".wav")
-    os.close(fd)
-    try:
-        sf.write(tmp, np.clip(audio, -1.0, 1.0), rate, format="WAV", subtype="PCM_16")
-        os.replace(tmp, out)
-    except BaseException:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-        raise
-
-
 def run(args) -> int:
     text, lang, out = cheap_checks(args)
 
@@ -201,6 +196,7 @@ def run(args) -> int:
     warnings.filterwarnings("ignore", category=FutureWarning)  # torch's weight_norm notice from encodec
     warnings.filterwarnings("ignore", message="wsvk:")  # GPU faults: reported once, below
     from ..router import active_backend
+    from .audio import format_for_path, write_file
     from .pipeline import SAMPLE_RATE, STAGES, load_pipeline
     from .speaker import read_voice
 
@@ -219,19 +215,21 @@ def run(args) -> int:
     if args.random_weights:
         note(f"random {args.random_weights} weights: the output is noise, not speech")
 
+    if out == "-":
+        return stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter)
     t0 = time.perf_counter()
     audio = pipe.generate(text, speaker=speaker, lang=lang, cps=args.cps, seed=args.seed)
     synth_s = time.perf_counter() - t0
     if audio.size == 0:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
-    write_wav(out, audio, SAMPLE_RATE)
+    write_file(out, audio, SAMPLE_RATE)
     faults = pipe.last.faults
     if faults:  # the stage was finished on the CPU after a GPU failure: the audio is still complete
         note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
 
     secs = pipe.last.seconds
     audio_s = audio.size / SAMPLE_RATE
-    print(f"wrote {args.output}: {audio_s:.2f} s of audio, {SAMPLE_RATE} Hz mono"
+    print(f"wrote {args.output}: {audio_s:.2f} s of audio, {SAMPLE_RATE} Hz mono {format_for_path(out)}"
           + (" (random weights: noise)" if args.random_weights else ""))
     print(f"backend   {backend}")
     print(f"adapter   {adapter}")
@@ -248,6 +246,33 @@ def run(args) -> int:
         for stage, mod in pipe.resident_modules().items():
             print(f"\nresident {stage}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in mod.items()))
+    return 0
+
+
+def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
+    """-o -: a WAV (unknown-length header) on stdout, block by block as the engine makes it; the
+    summary on stderr, with the time to first audio."""
+    from .audio import StreamEncoder
+    from .pipeline import SAMPLE_RATE
+
+    enc, out = StreamEncoder("wav", SAMPLE_RATE), sys.stdout.buffer
+    t0 = time.perf_counter()
+    first, samples = None, 0
+    for block in pipe.stream(text, speaker=speaker, lang=lang, cps=args.cps, seed=args.seed):
+        out.write(enc.push(block))
+        out.flush()
+        if first is None:
+            first = time.perf_counter() - t0
+        samples += block.size
+    out.write(enc.close())
+    out.flush()
+    total = time.perf_counter() - t0
+    if samples == 0:
+        raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
+    audio_s = samples / SAMPLE_RATE
+    note(f"streamed {audio_s:.2f} s of audio to stdout ({SAMPLE_RATE} Hz mono wav); backend {backend} ({adapter}); "
+         f"first audio after {first:.2f} s, total {total:.2f} s, real-time factor {total / audio_s:.2f}"
+         + ("; random weights: noise" if args.random_weights else ""))
     return 0
 
 

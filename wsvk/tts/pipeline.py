@@ -31,6 +31,7 @@ from .textsplit import split_text
 
 SAMPLE_RATE = 24000
 STAGES = ("speaker", "t2s", "s2a", "vocos")
+FIRST_CHUNK_BYTES = 80  # a longer text starts with a chunk this short, so its speech starts early
 SPEAKER_CACHE = 16  # speaker embeddings a pipeline keeps (a few hundred bytes each)
 
 __all__ = ["load_pipeline", "Pipeline", "Progress", "InputError", "valid_languages", "check_language",
@@ -120,6 +121,8 @@ class Pipeline:
         self.slots = slots              # sequences per resident decode step (None: WSVK_SLOTS or by adapter)
         self.random_t2s = random_t2s    # a random T2S never says "stop": bound its length by the text
         self.stages = Stages(self)
+        self.first_chunk_bytes = FIRST_CHUNK_BYTES  # None: every chunk as long as the T2S window allows
+        self._engine = None             # the streaming engine, started by the first stream()
         self._lock = threading.Lock()   # one call at a time: the resident modules' slots are shared
         self._speakers: dict = {}       # samples hash -> ECAPA embedding, least recently used first
         self._speaker_lock = threading.Lock()
@@ -249,6 +252,23 @@ class Pipeline:
             self.last.audio_seconds = sum(a.size for a in audios) / SAMPLE_RATE
             return audios
 
+    def stream(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None):
+        """Speech for `text` as float32 blocks (24 kHz) in order, each as soon as it is ready:
+        joined, they equal generate() for the same seed (to float32 rounding). The inputs are
+        checked here (InputError before any work); closing the iterator early frees the GPU
+        slots the text held. Many streams (from many threads) share the decode steps."""
+        chunks, _ = self._plan([text], speaker, lang, cps, seed, True)
+        return _blocks(self.engine().submit(chunks))
+
+    def engine(self):
+        """The streaming engine (wsvk/tts/engine.py), started on first use."""
+        from .engine import Engine
+
+        with self._speaker_lock:
+            if self._engine is None:
+                self._engine = Engine(self)
+            return self._engine
+
     def _plan(self, texts, speaker, lang, cps, seed, single: bool):
         """The checked chunks of every text (InputError naming the text, before any work)."""
         if single:
@@ -274,7 +294,7 @@ class Pipeline:
             try:
                 if not isinstance(text, str):
                     raise InputError(f"text must be a str, not {type(text).__name__}")
-                pieces = split_text(text, self.max_text_bytes)
+                pieces = split_text(text, self.max_text_bytes, self.first_chunk_bytes)
                 if not pieces:
                     raise InputError("the text is empty")
                 lang_i, cps_i = check_language(params["lang"][i]), check_cps(params["cps"][i])
@@ -297,6 +317,13 @@ class Pipeline:
             self.stages.vocos(speaking)
         self.last.stoks = [c.stoks for c in chunks]
         self.last.atoks = [c.atoks for c in chunks]
+
+
+def _blocks(request):
+    try:
+        yield from request.blocks()
+    finally:
+        request.cancel()  # a consumer that stops early frees its slots
 
 
 def _is_embedding(value) -> bool:

@@ -63,23 +63,34 @@ class Stages:
         self.resident: dict = {}  # stage -> resident module, built on first GPU use
 
     # -- the resident modules
-    def gpu_runner(self, stage: str):
-        """The resident GPU module for a stage, or None (cpu backend, resident off, after a fault)."""
-        pipe = self.pipe
-        if not pipe.resident:
-            return None
+    def resident_available(self) -> bool:
+        """Whether the stages run as resident GPU modules (wgpu backend, resident on, no fault)."""
+        if not self.pipe.resident:
+            return False
         from ..gpu import get_runtime
         from ..router import active_backend
 
-        if active_backend()[0] != "wgpu" or get_runtime().lost:
+        return active_backend()[0] == "wgpu" and not get_runtime().lost
+
+    def make_resident(self, stage: str, slots: int | None = None):
+        """A new resident GPU module for a stage, with `slots` (default: the pipeline's, else
+        WSVK_SLOTS, else by the adapter) sequences per decode step."""
+        from ..gpu import get_runtime
+        from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
+
+        pipe = self.pipe
+        slots = slots or pipe.slots or default_slots(get_runtime())
+        if stage == "vocos":
+            return ResidentVocos(pipe.vocos)
+        return (ResidentT2S if stage == "t2s" else ResidentS2A)(getattr(pipe, stage), slots=slots)
+
+    def gpu_runner(self, stage: str):
+        """The stage's resident GPU module (built on first use), or None (cpu backend, resident
+        off, after a fault)."""
+        if not self.resident_available():
             return None
         if stage not in self.resident:
-            from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
-
-            slots = pipe.slots or default_slots(get_runtime())
-            make = {"t2s": lambda: ResidentT2S(pipe.t2s, slots=slots), "s2a": lambda: ResidentS2A(pipe.s2a, slots=slots),
-                    "vocos": lambda: ResidentVocos(pipe.vocos)}[stage]
-            self.resident[stage] = make()
+            self.resident[stage] = self.make_resident(stage)
         return self.resident[stage]
 
     def counters(self) -> dict:

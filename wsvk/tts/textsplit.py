@@ -65,11 +65,13 @@ def _pack(atoms: list[tuple[str, bool]], max_bytes: int) -> list[str]:
     return out
 
 
-def split_text(text: str, max_bytes: int) -> list[str]:
+def split_text(text: str, max_bytes: int, first_bytes: int | None = None) -> list[str]:
     """Chunks of `text` (whitespace collapsed) of at most `max_bytes` UTF-8 bytes each.
 
     Splits at sentence, then clause, then word boundaries; a longer word is cut by bytes at a
-    character boundary. Returns [] for blank text.
+    character boundary. first_bytes: a text longer than that starts with a chunk of at most
+    first_bytes (its first sentences or clauses, or words when a clause is longer), so that its
+    speech can start early; the rest is split as usual. Returns [] for blank text.
     """
     if not isinstance(text, str):
         raise TypeError(f"text must be a str, not {type(text).__name__}")
@@ -78,4 +80,14 @@ def split_text(text: str, max_bytes: int) -> list[str]:
     text = " ".join(text.split())
     if not text:
         return []
+    if first_bytes is not None and 4 <= int(first_bytes) < utf8_len(text):
+        atoms = _atoms(text, min(int(first_bytes), int(max_bytes)), 0)
+        first = _pack(atoms, min(int(first_bytes), int(max_bytes)))[0]
+        rest, used = [], 0
+        for piece, glued in atoms:  # the atoms the first chunk did not take, rejoined
+            if used < utf8_len(first):
+                used += utf8_len(piece) + (0 if glued else 1)
+            else:
+                rest.append(("" if glued or not rest else " ") + piece)
+        return [first] + split_text("".join(rest), max_bytes)
     return _pack(_atoms(text, int(max_bytes), 0), int(max_bytes))
