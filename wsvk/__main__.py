@@ -1,5 +1,6 @@
 """`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use;
-`python -m wsvk deps`: whether every runtime dependency imports."""
+`python -m wsvk deps`: whether every runtime dependency imports;
+`python -m wsvk serve`: the OpenAI-compatible speech server."""
 
 from __future__ import annotations
 
@@ -71,6 +72,12 @@ def main(argv=None) -> int:
                         help="also run every kernel once against numpy on the selected adapter, and the "
                              "resident T2S/S2A/Vocos against CPU torch on small random models")
     sub.add_parser("deps", help="import every runtime dependency; one line per package that does not load")
+    sub.add_parser("serve", help="the OpenAI-compatible speech server (python -m wsvk serve --help)", add_help=False)
+    argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["serve"]:  # its own parser: the model options of synth.py and more
+        from .serve.cli import main as serve_main
+
+        return serve_main(argv[1:])
     args = parser.parse_args(argv)
     if args.cmd == "deps":
         from .deps import main as deps_main

@@ -37,6 +37,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--lang", default="en", help="language code of the text (default en)")
     p.add_argument("--cps", type=float, default=15.0, help="speaking rate in characters per second (default 15)")
     p.add_argument("--speaker", metavar="WAV", help="clone the voice in this audio file (first 30 s)")
+    add_model_args(p)
+    p.add_argument("-v", "--verbose", action="store_true",
+                   help="print the router's per-op GPU/CPU table and the resident modules' counters")
+    return p
+
+
+def add_model_args(p) -> None:
+    """The model options synth.py, `python -m wsvk serve` and `python -m wsvk batch` share."""
     p.add_argument("--t2s", metavar="REF", help="T2S model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--s2a", metavar="REF", help="S2A model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--vocoder", metavar="REF", help="Vocos: a folder (config.yaml + pytorch_model.bin) or a repo id")
@@ -47,9 +55,15 @@ def build_parser() -> argparse.ArgumentParser:
                    help="random models of this size for the parts not given (offline test; the output is noise)")
     p.add_argument("--no-resident", action="store_true",
                    help="route every op through the op router instead of the resident GPU decoder/vocoder")
-    p.add_argument("-v", "--verbose", action="store_true",
-                   help="print the router's per-op GPU/CPU table and the resident modules' counters")
-    return p
+
+
+def load_models(args, slots: int | None = None, progress=None):
+    """load_pipeline with the model options of add_model_args."""
+    from .pipeline import load_pipeline
+
+    return load_pipeline(t2s=args.t2s, s2a=args.s2a, vocoder=args.vocoder, speaker_model=args.speaker_model,
+                         random_weights=args.random_weights, seed=args.seed, progress=progress,
+                         resident=not args.no_resident, slots=slots)
 
 
 # ---------------------------------------------------------------- cheap checks (no torch)
@@ -197,14 +211,12 @@ def run(args) -> int:
     warnings.filterwarnings("ignore", message="wsvk:")  # GPU faults: reported once, below
     from ..router import active_backend
     from .audio import format_for_path, write_file
-    from .pipeline import SAMPLE_RATE, STAGES, load_pipeline
+    from .pipeline import SAMPLE_RATE, STAGES
     from .speaker import read_voice
 
     backend, adapter = active_backend()
     t0 = time.perf_counter()
-    pipe = load_pipeline(t2s=args.t2s, s2a=args.s2a, vocoder=args.vocoder, speaker_model=args.speaker_model,
-                         random_weights=args.random_weights, seed=args.seed, progress=ConsoleProgress(),
-                         resident=not args.no_resident)
+    pipe = load_models(args, progress=ConsoleProgress())
     speaker = None
     if args.speaker is not None:
         pipe.speaker_encoder()  # load it now: a bad speaker model fails before any synthesis

@@ -66,19 +66,26 @@ class Request:
         self.queue.put(error)
 
     def cancel(self) -> None:
+        """Leave the engine: the request's sequences leave their slots at the next step."""
         self.cancelled = True
         for seq in self.sequences:
             seq.cancelled = True
+        self.queue.put(None)  # wakes a reader waiting in next()
 
-    def blocks(self, timeout: float | None = None):
+    def next(self, timeout: float | None = None):
+        """The next audio block, None at the end (or once cancelled); raises what failed the
+        request (queue.Empty after `timeout` seconds)."""
+        if self.cancelled:
+            return None
+        item = self.queue.get(timeout=timeout)
+        if isinstance(item, BaseException):
+            raise item
+        return item
+
+    def blocks(self):
         """The audio blocks in order; raises what failed the request."""
-        while True:
-            item = self.queue.get(timeout=timeout)
-            if item is None:
-                return
-            if isinstance(item, BaseException):
-                raise item
-            yield item
+        while (block := self.next()) is not None:
+            yield block
 
 
 def settle_frames(vocos) -> int:

@@ -257,8 +257,11 @@ class Pipeline:
         joined, they equal generate() for the same seed (to float32 rounding). The inputs are
         checked here (InputError before any work); closing the iterator early frees the GPU
         slots the text held. Many streams (from many threads) share the decode steps."""
-        chunks, _ = self._plan([text], speaker, lang, cps, seed, True)
-        return _blocks(self.engine().submit(chunks))
+        return _blocks(self.engine().submit(self.prepare(text, speaker, lang, cps, seed)))
+
+    def prepare(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> list:
+        """The checked chunks of one text, ready for engine().submit (InputError on a bad input)."""
+        return self._plan([text], speaker, lang, cps, seed, True)[0]
 
     def engine(self):
         """The streaming engine (wsvk/tts/engine.py), started on first use."""

@@ -1,0 +1,99 @@
+"""The server's page in a real headless browser (Debian's Chromium, driven over the DevTools
+protocol): it loads, lists the voices, and a click gives audio the browser can play."""
+
+import json
+import os
+import shutil
+import subprocess
+import time
+from contextlib import ExitStack
+from pathlib import Path
+
+import httpx
+import pytest
+
+from test_serve import Server, files, pipe  # noqa: F401 (fixtures)
+
+CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
+
+# CI installs Chromium with the test command (scripts/ensure_chromium.sh): there it must run
+pytestmark = [pytest.mark.usefixtures("f32_precision"),
+              pytest.mark.skipif(CHROMIUM is None and not os.environ.get("WSVK_REQUIRE_ADAPTER"),
+                                 reason="no chromium (scripts/ensure_chromium.sh installs it)")]
+
+
+class Browser:
+    """Headless Chromium with one page, commands over its DevTools websocket."""
+
+    def __init__(self, profile: Path):
+        from websockets.sync.client import connect
+
+        assert CHROMIUM, "chromium is not installed (scripts/ensure_chromium.sh)"
+        self.proc = subprocess.Popen(
+            [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
+             "--disable-background-networking", "--disable-component-update", "--disable-sync",
+             "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
+             f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+        port_file, deadline = profile / "DevToolsActivePort", time.time() + 30
+        while not port_file.exists() or not port_file.read_text().strip():
+            assert time.time() < deadline and self.proc.poll() is None, "chromium did not start"
+            time.sleep(0.1)
+        port = int(port_file.read_text().split()[0])
+        page = next(t for t in httpx.get(f"http://127.0.0.1:{port}/json/list").json() if t["type"] == "page")
+        self.stack = ExitStack()
+        self.ws = self.stack.enter_context(connect(page["webSocketDebuggerUrl"], max_size=None))
+        self.n = 0
+
+    def call(self, method: str, **params):
+        self.n += 1
+        self.ws.send(json.dumps({"id": self.n, "method": method, "params": params}))
+        while True:
+            msg = json.loads(self.ws.recv(timeout=60))
+            if msg.get("id") == self.n:
+                assert "error" not in msg, msg
+                return msg["result"]
+
+    def js(self, expr: str, wait: bool = False):
+        res = self.call("Runtime.evaluate", expression=expr, returnByValue=True, awaitPromise=wait)
+        assert "exceptionDetails" not in res, res["exceptionDetails"]
+        return res["result"].get("value")
+
+    def until(self, expr: str, timeout: float = 120):
+        deadline = time.time() + timeout
+        while not (value := self.js(expr)):
+            assert time.time() < deadline, f"timed out waiting for {expr}"
+            time.sleep(0.2)
+        return value
+
+    def close(self):
+        self.stack.close()
+        self.proc.terminate()
+        self.proc.wait(timeout=30)
+
+
+@pytest.mark.parametrize("fmt", ["wav", "mp3"])  # streamed as it arrives; played once downloaded
+def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt):  # noqa: F811
+    server = Server(pipe, slots=2, queue=2, voices={"default": pipe.default_speaker(), "anna": pipe.default_speaker()})
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.call("Page.navigate", url=server.url + "/")
+        assert browser.until("window.wsvk && window.wsvk.voices.length") == 2
+        assert browser.js("[...document.querySelectorAll('#voice option')].map(o => o.value)") == ["default", "anna"]
+        browser.js(f"document.getElementById('format').value = '{fmt}'; "
+                   "document.getElementById('text').value = 'Hello from the browser.'")
+        browser.js("document.getElementById('speak').click()")
+        browser.until("window.wsvk.done || window.wsvk.error")
+        assert browser.js("window.wsvk.error") is None
+        assert browser.js("window.wsvk.bytes") > 1000 and browser.js("window.wsvk.firstAudioMs") is not None
+        duration = browser.js("""new Promise(done => {
+            const a = document.getElementById('player');
+            if (a.readyState >= 1) return done(a.duration);
+            a.onloadedmetadata = () => done(a.duration);
+            a.onerror = () => done(-1);
+            setTimeout(() => done(-2), 20000);
+        })""", wait=True)
+        assert duration > 0.1, duration  # the browser decoded the audio it got
+        assert "done:" in browser.js("document.getElementById('status').textContent")
+    finally:
+        browser.close()
+        server.close()

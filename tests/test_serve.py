@@ -1,0 +1,315 @@
+"""The server on a loopback port, driven by the real `openai` client and httpx: every format decoded
+back and equal to Pipeline.generate for the same seed, streaming, SSE, concurrent requests, every
+bad request, backpressure, disconnects, memory over 100 requests and a GPU fault mid-batch."""
+
+import base64
+import io
+import json
+import socket
+import threading
+import time
+
+import httpx
+import numpy as np
+import openai
+import pytest
+import soundfile as sf
+
+import tiny_models as tm
+from wsvk.serve.app import Options, create_app
+
+pytestmark = pytest.mark.usefixtures("f32_precision")
+
+TEXT = "Hello there, friend."
+LONG = "This request goes on for a while. It has several sentences, each a chunk. The last one ends it here."
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+class Server:
+    """uvicorn in a thread on a free loopback port, stopped by close()."""
+
+    def __init__(self, pipe, **options):
+        import uvicorn
+
+        self.pipe = pipe
+        self.opts = Options(voices=options.pop("voices", {"default": pipe.default_speaker()}), **options)
+        self.port = free_port()
+        self.url = f"http://127.0.0.1:{self.port}"
+        self.server = uvicorn.Server(uvicorn.Config(create_app(pipe, self.opts), host="127.0.0.1", port=self.port,
+                                                    log_level="warning"))
+        self.thread = threading.Thread(target=self.server.run, daemon=True)
+        self.thread.start()
+        deadline = time.time() + 30
+        while not self.server.started:
+            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
+            time.sleep(0.05)
+
+    def client(self, key="none"):
+        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=300)
+
+    def close(self):
+        self.server.should_exit = True
+        self.thread.join(timeout=30)
+
+
+@pytest.fixture(scope="module")
+def files(tmp_path_factory):
+    root = tmp_path_factory.mktemp("serve-models")
+    paths = tm.write_all(root)
+    voices = root / "voices"
+    voices.mkdir()
+    tm.write_voice(voices / "anna.wav", seed=2)
+    paths["voices"] = voices
+    return paths
+
+
+@pytest.fixture(scope="module")
+def pipe(files, rt):
+    import os
+
+    from wsvk.tts import load_pipeline
+
+    old = os.environ.get("WSVK_BACKEND")
+    os.environ["WSVK_BACKEND"] = "wgpu"
+    p = load_pipeline(t2s=str(files["t2s"]), s2a=str(files["s2a"]), vocoder=str(files["vocoder"]),
+                      speaker_model=str(files["speaker_model"]), slots=4)
+    yield p
+    p.engine().close()
+    if old is None:
+        os.environ.pop("WSVK_BACKEND", None)
+    else:
+        os.environ["WSVK_BACKEND"] = old
+
+
+@pytest.fixture(scope="module")
+def server(pipe, files):
+    from wsvk.serve.cli import load_voices
+
+    s = Server(pipe, voices=load_voices(pipe, str(files["voices"])), slots=4, queue=8)
+    yield s
+    s.close()
+
+
+def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
+    if fmt == "pcm":
+        return np.frombuffer(data, "<i2").astype(np.float64) / 32767, 24000
+    audio, rate = sf.read(io.BytesIO(data), dtype="float64")
+    return audio, rate
+
+
+def pcm_of(audio) -> np.ndarray:
+    return (np.clip(audio, -1, 1) * 32767).round() / 32767
+
+
+@pytest.mark.parametrize("fmt", ["wav", "pcm", "flac", "mp3", "opus"])
+def test_every_format_through_the_openai_client(server, pipe, fmt):
+    ref = pipe.generate(TEXT, seed=3)
+    r = server.client().audio.speech.create(model="tts-1", voice="alloy", input=TEXT, response_format=fmt,
+                                            extra_body={"seed": 3})
+    audio, rate = decode(r.content, fmt)
+    assert rate == 24000 and audio.ndim == 1
+    if fmt in ("wav", "pcm", "flac"):  # lossless: the same samples, to 16 bits
+        assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767
+    else:  # lossy codecs pad and change the samples: the length stays within a codec frame or two
+        assert abs(audio.size - ref.size) < 4096, (audio.size, ref.size)
+
+
+def test_the_response_streams_before_the_audio_is_done(server):
+    """The first bytes arrive while the request is still being synthesized (it is still counted
+    as active), in several pieces."""
+    pieces, active_at_first = [], None
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"input": LONG, "response_format": "pcm", "seed": 1}) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
+        for piece in r.iter_raw():
+            if active_at_first is None:
+                active_at_first = httpx.get(f"{server.url}/health").json()["active"]
+            pieces.append(piece)
+    assert active_at_first == 1 and len(pieces) >= 2
+
+
+def test_sse_events(server):
+    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
+                      json={"input": TEXT, "response_format": "pcm", "stream_format": "sse", "seed": 3}) as r:
+        assert r.status_code == 200 and r.headers["content-type"].startswith("text/event-stream")
+        events = [json.loads(line[6:]) for line in r.iter_lines() if line.startswith("data: ")]
+    assert [e["type"] for e in events[:-1]] == ["speech.audio.delta"] * (len(events) - 1)
+    assert events[-1]["type"] == "speech.audio.done" and len(events) >= 2
+    pcm = b"".join(base64.b64decode(e["audio"]) for e in events[:-1])
+    plain = httpx.post(f"{server.url}/v1/audio/speech", timeout=300,
+                       json={"input": TEXT, "response_format": "pcm", "seed": 3}).content
+    assert pcm == plain
+
+
+def test_four_concurrent_requests_equal_their_solo_outputs(server, pipe):
+    jobs = [(TEXT, 1, "default", "en"), (LONG, 2, "anna", "en"), ("Cześć, jak się masz?", 3, "default", "pl"),
+            ("Short.", 4, "anna", "en")]
+    got = [None] * 4
+
+    def call(i):
+        text, seed, voice, lang = jobs[i]
+        got[i] = server.client().audio.speech.create(model="wsvk", voice=voice, input=text, response_format="pcm",
+                                                     extra_body={"seed": seed, "lang": lang}).content
+
+    threads = [threading.Thread(target=call, args=(i,)) for i in range(4)]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for (text, seed, voice, lang), data in zip(jobs, got):
+        ref = pipe.generate(text, speaker=server.opts.voices[voice], lang=lang, seed=seed)
+        audio = np.frombuffer(data, "<i2").astype(np.float64) / 32767
+        assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767, text
+
+
+def test_lists(server):
+    assert httpx.get(f"{server.url}/v1/audio/voices").json() == {"voices": ["default", "anna"]}
+    models = server.client().models.list()
+    assert {m.id for m in models.data} >= {"wsvk", "tts-1"}
+    health = httpx.get(f"{server.url}/health").json()
+    assert health["status"] == "ok" and health["backend"] == "wgpu"
+
+
+@pytest.mark.parametrize("body,status,param,words", [
+    ({"input": ""}, 400, "input", "non-empty"),
+    ({"input": "x" * 4097}, 400, "input", "4096"),
+    ({"input": "hi", "voice": "nobody"}, 400, "voice", "unknown voice 'nobody'"),
+    ({"input": "hi", "response_format": "ogg"}, 400, "response_format", "unknown response_format"),
+    ({"input": "hi", "response_format": "aac"}, 400, "response_format", "aac is not supported"),
+    ({"input": "hi", "speed": 5}, 400, "speed", "0.25 to 4.0"),
+    ({"input": "hi", "speed": "fast"}, 400, "speed", "0.25 to 4.0"),
+    ({"input": "hi", "lang": "xx"}, 400, None, "unknown language 'xx'"),
+    ({"input": "hi", "seed": -1}, 400, "seed", "non-negative integer"),
+    ({"input": "hi", "seed": "7"}, 400, "seed", "non-negative integer"),
+    ({"input": "hi", "model": "gpt-5"}, 400, "model", "unknown model"),
+    ({"input": "hi", "stream_format": "chunks"}, 400, "stream_format", "audio or sse"),
+])
+def test_bad_requests(server, body, status, param, words):
+    r = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=60)
+    assert r.status_code == status, r.text
+    err = r.json()["error"]
+    assert words in err["message"] and err["param"] == param and err["type"] == "invalid_request_error"
+
+
+def test_bad_json_and_a_body_too_large(server):
+    r = httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", timeout=60)
+    assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
+    r = httpx.post(f"{server.url}/v1/audio/speech", content=b" " * 70000, timeout=60)
+    assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+
+
+def test_api_key(pipe):
+    s = Server(pipe, api_key="sesame", slots=2, queue=2)
+    try:
+        with pytest.raises(openai.AuthenticationError):
+            s.client("wrong").audio.speech.create(model="tts-1", voice="alloy", input="hi")
+        r = httpx.get(f"{s.url}/v1/models")
+        assert r.status_code == 401 and r.json()["error"]["type"] == "authentication_error"
+        assert s.client("sesame").audio.speech.create(model="tts-1", voice="alloy", input="hi",
+                                                      response_format="wav").content[:4] == b"RIFF"
+        assert httpx.get(f"{s.url}/health").status_code == 200  # open: no key needed
+    finally:
+        s.close()
+
+
+def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe):
+    s = Server(pipe, slots=1, queue=0)
+    try:
+        with httpx.stream("POST", f"{s.url}/v1/audio/speech", timeout=300,
+                          json={"input": LONG * 3, "response_format": "pcm"}) as r:
+            next(r.iter_raw())  # streaming: the one slot is taken
+            busy = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=60)
+            assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
+            assert busy.json()["error"]["type"] == "rate_limit_error"
+        # the client went away mid-stream: its request leaves at once and the next one is served
+        deadline = time.time() + 60
+        while httpx.get(f"{s.url}/health").json()["active"]:
+            assert time.time() < deadline, "a disconnected request kept its slot"
+            time.sleep(0.1)
+        assert httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "response_format": "wav"},
+                          timeout=300).status_code == 200
+    finally:
+        s.close()
+
+
+def test_a_failed_synthesis_is_a_clean_500(pipe, monkeypatch):
+    from wsvk.tts.engine import Request
+
+    s = Server(pipe, slots=2, queue=2)
+    try:
+        def failing(chunks):
+            req = Request(chunks)
+            req.fail(RuntimeError("the vocoder exploded"))
+            return req
+
+        monkeypatch.setattr(pipe.engine(), "submit", failing)
+        r = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=60)
+        assert r.status_code == 500 and "vocoder exploded" in r.json()["error"]["message"]
+        assert httpx.get(f"{s.url}/health").json()["active"] == 0
+    finally:
+        s.close()
+
+
+def test_gpu_fault_mid_batch_gives_every_request_complete_audio(files, rt, monkeypatch):
+    """A lost device while 3 requests decode together: each still gets all its audio, equal to
+    the CPU backend's for its seed (one warning; the engine goes on on the CPU)."""
+    from wsvk.tts import load_pipeline
+
+    def make(backend):
+        monkeypatch.setenv("WSVK_BACKEND", backend)
+        return load_pipeline(t2s=str(files["t2s"]), s2a=str(files["s2a"]), vocoder=str(files["vocoder"]),
+                             speaker_model=str(files["speaker_model"]), slots=3)
+
+    texts = [TEXT, LONG, "Short one here."]
+    cpu = make("cpu")
+    refs = [cpu.generate(t, seed=i) for i, t in enumerate(texts)]
+    gpu = make("wgpu")
+    s = Server(gpu, slots=3, queue=3)
+    got = [None] * 3
+    try:
+        def call(i):
+            got[i] = httpx.post(f"{s.url}/v1/audio/speech", timeout=300,
+                                json={"input": texts[i], "response_format": "pcm", "seed": i}).content
+
+        for _ in gpu.stream("Warm up.", seed=0):  # the engine's modules built before the fault is armed
+            pass
+        rt.fault_after = rt.stats["submits"] + 12
+        with pytest.warns(RuntimeWarning, match="engine goes on on the CPU"):
+            threads = [threading.Thread(target=call, args=(i,)) for i in range(3)]
+            for t in threads:
+                t.start()
+            for t in threads:
+                t.join()
+    finally:
+        rt.fault_after, rt.lost = None, None
+        s.close()
+        gpu.engine().close()
+    assert gpu.engine().faults
+    for data, ref in zip(got, refs):
+        audio = np.frombuffer(data, "<i2").astype(np.float64) / 32767
+        assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 2.5 / 32767
+
+
+@pytest.mark.slow
+def test_100_requests_keep_memory_flat(server, rt):
+    import resource
+
+    def one(i):
+        r = httpx.post(f"{server.url}/v1/audio/speech", json={"input": "Again.", "response_format": "wav",
+                                                              "seed": i % 4}, timeout=300)
+        assert r.status_code == 200
+
+    for i in range(5):
+        one(i)
+    gpu_before = rt.pool.allocated_bytes
+    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    for i in range(100):
+        one(i)
+    assert rt.pool.allocated_bytes <= gpu_before
+    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    assert grown_mb < 64, f"host memory grew by {grown_mb:.0f} MB over 100 requests"

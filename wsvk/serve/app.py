@@ -1,0 +1,223 @@
+"""An OpenAI-compatible speech server over one Pipeline's streaming engine (FastAPI).
+
+    POST /v1/audio/speech   OpenAI's schema (model, input, voice, response_format, speed,
+                            stream_format) plus `lang` and `seed`; the body leaves as it is made
+    GET  /v1/audio/voices   the default voice and one per audio file of --voices DIR
+    GET  /v1/models         the model names a request may give
+    GET  /health            backend, adapter, requests running and waiting
+    GET  /                  a small page: text, voice, format, audio that plays while it streams
+
+Requests share the GPU through the engine's decoder slots (they join at step boundaries); a
+request's audio for a given seed is what it gets when served alone. At most `queue` requests
+wait beyond the slots; past that, 429 with Retry-After. Errors are OpenAI's JSON shape.
+"""
+
+from __future__ import annotations
+
+import base64
+import json
+import logging
+import time
+import uuid
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import anyio
+from fastapi import FastAPI, Request
+from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+
+from ..errors import InputError
+from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
+
+log = logging.getLogger("wsvk.serve")
+
+MODELS = ("wsvk", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # OpenAI's names too: clients send them
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+BASE_CPS = 15.0  # speed 1.0
+
+
+@dataclass
+class Options:
+    max_input: int = 4096          # characters of `input` (OpenAI's limit)
+    max_body: int = 65536          # bytes of a request body
+    queue: int = 16                # requests waiting beyond the slots
+    slots: int = 8                 # requests decoding at once
+    api_key: str | None = None
+    voices: dict = field(default_factory=dict)  # name -> speaker embedding
+
+
+class ApiError(Exception):
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
+def error_body(e: ApiError) -> dict:
+    return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
+
+
+def check_request(body, opts: Options) -> dict:
+    """The validated request: text, voice, fmt, cps, stream (sse or not), lang, seed."""
+    if not isinstance(body, dict):
+        raise ApiError(400, "the request body must be a JSON object")
+    text = body.get("input")
+    if not isinstance(text, str) or not text.strip():
+        raise ApiError(400, "input must be a non-empty string", "input", "invalid_value")
+    if len(text) > opts.max_input:
+        raise ApiError(400, f"input has {len(text)} characters, more than the {opts.max_input} allowed", "input",
+                       "string_above_max_length")
+    model = body.get("model", "wsvk")
+    if model not in MODELS:
+        raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(MODELS)}", "model", "model_not_found")
+    voice = body.get("voice", "default")
+    if voice in OPENAI_VOICES:
+        voice = "default"
+    if voice not in opts.voices:
+        raise ApiError(400, f"unknown voice {voice!r}; valid: {', '.join(opts.voices)}", "voice", "invalid_value")
+    fmt = body.get("response_format", "mp3")
+    if fmt == "aac":
+        raise ApiError(400, "response_format aac is not supported: no well-kept library writes AAC without FFmpeg; "
+                            f"use one of {', '.join(FORMATS)}", "response_format", "unsupported_value")
+    if fmt not in FORMATS:
+        raise ApiError(400, f"unknown response_format {fmt!r}; valid: {', '.join(FORMATS)}", "response_format",
+                       "invalid_value")
+    speed = body.get("speed", 1.0)
+    if isinstance(speed, bool) or not isinstance(speed, (int, float)) or not 0.25 <= speed <= 4.0:
+        raise ApiError(400, f"speed must be a number from 0.25 to 4.0, got {speed!r}", "speed", "invalid_value")
+    stream = body.get("stream_format", "audio")
+    if stream not in ("audio", "sse"):
+        raise ApiError(400, f"stream_format must be audio or sse, got {stream!r}", "stream_format", "invalid_value")
+    seed = body.get("seed")
+    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
+        raise ApiError(400, f"seed must be a non-negative integer, got {seed!r}", "seed", "invalid_value")
+    lang = body.get("lang", "en")
+    if not isinstance(lang, str):
+        raise ApiError(400, f"lang must be a language code, got {lang!r}", "lang", "invalid_value")
+    return dict(text=text, voice=voice, fmt=fmt, cps=BASE_CPS * float(speed), sse=stream == "sse", lang=lang,
+                seed=seed)
+
+
+def create_app(pipe, opts: Options):
+    """The FastAPI app serving `pipe` (its engine starts with the app)."""
+    from ..router import active_backend
+    from ..tts.pipeline import SAMPLE_RATE
+
+    app = FastAPI(title="wsvk", description="WhisperSpeech text to speech, OpenAI-compatible")
+    state = {"active": 0}
+    backend, adapter = active_backend()
+
+    @app.exception_handler(ApiError)
+    async def api_error(request: Request, e: ApiError):
+        return JSONResponse(error_body(e), status_code=e.status, headers=e.headers)
+
+    @app.middleware("http")
+    async def guard(request: Request, call_next):
+        """API key and body size, before any route."""
+        try:
+            if opts.api_key and request.url.path.startswith("/v1/"):
+                if request.headers.get("authorization", "") != f"Bearer {opts.api_key}":
+                    raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
+                                   kind="authentication_error")
+            size = request.headers.get("content-length")
+            if size is not None and size.isdigit() and int(size) > opts.max_body:
+                raise ApiError(413, f"the request body has {size} bytes, more than the {opts.max_body} allowed",
+                               code="request_too_large")
+        except ApiError as e:
+            return JSONResponse(error_body(e), status_code=e.status)
+        return await call_next(request)
+
+    @app.get("/health")
+    async def health():
+        return {"status": "ok", "backend": backend, "adapter": adapter, "active": state["active"],
+                "slots": opts.slots, "queue": opts.queue}
+
+    @app.get("/v1/models")
+    async def models():
+        return {"object": "list", "data": [{"id": m, "object": "model", "created": 0, "owned_by": "wsvk"}
+                                           for m in MODELS]}
+
+    @app.get("/v1/audio/voices")
+    async def voices():
+        return {"voices": list(opts.voices)}
+
+    @app.get("/")
+    async def page():
+        return FileResponse(Path(__file__).with_name("page.html"), media_type="text/html")
+
+    @app.post("/v1/audio/speech")
+    async def speech(request: Request):
+        raw = await request.body()
+        if len(raw) > opts.max_body:
+            raise ApiError(413, f"the request body has {len(raw)} bytes, more than the {opts.max_body} allowed",
+                           code="request_too_large")
+        try:
+            body = json.loads(raw or b"null")
+        except ValueError:
+            raise ApiError(400, "the request body is not valid JSON") from None
+        req = check_request(body, opts)
+        if state["active"] >= opts.slots + opts.queue:
+            raise ApiError(429, f"{state['active']} requests are running or waiting; try again shortly",
+                           code="rate_limit_exceeded", kind="rate_limit_error", headers={"Retry-After": "1"})
+        try:
+            chunks = pipe.prepare(req["text"], speaker=opts.voices[req["voice"]], lang=req["lang"], cps=req["cps"],
+                                  seed=req["seed"])
+        except InputError as e:
+            raise ApiError(400, str(e), code="invalid_value") from None
+        rid, t0 = uuid.uuid4().hex[:12], time.perf_counter()
+        state["active"] += 1
+        job = pipe.engine().submit(chunks)
+        try:  # the first block before the response starts: a failure is still a clean 500
+            first = await anyio.to_thread.run_sync(job.next)
+        except Exception as e:
+            state["active"] -= 1
+            job.cancel()
+            log.warning("request %s failed: %s", rid, e)
+            raise ApiError(500, f"synthesis failed: {e}", code="synthesis_failed", kind="server_error") from None
+        media = "text/event-stream" if req["sse"] else MEDIA_TYPES[req["fmt"]]
+        return StreamingResponse(_body(job, first, req, rid, t0, state, SAMPLE_RATE), media_type=media,
+                                 headers={"X-Request-Id": rid})
+
+    return app
+
+
+async def _body(job, block, req: dict, rid: str, t0: float, state: dict, rate: int):
+    """The response body as it is made: encoded audio, or SSE events of it. The request leaves
+    the engine (its slots freed) when the client goes away."""
+    enc = StreamEncoder(req["fmt"], rate)
+    first, samples, status = None, 0, "ok"
+    try:
+        while True:
+            data = enc.push(block) if block is not None else enc.close()
+            if block is not None:
+                samples += block.size
+            if data or block is None:
+                if first is None:
+                    first = time.perf_counter() - t0
+                if req["sse"]:
+                    if data:
+                        yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
+                    if block is None:
+                        yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": len(req["text"]),
+                                                                          "output_tokens": samples}})
+                elif data:
+                    yield data
+            if block is None:
+                return
+            block = await anyio.to_thread.run_sync(job.next)
+    except BaseException as e:
+        status = "disconnected" if isinstance(e, (GeneratorExit, anyio.get_cancelled_exc_class())) else f"failed: {e}"
+        raise
+    finally:
+        job.cancel()  # frees the request's slots at once (a no-op once it has ended)
+        state["active"] -= 1
+        total = time.perf_counter() - t0
+        audio_s = samples / rate
+        log.info("request %s: %d chars, %.2f s of audio, first byte %s, total %.2f s, %.2fx real time, %s", rid,
+                 len(req["text"]), audio_s, "-" if first is None else f"{first:.3f} s", total,
+                 audio_s / total if total > 0 else 0.0, status)
+
+
+def _sse(event: dict) -> bytes:
+    return f"data: {json.dumps(event)}\n\n".encode()

@@ -1,0 +1,83 @@
+"""`python -m wsvk serve`: the OpenAI-compatible speech server on uvicorn.
+
+    python -m wsvk serve --random-weights tiny                  # http://127.0.0.1:8880/
+    python -m wsvk serve --voices ~/voices --api-key KEY --max-batch 8 --queue 16
+
+Binds 127.0.0.1 unless told otherwise. One log line per request.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import sys
+from pathlib import Path
+
+from ..errors import InputError, WsvkError
+from ..tts.cli import add_model_args, load_models
+
+VOICE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m wsvk serve", description="An OpenAI-compatible text-to-speech "
+                                "server (POST /v1/audio/speech) with a small page at /.")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
+    p.add_argument("--port", type=int, default=8880, help="port (default 8880)")
+    add_model_args(p)
+    p.add_argument("--voices", metavar="DIR", help="a folder of audio files: one voice per file, named by its stem")
+    p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/ routes")
+    p.add_argument("--max-batch", type=int, default=None, metavar="N",
+                   help="requests decoded together (the decoders' slots; default WSVK_SLOTS or by the adapter)")
+    p.add_argument("--queue", type=int, default=16, metavar="N", help="requests that may wait beyond them (then 429)")
+    p.add_argument("--max-input", type=int, default=4096, metavar="N", help="characters of input (default 4096)")
+    return p
+
+
+def load_voices(pipe, folder: str | None) -> dict:
+    """{"default": whisperspeech's voice, stem: embedding for each audio file in `folder`},
+    each embedding computed once here."""
+    voices = {"default": pipe.default_speaker()}
+    if folder:
+        path = Path(folder)
+        if not path.is_dir():
+            raise InputError(f"voices folder not found: {folder}")
+        for f in sorted(path.iterdir()):
+            if f.suffix.lower() in VOICE_EXTENSIONS:
+                voices[f.stem] = pipe.speaker_embedding(str(f))
+    return voices
+
+
+def main(argv=None) -> int:
+    from ..gpu import get_runtime
+    from ..router import active_backend
+    from ..tts.stages import default_slots
+    from .app import Options, create_app
+
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    try:
+        for name in ("max_batch", "queue", "max_input"):
+            if getattr(args, name) is not None and getattr(args, name) < (0 if name == "queue" else 1):
+                raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'queue' else 1}")
+        backend, adapter = active_backend()
+        slots = args.max_batch or (default_slots(get_runtime()) if backend == "wgpu" else 1)
+        pipe = load_models(args, slots=slots)
+        voices = load_voices(pipe, args.voices)
+        engine = pipe.engine()
+        for _ in pipe.stream("Warm up.", seed=0):  # pipelines and buffers built before the first caller
+            pass
+        opts = Options(max_input=args.max_input, queue=args.queue, slots=slots, api_key=args.api_key, voices=voices)
+        app = create_app(pipe, opts)
+    except WsvkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2 if isinstance(e, (InputError, ValueError)) else 1
+    import uvicorn
+
+    print(f"wsvk serving on http://{args.host}:{args.port}/ ({backend}: {adapter}; {slots} slots, "
+          f"{len(voices)} voices)", file=sys.stderr)
+    try:
+        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+    finally:
+        engine.close()
+    return 0
