@@ -59,3 +59,13 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
         assert (row.get("t2s_gpu_ms_per_step", 0) > 0) == rt.has_timestamps
     if rt.has_timestamps:
         assert "B=2 T2S GPU ms by kind" in r.stdout
+
+
+def test_bench_serve_tiny(rt, tmp_path):
+    r = run_script("bench_serve.py", "--size", "tiny", "--clients", "1,2", "--requests", "1", "--text", "Hi there.",
+                   "--json", str(tmp_path / "serve.json"))
+    assert r.returncode == 0, r.stderr
+    rounds = json.loads((tmp_path / "serve.json").read_text())["rounds"]
+    assert [x["clients"] for x in rounds] == [1, 2] and [x["requests"] for x in rounds] == [1, 2]
+    assert all(x["ttfb_p50_ms"] > 0 and x["aggregate_realtime_x"] > 0 for x in rounds)
+    assert "TTFB p50" in r.stdout
