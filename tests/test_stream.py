@@ -1,0 +1,67 @@
+"""Pipeline.stream and its engine: blocks in order whose join equals generate(), windows of Vocos
+that are exact, early exits that free the slots, the short first chunk."""
+
+import numpy as np
+import pytest
+
+from conftest import rel_err
+from test_serve import files, pipe  # noqa: F401 (fixtures)
+from wsvk.tts.textsplit import split_text, utf8_len
+
+pytestmark = pytest.mark.usefixtures("f32_precision")
+
+TEXT = "Hello there, this text has several sentences. Each of them is a chunk. And the last one ends it."
+
+
+def test_stream_joins_to_generate(pipe):  # noqa: F811
+    ref = pipe.generate(TEXT, seed=4)
+    blocks = list(pipe.stream(TEXT, seed=4))
+    assert len(pipe.last.chunks) >= 3 and len(blocks) > len(pipe.last.chunks)  # windows inside chunks
+    got = np.concatenate(blocks)
+    assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+
+
+def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):  # noqa: F811
+    import threading
+
+    texts = {1: TEXT, 2: "Another caller, another text.", 3: "A third one speaks here."}
+    refs = {s: pipe.generate(t, seed=s) for s, t in texts.items()}
+    got = {}
+
+    def listen(seed):
+        got[seed] = np.concatenate(list(pipe.stream(texts[seed], seed=seed)))
+
+    threads = [threading.Thread(target=listen, args=(s,)) for s in texts]
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    for s in texts:
+        assert got[s].shape == refs[s].shape and rel_err(got[s], refs[s]) < 1e-6
+
+
+def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
+    it = pipe.stream(TEXT * 3, seed=1)
+    next(it)
+    it.close()  # the listener went away
+    assert [r for r in pipe.engine().requests if not r.cancelled and not all(r.done)] == []
+    assert np.concatenate(list(pipe.stream("Still served.", seed=2))).size > 0
+
+
+def test_bad_input_is_raised_before_any_work(pipe):  # noqa: F811
+    from wsvk.errors import InputError
+
+    with pytest.raises(InputError, match="unknown language"):
+        pipe.stream("hi", lang="xx")
+
+
+def test_the_first_chunk_is_short_when_the_text_is_long():
+    text = ("Good morning, everyone, and welcome. Today we talk about the weather, the trains and the "
+            "price of bread, at some length, because there is a lot to say about all three of them.")
+    chunks = split_text(text, 549, first_bytes=80)
+    assert len(chunks) == 2 and utf8_len(chunks[0]) <= 80 and chunks[0][-1] in ".,"  # ends at a clause
+    assert " ".join(chunks) == text
+    assert split_text("Short text.", 549, first_bytes=80) == ["Short text."]
+    words = "word " * 40  # no clause marks: cut at a word
+    first = split_text(words, 549, first_bytes=30)
+    assert utf8_len(first[0]) <= 30 and " ".join(first).split() == words.split()
