@@ -69,3 +69,11 @@ def test_bench_serve_tiny(rt, tmp_path):
     assert [x["clients"] for x in rounds] == [1, 2] and [x["requests"] for x in rounds] == [1, 2]
     assert all(x["ttfb_p50_ms"] > 0 and x["aggregate_realtime_x"] > 0 for x in rounds)
     assert "TTFB p50" in r.stdout
+
+
+def test_bench_batch_tiny(rt, tmp_path):
+    r = run_script("bench_batch.py", "--rows", "2", "--size", "tiny", "--slots", "2", "--json", str(tmp_path / "b.json"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "b.json").read_text())
+    assert res["rows"] == 2 and res["slots"] == 2 and res["audio_seconds"] > 0
+    assert all(v["rows_per_s"] > 0 for v in res["results"].values()) and "batch job / loop" in r.stdout

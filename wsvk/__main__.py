@@ -1,6 +1,7 @@
 """`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use;
 `python -m wsvk deps`: whether every runtime dependency imports;
-`python -m wsvk serve`: the OpenAI-compatible speech server."""
+`python -m wsvk serve`: the OpenAI-compatible speech server;
+`python -m wsvk batch`: a corpus of texts to audio files."""
 
 from __future__ import annotations
 
@@ -73,11 +74,17 @@ def main(argv=None) -> int:
                              "resident T2S/S2A/Vocos against CPU torch on small random models")
     sub.add_parser("deps", help="import every runtime dependency; one line per package that does not load")
     sub.add_parser("serve", help="the OpenAI-compatible speech server (python -m wsvk serve --help)", add_help=False)
+    sub.add_parser("batch", help="a corpus of texts to audio files, resumable (python -m wsvk batch --help)",
+                   add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # its own parser: the model options of synth.py and more
+    if argv[:1] == ["serve"]:  # their own parsers: the model options of synth.py and more
         from .serve.cli import main as serve_main
 
         return serve_main(argv[1:])
+    if argv[:1] == ["batch"]:
+        from .corpus.cli import main as batch_main
+
+        return batch_main(argv[1:])
     args = parser.parse_args(argv)
     if args.cmd == "deps":
         from .deps import main as deps_main

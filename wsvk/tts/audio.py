@@ -108,7 +108,7 @@ _UMASK = None
 _UMASK_LOCK = threading.Lock()
 
 
-def _file_mode() -> int:
+def file_mode() -> int:
     """0666 less the process umask (read once: os.umask can only be read by setting it)."""
     global _UMASK
     with _UMASK_LOCK:
@@ -130,7 +130,7 @@ def write_file(path, audio, rate: int, fmt: str | None = None) -> None:
                 f.write(wav_header(rate, np.asarray(audio).size) + pcm16(audio))
             else:
                 f.write(encode(audio, rate, fmt))
-        os.chmod(tmp, _file_mode())
+        os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):

@@ -1,0 +1,114 @@
+"""`python -m wsvk batch INPUT --out DIR`: a corpus of texts to audio files, resumable.
+
+Exit codes: 0 every valid row done, 1 some failed (or the job stopped: full disk), 2 bad arguments
+or input (with --strict, any bad row).
+"""
+
+from __future__ import annotations
+
+import argparse
+import sys
+from pathlib import Path
+
+from ..errors import InputError, WsvkError
+from ..tts.cli import add_model_args
+
+FORMATS = ("flac", "wav", "opus")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(prog="python -m wsvk batch", description="Synthesize every row of INPUT (JSONL or "
+                                "CSV: id, text, and optional voice, lang, cps, seed) into DIR/<id>.<format>, with "
+                                "DIR/manifest.jsonl. Run it again to resume: done rows are skipped, failed ones retried.")
+    p.add_argument("input", help="a .jsonl (one JSON object per line) or .csv file (with a header)")
+    p.add_argument("--out", required=True, metavar="DIR", help="the output folder (shared by all nodes with --ray)")
+    p.add_argument("--format", choices=FORMATS, default="flac", help="audio format (default flac)")
+    p.add_argument("--strict", action="store_true", help="stop before any synthesis if a row is bad")
+    p.add_argument("--batch-rows", type=int, default=None, metavar="N",
+                   help="rows decoded together (default: twice the decoder's slots)")
+    p.add_argument("--ray", nargs="?", const="", default=None, metavar="ADDRESS",
+                   help="run on a Ray cluster (its address; none: a local cluster) through Ray Data")
+    p.add_argument("--gpus-per-node", type=int, default=1, metavar="N",
+                   help="with --ray and no address: the GPUs of the local cluster (one synthesizer each)")
+    add_model_args(p)
+    return p
+
+
+def main(argv=None) -> int:
+    args = build_parser().parse_args(argv)
+    try:
+        return run(args)
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    except WsvkError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        print("error: interrupted (run the same command again to resume)", file=sys.stderr)
+        return 130
+
+
+def run(args) -> int:
+    from ..router import active_backend
+    from ..tts.pipeline import check_language
+    from .job import Manifest, Progress, prepare_folder, synthesize
+    from .rows import check_rows, read_rows
+
+    if args.batch_rows is not None and args.batch_rows < 1:
+        raise InputError("--batch-rows must be at least 1")
+    records = read_rows(args.input)
+    rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language)
+    for p in problems:
+        print(f"bad row: {p}", file=sys.stderr)
+    if problems and args.strict:
+        raise InputError(f"{len(problems)} bad row(s) and --strict: nothing synthesized")
+    folder = Path(args.out)
+    prepare_folder(folder)
+    manifest = Manifest(folder)
+    pending = [r for r in rows if not manifest.done(r, args.format, folder)]
+    skipped = len(rows) - len(pending)
+    pending.sort(key=lambda r: -len(r.text))  # similar lengths decode together: the slots stay full
+    print(f"{len(rows)} valid rows ({len(problems)} bad): {skipped} already done, {len(pending)} to synthesize",
+          file=sys.stderr)
+    progress = Progress(len(pending))
+    order = [r.id for r in rows]
+
+    def record(entries):
+        for e in entries:
+            manifest.append(e)
+            if e["status"] != "done":
+                print(f"row {e['id']} failed: {e.get('error')}", file=sys.stderr)
+        progress.update(entries)
+
+    try:
+        if pending and args.ray is not None:
+            from .scaleout import run_on_ray
+
+            model_args = {k: getattr(args, k) for k in ("t2s", "s2a", "vocoder", "speaker_model", "seed",
+                                                         "random_weights", "no_resident")}
+            run_on_ray(args.ray or None, args.gpus_per_node, pending, model_args, folder, args.format,
+                       args.batch_rows or 8, record)
+        elif pending:
+            from ..tts.cli import load_models
+
+            pipe = load_models(args)
+            backend, adapter = active_backend()
+            backend = backend if backend == "cpu" else f"{backend} ({adapter})"
+            size = args.batch_rows or 2 * (pipe.slots or _slots(pipe))
+            for i in range(0, len(pending), size):
+                record(synthesize(pipe, pending[i:i + size], folder, args.format, backend))
+    finally:
+        progress.close()
+        manifest.compact(order)
+    failed = [r.id for r in rows if manifest.entries.get(r.id, {}).get("status") != "done"]
+    print(f"done: {len(rows) - len(failed)} of {len(rows)} valid rows" + (f"; failed: {', '.join(failed)}"
+                                                                          if failed else ""), file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _slots(pipe) -> int:
+    from ..gpu import get_runtime
+    from ..tts.stages import default_slots
+
+    return default_slots(get_runtime()) if pipe.stages.resident_available() else 4

@@ -1,0 +1,162 @@
+"""A corpus job: rows to DIR/<id>.<format> files and DIR/manifest.jsonl, resumable.
+
+Each row's audio is written to a temporary file and renamed, then its manifest entry is appended
+(flushed and synced): a file never exists half-written, and a row is done when both exist. A run
+first reads the manifest (the last entry of an id wins, a line cut short by a crash is ignored),
+drops temporary files a killed run left, and skips the rows that are done; at the end it rewrites
+the manifest with exactly one entry per row, in input order. So a rerun after `kill -9` at any
+moment completes the job with every row done once.
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+from ..errors import InputError, WsvkError
+from ..tts.audio import file_mode, write_file
+from ..tts.pipeline import SAMPLE_RATE
+from .rows import Row
+
+MANIFEST = "manifest.jsonl"
+
+
+class JobError(WsvkError):
+    """The output folder cannot be written (full disk, permissions): the job stops, finished rows kept."""
+
+
+class Manifest:
+    """DIR/manifest.jsonl: the latest entry per id; append() records one finished row durably."""
+
+    def __init__(self, folder: Path):
+        self.path = folder / MANIFEST
+        self.entries: dict[str, dict] = {}
+        if self.path.exists():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+                try:
+                    entry = json.loads(line)
+                except ValueError:
+                    continue  # a line cut short by a crash: that row is simply not done
+                if isinstance(entry, dict) and "id" in entry:
+                    self.entries[str(entry["id"])] = entry
+
+    def done(self, row: Row, fmt: str, folder: Path) -> bool:
+        e = self.entries.get(row.id)
+        return bool(e and e.get("status") == "done" and (folder / e.get("file", "")).is_file()
+                    and e.get("file") == f"{row.id}.{fmt}")
+
+    def append(self, entry: dict) -> None:
+        self.entries[entry["id"]] = entry
+        try:
+            with open(self.path, "a", encoding="utf-8") as f:
+                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+        except OSError as e:
+            raise JobError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+    def compact(self, order: list[str]) -> None:
+        """One entry per id (input order first), written to a temporary file and renamed."""
+        ids = [i for i in order if i in self.entries] + sorted(set(self.entries) - set(order))
+        fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".manifest-", suffix=".part")
+        try:
+            with os.fdopen(fd, "w", encoding="utf-8") as f:
+                for i in ids:
+                    f.write(json.dumps(self.entries[i], ensure_ascii=False) + "\n")
+                f.flush()
+                os.fsync(f.fileno())
+            os.chmod(tmp, file_mode())
+            os.replace(tmp, self.path)
+        except OSError as e:
+            if os.path.exists(tmp):
+                os.unlink(tmp)
+            raise JobError(f"cannot write {self.path}: {e.strerror or e}") from None
+
+
+def prepare_folder(folder: Path) -> None:
+    """The output folder, made if missing and checked writable (InputError otherwise); temporary
+    files of a killed run removed."""
+    if folder.exists() and not folder.is_dir():
+        raise InputError(f"output {folder} exists and is not a folder")
+    try:
+        folder.mkdir(parents=True, exist_ok=True)
+        fd, probe = tempfile.mkstemp(dir=folder, prefix=".wsvk-probe-")
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as e:
+        raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
+    for stale in list(folder.glob(".wsvk-*.part")) + list(folder.glob(".manifest-*.part")):
+        stale.unlink(missing_ok=True)
+
+
+def synthesize(pipe, rows: list[Row], folder: Path, fmt: str, backend: str) -> list[dict]:
+    """Audio files for `rows` (decoded together: generate_batch) and their manifest entries. A batch
+    that fails is retried row by row, so one bad row fails alone. A write failure (full disk)
+    raises JobError: the job stops."""
+    t0 = time.perf_counter()
+    try:
+        audios = pipe.generate_batch([r.text for r in rows], speaker=[r.voice for r in rows],
+                                     lang=[r.lang for r in rows], cps=[r.cps for r in rows],
+                                     seed=[r.seed for r in rows])
+    except Exception as e:  # noqa: BLE001 - isolate the bad row
+        if len(rows) == 1:
+            return [_entry(rows[0], fmt, backend, error=f"{type(e).__name__}: {e}")]
+        return [e for r in rows for e in synthesize(pipe, [r], folder, fmt, backend)]
+    seconds = time.perf_counter() - t0
+    total = sum(a.size for a in audios) or 1
+    entries = []
+    for row, audio in zip(rows, audios):
+        try:
+            write_file(folder / f"{row.id}.{fmt}", audio, SAMPLE_RATE, fmt)
+        except OSError as e:
+            raise JobError(f"cannot write {folder / f'{row.id}.{fmt}'}: {e.strerror or e}") from None
+        # the batch's time, shared by the rows in proportion to their audio
+        entries.append(_entry(row, fmt, backend, audio.size / SAMPLE_RATE, seconds * audio.size / total))
+    return entries
+
+
+def _entry(row: Row, fmt: str, backend: str, audio_s: float = 0.0, synth_s: float = 0.0, error=None) -> dict:
+    entry = {"id": row.id, "status": "failed" if error else "done", "file": None if error else f"{row.id}.{fmt}",
+             "audio_seconds": round(audio_s, 4), "sample_rate": SAMPLE_RATE, "synthesis_seconds": round(synth_s, 4),
+             "backend": backend}
+    if error:
+        entry["error"] = error
+    return entry
+
+
+class Progress:
+    """Rows, hours of audio, x real time and ETA: a tqdm bar on a terminal, a plain line every
+    `every` seconds otherwise."""
+
+    def __init__(self, total: int, stream=sys.stderr, every: float = 10.0):
+        self.total, self.stream, self.every = total, stream, every
+        self.rows = self.audio = 0.0
+        self.t0 = self.last = time.perf_counter()
+        self.bar = None
+        if stream.isatty():
+            from tqdm import tqdm
+
+            self.bar = tqdm(total=total, unit="row", file=stream, dynamic_ncols=True)
+
+    def update(self, entries: list[dict]) -> None:
+        self.rows += len(entries)
+        self.audio += sum(e["audio_seconds"] for e in entries)
+        elapsed = time.perf_counter() - self.t0
+        rtf = self.audio / elapsed if elapsed > 0 else 0.0
+        eta = elapsed / self.rows * (self.total - self.rows) if self.rows else 0.0
+        text = f"{self.audio / 3600:.3f} h of audio, {rtf:.2f}x real time"
+        if self.bar is not None:
+            self.bar.update(len(entries))
+            self.bar.set_postfix_str(text)
+        elif time.perf_counter() - self.last >= self.every or self.rows == self.total:
+            self.last = time.perf_counter()
+            self.stream.write(f"{int(self.rows)}/{self.total} rows, {text}, ETA {eta:.0f} s\n")
+            self.stream.flush()
+
+    def close(self) -> None:
+        if self.bar is not None:
+            self.bar.close()
