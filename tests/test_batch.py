@@ -8,6 +8,7 @@ import torch
 import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err
+from test_pipeline import tiny  # noqa: F401 (fixture)
 from test_precision import LOGIT_BOUND
 from wsvk.errors import InputError
 from wsvk.resident import ResidentS2A, ResidentT2S
@@ -172,11 +173,8 @@ def test_generate_batch_inputs_are_checked_first(rt):
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("batch-models")
-    paths = tm.write_all(root)
-    paths["voice"] = tm.write_voice(root / "voice.wav")
-    return paths
+def tiny_files(tiny):
+    return tiny
 
 
 def pipeline(files, **kw):
