@@ -243,7 +243,8 @@ def attention(shape, path=None, causal=False, mask=None, mask_shape=None, scale=
         return F.scaled_dot_product_attention(q, k, v, attn_mask=m, is_causal=causal, scale=scale)
 
     opts = "".join([f" {path}" if path else "", " causal" if causal else "",
-                    f" mask {mask}{mask_shape or ''}" + (f" valid {valid}" if valid is not None else "") if mask else "", f" scale {scale}" if scale else "",
+                    f" mask {mask}{mask_shape or ''}" + (f" valid {valid}" if valid is not None else "") if mask else "",
+                    f" scale {scale}" if scale else "",
                     " f16" if dtype == F16 else ""])
     return Case("attention", f"attention {shape}{opts}", make,
                 lambda q, k, v, m: ops.attention(q, k, v, m, causal, scale, path=path),
@@ -278,8 +279,9 @@ ATTENTION = [
     attention((1, 2, 1, 2250, 64, 64), "prefill", mask="cache", mask_shape=(1, 1, 1, 2250), valid=1500),
     *[attention((1, 2, 11, 13, 24, 24), p, scale=0.37) for p in ("prefill", "decode")],
     *[attention((1, 2, 11, 13, 24, 24), p, scale=3.0, mask="add", mask_shape=(11, 13)) for p in ("prefill", "decode")],
-    *[attention((1, 2, 21, 40, 64, 64), p, causal=c, mask=m, dtype=F16, tags=["selftest"] if p == "prefill" and not c
-                and not m else ()) for p in ("prefill", "decode") for c, m in ((False, None), (True, None), (False, "dead"))],
+    *[attention((1, 2, 21, 40, 64, 64), p, causal=c, mask=m, dtype=F16,
+                tags=["selftest"] if p == "prefill" and not c and not m else ())
+      for p in ("prefill", "decode") for c, m in ((False, None), (True, None), (False, "dead"))],
     attention((1, 70000, 1, 2, 1, 1), "decode"),  # 70,000 workgroups: past one grid dimension
     attention((1, 6, 1, 2250, 64, 64), tags=["bench"]), attention((1, 6, 750, 750, 64, 64), tags=["bench"]),
     attention((1, 2, 1, 300, 64, 64), tags=["quick"]), attention((1, 2, 64, 64, 64, 64), tags=["quick"]),
@@ -303,7 +305,8 @@ def fft(op, shape, n=None, cplx=None, path=None, tags=(), seed=0):
     length = n or (2 * (shape[-1] - 1) if op == "irfft" else shape[-1])
     return Case("fft", f"{op} {shape}{f' n={n}' if n else ''}{' real' if not cplx and op != 'rfft' else ''}"
                        f"{f' {path}' if path else ''}", make, lambda x, n: getattr(ops, op)(x, n, path=path),
-                lambda x, n: getattr(torch.fft, op)(x, n), lambda x, n: getattr(np.fft, op)(x, n), 5e-6 * max(1.0, math.log2(max(length, 1))), F32,
+                lambda x, n: getattr(torch.fft, op)(x, n), lambda x, n: getattr(np.fft, op)(x, n),
+                5e-6 * max(1.0, math.log2(max(length, 1))), F32,
                 _tags(*tags), ("GFLOP/s", 2.5 * math.prod(shape[:-1]) * length * max(1, math.log2(max(length, 2)))))
 
 
@@ -322,7 +325,8 @@ FFT = [
     fft("fft", (2, 1, 3, 7)), fft("irfft", (2, 9)), fft("irfft", (3, 2)),
     *[fft(op, (2, m), n) for op, m, n in [
         ("fft", 10, 16), ("fft", 16, 10), ("fft", 300, 1280), ("fft", 1300, 1280), ("ifft", 5, 9), ("ifft", 40, 11),
-        ("rfft", 7, 12), ("rfft", 12, 7), ("rfft", 1280, 1000), ("rfft", 300, 1001), ("irfft", 641, 1000), ("irfft", 100, 1280), ("irfft", 5, 11), ("irfft", 9, 7), ("irfft", 3, 2),
+        ("rfft", 7, 12), ("rfft", 12, 7), ("rfft", 1280, 1000), ("rfft", 300, 1001), ("irfft", 641, 1000),
+        ("irfft", 100, 1280), ("irfft", 5, 11), ("irfft", 9, 7), ("irfft", 3, 2),
         ("irfft", 1, 1), ("irfft", 2, 1), ("irfft", 4, 3)]],
     fft("irfft", (2, 641), 1280, tags=["selftest"]), fft("irfft", (1, 100, 641), 1280),  # Vocos' ISTFT head
     fft("fft", (1, 4099)), fft("irfft", (1, 2051), 4099),  # Bluestein past workgroup memory on most adapters

@@ -123,7 +123,7 @@ class Pipeline:
         self.stages = Stages(self)
         self.first_chunk_bytes = FIRST_CHUNK_BYTES  # None: every chunk as long as the T2S window allows
         self._engine = None             # the streaming engine, started by the first stream()
-        self._lock = threading.Lock()   # one call at a time: the resident modules' slots are shared
+        self.lock = threading.Lock()    # one call at a time: shared slots, torch's global RNG
         self._speakers: dict = {}       # samples hash -> ECAPA embedding, least recently used first
         self._speaker_lock = threading.Lock()
 
@@ -240,7 +240,7 @@ class Pipeline:
         speaker, lang, cps and seed are each one value for all texts or a list with one per text;
         with one seed, text i's audio equals generate(texts[i], ..., seed=seed). Every input is
         checked before any work (an InputError names the text's index)."""
-        with self._lock:
+        with self.lock:
             chunks, n_texts = self._plan(texts, speaker, lang, cps, seed, _single)
             self.last = Generation(chunks=[c.text for c in chunks])
             self._synthesize(chunks)
