@@ -221,8 +221,9 @@ def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe):
     s = Server(pipe, slots=1, queue=0)
     try:
         with httpx.stream("POST", f"{s.url}/v1/audio/speech", timeout=300,
-                          json={"input": LONG * 3, "response_format": "pcm"}) as r:
-            next(r.iter_raw())  # streaming: the one slot is taken
+                          json={"input": LONG * 20, "response_format": "pcm"}) as r:
+            pieces = r.iter_raw()  # kept: a dropped iterator closes the stream (a disconnect)
+            next(pieces)  # streaming: the one slot is taken
             busy = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=60)
             assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
             assert busy.json()["error"]["type"] == "rate_limit_error"

@@ -52,7 +52,7 @@ def main(argv=None) -> int:
 def run(args) -> int:
     from ..router import active_backend
     from ..tts.pipeline import check_language
-    from .job import Manifest, Progress, prepare_folder, synthesize
+    from .job import JobError, Manifest, Progress, prepare_folder, synthesize
     from .rows import check_rows, read_rows
 
     if args.batch_rows is not None and args.batch_rows < 1:
@@ -87,8 +87,15 @@ def run(args) -> int:
 
             model_args = {k: getattr(args, k) for k in ("t2s", "s2a", "vocoder", "speaker_model", "seed",
                                                          "random_weights", "no_resident")}
-            run_on_ray(args.ray or None, args.gpus_per_node, pending, model_args, folder, args.format,
-                       args.batch_rows or 8, record)
+            try:
+                run_on_ray(args.ray or None, args.gpus_per_node, pending, model_args, folder, args.format,
+                           args.batch_rows or 8, record)
+            except WsvkError:
+                raise
+            except Exception as e:  # an actor's failure (a full disk there, too) arrives as Ray's error
+                from ..errors import describe
+
+                raise JobError(f"the Ray job stopped: {describe(e)}") from None
         elif pending:
             from ..tts.cli import load_models
 

@@ -52,8 +52,13 @@ class Manifest:
     def append(self, entry: dict) -> None:
         self.entries[entry["id"]] = entry
         try:
+            cut = False
+            if self.path.exists() and self.path.stat().st_size:
+                with open(self.path, "rb") as f:
+                    f.seek(-1, os.SEEK_END)
+                    cut = f.read(1) != b"\n"
             with open(self.path, "a", encoding="utf-8") as f:
-                f.write(json.dumps(entry, ensure_ascii=False) + "\n")
+                f.write(("\n" if cut else "") + json.dumps(entry, ensure_ascii=False) + "\n")  # never glued to a cut line
                 f.flush()
                 os.fsync(f.fileno())
         except OSError as e:

@@ -81,8 +81,8 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set) -> Row:
     if not rid or not SAFE_ID.match(rid) or rid in (".", ".."):
         raise InputError(f"id {raw.get('id')!r} is not a safe file name (letters, digits, '.', '_', '-'; "
                          "at most 200, not starting with '.')")
-    if rid in seen:
-        raise InputError(f"id {rid!r} appears twice")
+    if rid.lower() in seen:  # case-insensitive file systems would give both one file
+        raise InputError(f"id {rid!r} appears twice (ids that differ only in case count as one)")
     text = raw.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"row {rid}: the text is empty")
@@ -108,7 +108,7 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set) -> Row:
         row.seed = _number(raw["seed"], rid, "seed", int)
         if row.seed < 0:
             raise InputError(f"row {rid}: seed must be a non-negative integer, got {raw['seed']!r}")
-    seen.add(rid)
+    seen.add(rid.lower())
     return row
 
 

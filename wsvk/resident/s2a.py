@@ -50,7 +50,9 @@ class S2ASequence:
         """Frames whose every quantizer is sampled: quantizer j of frame t sits at column t + 1 + j."""
         if self.result is not None:
             return self.n_frames
-        return max(0, min(self.pos + 2 - self.owner.model.quantizers, self.n_frames))
+        # after the step at p (pos is then p + 1), column p + 1 holds quantizers 0..p: frame t is
+        # whole once column t + Q is written, i.e. t <= p + 1 - Q
+        return max(0, min(self.pos + 1 - self.owner.model.quantizers, self.n_frames))
 
     def frames(self, a: int, b: int):
         """Codes [1, Q, b - a] of frames a..b-1 (the delay pattern undone), b <= frames_done."""

@@ -35,9 +35,15 @@ def rope_tables(layer):
 
 
 # The capture below edits the wrapped model for one run_encoder call: one lock for every wrapper
-# (two wrappers of one model must not interleave their edits). Running the same model on the
-# CPU from another thread meanwhile is not supported (wsvk.tts.pipeline.Pipeline serializes).
-_CAPTURE_LOCK = threading.Lock()
+# (two wrappers of one model must not interleave their edits), which code running the same torch
+# models on the CPU takes too (model_lock), so it never sees a model mid-edit.
+_CAPTURE_LOCK = threading.RLock()
+
+
+def model_lock():
+    """Held while running a wrapped whisperspeech model on the CPU: the resident modules' encoder
+    capture edits those models for a moment."""
+    return _CAPTURE_LOCK
 
 
 @contextmanager

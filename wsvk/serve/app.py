@@ -105,7 +105,7 @@ def create_app(pipe, opts: Options):
     from ..tts.pipeline import SAMPLE_RATE
 
     app = FastAPI(title="wsvk", description="WhisperSpeech text to speech, OpenAI-compatible")
-    state = {"active": 0}
+    state = {"active": 0}  # and one key per open request id (release() is once per request)
     backend, adapter = active_backend()
 
     @app.exception_handler(ApiError)
@@ -148,10 +148,12 @@ def create_app(pipe, opts: Options):
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
-        raw = await request.body()
-        if len(raw) > opts.max_body:
-            raise ApiError(413, f"the request body has {len(raw)} bytes, more than the {opts.max_body} allowed",
-                           code="request_too_large")
+        raw = bytearray()
+        async for piece in request.stream():  # capped as it arrives (a chunked body has no Content-Length)
+            raw += piece
+            if len(raw) > opts.max_body:
+                raise ApiError(413, f"the request body is over the {opts.max_body} bytes allowed",
+                               code="request_too_large")
         try:
             body = json.loads(raw or b"null")
         except ValueError:
@@ -167,24 +169,49 @@ def create_app(pipe, opts: Options):
             raise ApiError(400, str(e), code="invalid_value") from None
         rid, t0 = uuid.uuid4().hex[:12], time.perf_counter()
         state["active"] += 1
-        job = pipe.engine().submit(chunks)
+        job = None
+
+        def release():  # once per request, whichever way it ends: the count and the engine's slots
+            if state.pop(rid, None) is not None:
+                state["active"] -= 1
+                if job is not None:
+                    job.cancel()
+
+        state[rid] = True
         try:  # the first block before the response starts: a failure is still a clean 500
-            first = await anyio.to_thread.run_sync(job.next)
-        except Exception as e:
-            state["active"] -= 1
-            job.cancel()
+            job = pipe.engine().submit(chunks)
+            first = await anyio.to_thread.run_sync(job.next, abandon_on_cancel=True)
+        except BaseException as e:
+            release()
+            if not isinstance(e, Exception):
+                raise  # cancelled: the client went away
             log.warning("request %s failed: %s", rid, e)
             raise ApiError(500, f"synthesis failed: {e}", code="synthesis_failed", kind="server_error") from None
         media = "text/event-stream" if req["sse"] else MEDIA_TYPES[req["fmt"]]
-        return StreamingResponse(_body(job, first, req, rid, t0, state, SAMPLE_RATE), media_type=media,
-                                 headers={"X-Request-Id": rid})
+        return Releasing(_body(job, first, req, rid, t0, SAMPLE_RATE), release, media_type=media,
+                         headers={"X-Request-Id": rid})
 
     return app
 
 
-async def _body(job, block, req: dict, rid: str, t0: float, state: dict, rate: int):
+class Releasing(StreamingResponse):
+    """A StreamingResponse that releases its request however it ends, even when the client goes
+    away before the body starts (an async generator never started never runs its finally)."""
+
+    def __init__(self, content, release, **kw):
+        super().__init__(content, **kw)
+        self.release = release
+
+    async def __call__(self, scope, receive, send):
+        try:
+            await super().__call__(scope, receive, send)
+        finally:
+            self.release()
+
+
+async def _body(job, block, req: dict, rid: str, t0: float, rate: int):
     """The response body as it is made: encoded audio, or SSE events of it. The request leaves
-    the engine (its slots freed) when the client goes away."""
+    the engine (its slots freed) when the client goes away: Releasing cancels it."""
     enc = StreamEncoder(req["fmt"], rate)
     first, samples, status = None, 0, "ok"
     try:
@@ -205,13 +232,12 @@ async def _body(job, block, req: dict, rid: str, t0: float, state: dict, rate: i
                     yield data
             if block is None:
                 return
-            block = await anyio.to_thread.run_sync(job.next)
+            block = await anyio.to_thread.run_sync(job.next, abandon_on_cancel=True)
     except BaseException as e:
         status = "disconnected" if isinstance(e, (GeneratorExit, anyio.get_cancelled_exc_class())) else f"failed: {e}"
         raise
     finally:
         job.cancel()  # frees the request's slots at once (a no-op once it has ended)
-        state["active"] -= 1
         total = time.perf_counter() - t0
         audio_s = samples / rate
         log.info("request %s: %d chars, %.2f s of audio, first byte %s, total %.2f s, %.2fx real time, %s", rid,

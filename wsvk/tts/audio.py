@@ -130,6 +130,8 @@ def write_file(path, audio, rate: int, fmt: str | None = None) -> None:
                 f.write(wav_header(rate, np.asarray(audio).size) + pcm16(audio))
             else:
                 f.write(encode(audio, rate, fmt))
+            f.flush()
+            os.fsync(f.fileno())  # on disk before it takes its name (a job's manifest may say so next)
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:

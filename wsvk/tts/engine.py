@@ -65,11 +65,18 @@ class Request:
     def fail(self, error: BaseException) -> None:
         self.queue.put(error)
 
+    def add_sequence(self, seq) -> None:
+        """A decoder sequence of this request: cancelled with it (at once if it already is)."""
+        with self._lock:
+            seq.cancelled = self.cancelled
+            self.sequences.append(seq)
+
     def cancel(self) -> None:
         """Leave the engine: the request's sequences leave their slots at the next step."""
-        self.cancelled = True
-        for seq in self.sequences:
-            seq.cancelled = True
+        with self._lock:
+            self.cancelled = True
+            for seq in self.sequences:
+                seq.cancelled = True
         self.queue.put(None)  # wakes a reader waiting in next()
 
     def next(self, timeout: float | None = None):
@@ -169,26 +176,32 @@ class Engine:
             t.start()
 
     def close(self) -> None:
+        """Stop the threads; a request still open fails (its reader wakes)."""
+        with self.lock:
+            self.gpu = None
         for q in (self.t2s_q, self.s2a_q, self.cpu_q):
             q.put(None)
+        self._fail_all(RuntimeError("the engine was closed"))
 
     # -- the GPU path
     def _t2s_sequence(self, req: Request, i: int):
         c, stages = req.chunks[i], self.pipe.stages
         seq = self.gpu[0].sequence(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c), generator=c.generator("t2s"))
-        seq.cancelled = req.cancelled
         seq.on_done = lambda s: self._t2s_done(req, i, s)
-        req.sequences.append(seq)
+        req.add_sequence(seq)
         return seq
 
     def _t2s_done(self, req: Request, i: int, seq) -> None:
+        gpu = self.gpu
+        if gpu is None:  # the GPU failed meanwhile: the chunk stays undone and the CPU redoes it
+            return
         c = req.chunks[i]
         c.stoks = self.pipe.stages.until_end(seq.result[0])
         if len(c.stoks) < 2:  # nothing to say
             req.deliver(i, np.zeros(0, np.float32), True)
             return
-        s2a = self.gpu[1].sequence(c.stoks, c.speaker.unsqueeze(0), generator=c.generator("s2a"))
-        vocos = self.gpu[2]
+        s2a = gpu[1].sequence(c.stoks, c.speaker.unsqueeze(0), generator=c.generator("s2a"))
+        vocos = gpu[2]
         stream = VocosStream(lambda codes: self._vocos(vocos, codes), settle_frames(self.pipe.vocos),
                              vocos.hop, self.FIRST_FRAMES, self.EVERY_FRAMES)
 
@@ -198,8 +211,7 @@ class Engine:
                 req.deliver(i, block, final)
 
         s2a.on_feed, s2a.on_done = fed, lambda s: fed(s, True)
-        s2a.cancelled = req.cancelled
-        req.sequences.append(s2a)
+        req.add_sequence(s2a)
         self.s2a_q.put(s2a)
 
     @staticmethod
@@ -214,17 +226,16 @@ class Engine:
 
         try:
             DecodeLoop(module.resident_decoder).serve(source)
-        except GpuError as e:
+        except Exception as e:  # a GPU failure (or a bug): what is unfinished goes on on the CPU
             with self.lock:
                 first = self.gpu is not None
                 self.gpu = None
                 self.faults.append(str(e))
             if first:
-                warnings.warn(f"wsvk: {e}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
+                what = str(e) if isinstance(e, GpuError) else f"{type(e).__name__} in the GPU path: {e}"
+                warnings.warn(f"wsvk: {what}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
                 for q in (self.t2s_q, self.s2a_q):
-                    q.put(None)  # the other GPU thread stops too (its next step fails anyway)
-        except BaseException as e:  # a bug: fail the requests, never hang them
-            self._fail_all(e)
+                    q.put(None)  # the other GPU thread stops too
         finally:
             with self.lock:
                 self._running_gpu -= 1
@@ -258,8 +269,10 @@ class Engine:
 
         from ..router import offload
 
+        from ..resident import model_lock
+
         pipe, stages = self.pipe, self.pipe.stages
-        with pipe.lock, torch.random.fork_rng(devices=[]), offload(warn=False):
+        with pipe.lock, model_lock(), torch.random.fork_rng(devices=[]), offload(warn=False):
             torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["t2s"]))
             c.stoks = stages.until_end(pipe.t2s.generate(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c),
                                                          show_progress_bar=False)[0])
@@ -275,4 +288,5 @@ class Engine:
         with self.lock:
             requests, self.requests = self.requests, []
         for req in requests:
-            req.fail(error)
+            if not (req.cancelled or all(req.done)):
+                req.fail(error)
