@@ -137,8 +137,8 @@ class Progress:
     """Rows, hours of audio, x real time and ETA: a tqdm bar on a terminal, a plain line every
     `every` seconds otherwise."""
 
-    def __init__(self, total: int, stream=sys.stderr, every: float = 10.0):
-        self.total, self.stream, self.every = total, stream, every
+    def __init__(self, total: int, stream=None, every: float = 10.0):
+        self.total, self.stream, self.every = total, stream or sys.stderr, every
         self.rows = self.audio = 0.0
         self.t0 = self.last = time.perf_counter()
         self.bar = None

@@ -155,8 +155,8 @@ def cheap_checks(args):
 class ConsoleProgress:
     """A redrawn bar on a terminal; one line per finished stage otherwise."""
 
-    def __init__(self, stream=sys.stderr):
-        self.stream = stream
+    def __init__(self, stream=None):
+        self.stream = stream or sys.stderr  # looked up now: a default bound at import goes stale
         self.tty = stream.isatty()
         self.stage = None
         self.total = None
