@@ -142,10 +142,10 @@ class Progress:
         self.rows = self.audio = 0.0
         self.t0 = self.last = time.perf_counter()
         self.bar = None
-        if stream.isatty():
+        if self.stream.isatty():
             from tqdm import tqdm
 
-            self.bar = tqdm(total=total, unit="row", file=stream, dynamic_ncols=True)
+            self.bar = tqdm(total=total, unit="row", file=self.stream, dynamic_ncols=True)
 
     def update(self, entries: list[dict]) -> None:
         self.rows += len(entries)

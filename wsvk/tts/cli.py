@@ -157,7 +157,7 @@ class ConsoleProgress:
 
     def __init__(self, stream=None):
         self.stream = stream or sys.stderr  # looked up now: a default bound at import goes stale
-        self.tty = stream.isatty()
+        self.tty = self.stream.isatty()
         self.stage = None
         self.total = None
         self.done = 0
