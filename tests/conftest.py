@@ -13,7 +13,7 @@ os.environ.setdefault("WSVK_BACKEND", "wgpu")  # the kernels' tests want lavapip
 
 from wsvk import gpu  # noqa: E402
 from wsvk.errors import WsvkError  # noqa: E402
-from wsvk.kernels.cases import F16, rel_err  # noqa: E402,F401 (rel_err: the one error function of the tests)
+from wsvk.kernels.cases import rel_err  # noqa: E402,F401 (the one error function of the tests)
 
 REQUIRE = os.environ.get("WSVK_REQUIRE_ADAPTER", "") not in ("", "0")
 POISON = np.uint32(0x7FC0DEAD)  # a NaN with a payload: easy to spot, never produced by a kernel
@@ -43,7 +43,7 @@ def _needs_f16(request):
 def case_params(table):
     """A case table (wsvk.kernels.cases) as pytest parameters: the f16 cases marked needs_f16, the
     benchmark-only "big" shapes left out (too slow for lavapipe)."""
-    return [pytest.param(c, id=str(c), marks=[pytest.mark.needs_f16] if c.dtype == F16 else [])
+    return [pytest.param(c, id=str(c), marks=[pytest.mark.needs_f16] if c.needs_f16 else [])
             for c in table if "big" not in c.tags]
 
 

@@ -83,7 +83,7 @@ def run(out=print) -> bool:
     rt = get_runtime()
     out(f"selftest on {rt.info['name']} ({rt.info['backend']}, {rt.info['type']})")
     checks = [(c.name, lambda c=c: (True, f"rel err {c.run():.2e} (bound {c.bound:.0e})"))
-              for c in cases.tagged("selftest") if c.dtype != cases.F16 or rt.has_f16]
+              for c in cases.tagged("selftest") if not c.needs_f16 or rt.has_f16]
     checks += [(name, lambda o=ours, r=ref, b=bound: _check(o, r, b)) for name, ours, ref, bound in resident_cases(rt)]
     ok = True
     for name, check in checks:

@@ -44,6 +44,11 @@ class Case:
     dtype: np.dtype = F32
     tags: frozenset = field(default_factory=frozenset)
     work: tuple[str, float] | None = None  # (unit, amount per call) for the benchmarks
+    f16_out: bool = False                  # float16 output from float32 inputs (needs shader-f16 too)
+
+    @property
+    def needs_f16(self) -> bool:
+        return self.dtype == F16 or self.f16_out
 
     def __str__(self):
         return self.name
@@ -355,7 +360,7 @@ def layer_norm(shape, affine=True, dtype=F32, out_dtype=None, eps=1e-5, tags=())
                         f"{' ->f16' if out_dtype is not None else ''}", make,
                 lambda x, w, b: ops.layer_norm(x, w, b, eps, out_dtype=out_dtype),
                 lambda x, w, b: F.layer_norm(x, x.shape[-1:], w, b, eps), None,
-                (2e-3 if dtype == F16 else 5e-4) if half else 2e-6, dtype, _tags(*tags))
+                (2e-3 if dtype == F16 else 5e-4) if half else 2e-6, dtype, _tags(*tags), f16_out=out_dtype == F16)
 
 
 NORM = [
