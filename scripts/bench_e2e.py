@@ -191,9 +191,12 @@ def long_text(chunks: int) -> str:
     return " ".join(sentence.format(i) for i in range(chunks * per_chunk))
 
 
-def bench_batch(args) -> dict:
+def bench_batch(args, save=lambda res: None) -> dict:
     """Per B: step ms, tokens/s and the GPU time of one step by kind, for T2S and S2A; then the
-    10-chunk text, batched against one chunk at a time; torch CUDA's bs=B where CUDA exists."""
+    10-chunk text, batched against one chunk at a time; torch CUDA's bs=B where CUDA exists.
+    One decoder per stage with max(B) slots serves every B (a step's work depends only on its
+    active columns, so it is the step of a B-slot decoder) and its weights are uploaded once.
+    save(res) after each part: a run cut short keeps what it measured."""
     from wsvk.gpu import get_runtime
     from wsvk.resident import ResidentS2A, ResidentT2S
     from wsvk.tts.pipeline import SAMPLE_RATE, Pipeline
@@ -202,13 +205,12 @@ def bench_batch(args) -> dict:
     t2s, s2a, vocos = models(args)
     stoks, spk, _ = inputs(args, s2a)
     out = {"adapter": f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})", "per_batch": {}}
+    slots = max(args.batch)
+    stages = (("t2s", ResidentT2S(t2s, slots=slots), lambda m, g: m.sequence(TEXT, N=args.steps + 2, generator=g)),
+              ("s2a", ResidentS2A(s2a, slots=slots), lambda m, g: m.sequence(stoks, spk, N=args.steps + 3, generator=g)))
     for B in args.batch:
         row = {}
-        for name, mod, make in (
-                ("t2s", ResidentT2S(t2s, slots=B),
-                 lambda m, g: m.sequence(TEXT, N=args.steps + 2, generator=g)),
-                ("s2a", ResidentS2A(s2a, slots=B),
-                 lambda m, g: m.sequence(stoks, spk, N=args.steps + 3, generator=g))):
+        for name, mod, make in stages:
             mod.run([make(mod, torch.Generator().manual_seed(i)) for i in range(B)])  # warm-up
             mod.reset_counters()
             mod.run([make(mod, torch.Generator().manual_seed(i)) for i in range(B)])
@@ -221,6 +223,8 @@ def bench_batch(args) -> dict:
                 kinds = by_kind(dec.profile_step(None, 0, columns=cols))
                 row[f"{name}_gpu_ms_per_step"], row[f"{name}_gpu_ms_by_kernel"] = sum(kinds.values()), kinds
         out["per_batch"][B] = row
+        save(out)
+    del stages  # the pipelines below build their own decoders
     for label, slots in (("batched", max(args.batch)), ("one_chunk_at_a_time", 1))[:2 if args.long_chunks else 0]:
         pipe = Pipeline(t2s, s2a, vocos, random_weights=args.size, random_t2s=True, slots=slots)
         pipe.generate("Warm up.", seed=1)
@@ -229,11 +233,14 @@ def bench_batch(args) -> dict:
         secs = time.perf_counter() - t0
         out[f"long_text_{label}"] = {"chunks": len(pipe.last.chunks), "seconds": secs,
                                      "audio_seconds": audio.size / SAMPLE_RATE,
-                                     "realtime_x": audio.size / SAMPLE_RATE / secs}
+                                     "realtime_x": audio.size / SAMPLE_RATE / secs,
+                                     "stage_seconds": dict(pipe.last.seconds)}
+        del pipe
+        save(out)
     if torch.cuda.is_available():
-        cuda = {}
+        cuda = out["torch_cuda_per_batch"] = {}
+        t2s_c, s2a_c, _ = (m.to("cuda") for m in models(args))
         for B in args.batch:
-            t2s_c, s2a_c, _ = (m.to("cuda") for m in models(args))
             clock = StepClock(torch.cuda.synchronize)
             torch.manual_seed(0)
             t2s_c.generate(TEXT, N=args.steps + 2, bs=B, step=clock, show_progress_bar=False)
@@ -241,7 +248,7 @@ def bench_batch(args) -> dict:
             clock = StepClock(torch.cuda.synchronize)
             s2a_c.generate(stoks.cuda(), spk.cuda(), N=args.steps + 3, bs=B, step=clock, show_progress_bar=False)
             cuda[B]["s2a_step_ms"] = clock.per_step_ms()
-        out["torch_cuda_per_batch"] = cuda
+            save(out)
     return out
 
 
@@ -265,8 +272,9 @@ def print_batch(res: dict) -> None:
         r = res.get(f"long_text_{label}")
         if r is None:
             continue
+        stages = ", ".join(f"{k} {v:.2f} s" for k, v in r.get("stage_seconds", {}).items() if v)
         print(f"{r['chunks']}-chunk text, {label.replace('_', ' ')}: {r['seconds']:.2f} s for {r['audio_seconds']:.1f} s"
-              f" of audio, {r['realtime_x']:.2f}x real time")
+              f" of audio, {r['realtime_x']:.2f}x real time ({stages})")
 
 
 def main(argv=None) -> int:
@@ -293,11 +301,12 @@ def main(argv=None) -> int:
         if min(args.batch) < 1:
             p.error("--batch values must be >= 1")
         args.s2a_size = args.s2a_size or ("medium" if args.size == "small" else args.size)
-        res = bench_batch(args)
-        print_batch(res)
-        if args.json:
-            args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps,
-                                             "torch": torch.__version__, "batch": res}, indent=2))
+        def save(res):
+            if args.json:
+                args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps,
+                                                 "torch": torch.__version__, "batch": res}, indent=2))
+
+        print_batch(bench_batch(args, save))
         return 0
     args.s2a_size = args.s2a_size or args.size
     results = {"wsvk": bench_wsvk(*models(args), args)}

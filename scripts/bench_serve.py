@@ -107,7 +107,13 @@ def main(argv=None) -> int:
     url = f"http://127.0.0.1:{port}"
     backend, adapter = active_backend()
     one_request(url, 0, args.text)  # warm-up: pipelines, buffers
-    rounds = [run_round(url, c, args.requests, args.text) for c in clients]
+    rounds = []
+    for c in clients:  # the JSON after each round: a run cut short keeps what it measured
+        rounds.append(run_round(url, c, args.requests, args.text))
+        if args.json:
+            args.json.write_text(json.dumps({"backend": backend, "adapter": adapter, "size": args.size,
+                                             "s2a_size": s2a_size, "text_chars": len(args.text), "rounds": rounds},
+                                            indent=2))
     server.should_exit = True
     pipe.engine().close()
     print(f"server: {backend} ({adapter}); T2S {args.size}, S2A {s2a_size}; a {len(args.text)}-character text, pcm")
@@ -116,9 +122,6 @@ def main(argv=None) -> int:
     for r in rounds:
         print(f"{r['clients']:>8} {r['ttfb_p50_ms']:>12.0f} {r['ttfb_p95_ms']:>12.0f} {r['stream_realtime_x_min']:>16.2f}"
               f" {r['stream_realtime_x_median']:>8.2f} {r['aggregate_realtime_x']:>15.2f}")
-    if args.json:
-        args.json.write_text(json.dumps({"backend": backend, "adapter": adapter, "size": args.size,
-                                         "s2a_size": s2a_size, "text_chars": len(args.text), "rounds": rounds}, indent=2))
     return 0
 
 

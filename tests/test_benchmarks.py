@@ -72,8 +72,10 @@ def test_bench_serve_tiny(rt, tmp_path):
 
 
 def test_bench_batch_tiny(rt, tmp_path):
-    r = run_script("bench_batch.py", "--rows", "2", "--size", "tiny", "--slots", "2", "--json", str(tmp_path / "b.json"))
+    r = run_script("bench_batch.py", "--rows", "3", "--loop-rows", "1", "--size", "tiny", "--slots", "2",
+                   "--json", str(tmp_path / "b.json"))
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "b.json").read_text())
-    assert res["rows"] == 2 and res["slots"] == 2 and res["audio_seconds"] > 0
+    assert res["rows"] == 3 and res["slots"] == 2 and res["audio_seconds"] > 0
+    assert res["results"]["loop_over_generate"]["rows"] == 1 and res["results"]["batch_job"]["rows"] == 3
     assert all(v["rows_per_s"] > 0 for v in res["results"].values()) and "batch job / loop" in r.stdout
