@@ -40,6 +40,42 @@ def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):  # noqa: F
         assert got[s].shape == refs[s].shape and rel_err(got[s], refs[s]) < 1e-6
 
 
+def test_generate_shares_the_decoders_with_streams_in_flight(pipe):  # noqa: F811
+    """One set of resident modules (weights, KV caches) serves generate() and the streams, and a
+    generate() call made while a stream is in flight keeps its audio, as does the stream."""
+    refs = {5: pipe.generate(TEXT, seed=5), 6: pipe.generate("A caller of generate, meanwhile.", seed=6)}
+    it = pipe.stream(TEXT, seed=5)
+    blocks = [next(it)]  # the stream is under way
+    engine = pipe.engine()
+    assert engine.gpu is not None and engine.gpu[:2] == (pipe.stages.resident["t2s"], pipe.stages.resident["s2a"])
+    got6 = pipe.generate("A caller of generate, meanwhile.", seed=6)
+    blocks += list(it)
+    got5 = np.concatenate(blocks)
+    for got, ref in ((got5, refs[5]), (got6, refs[6])):
+        assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+
+
+def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch):  # noqa: F811
+    """A bug in one chunk's GPU path (here its first Vocos window) sends that chunk to the CPU;
+    the stream's audio stays whole and the engine stays on the GPU."""
+    from wsvk.tts.engine import Engine
+
+    ref = pipe.generate(TEXT, seed=7)
+    engine, real, calls = pipe.engine(), Engine._vocos, []
+
+    def flaky(vocos, codes):
+        calls.append(1)
+        if len(calls) == 1:
+            raise ValueError("a bug in a callback")
+        return real(vocos, codes)
+
+    monkeypatch.setattr(Engine, "_vocos", staticmethod(flaky))
+    with pytest.warns(RuntimeWarning, match="that chunk is redone on the CPU"):
+        got = np.concatenate(list(pipe.stream(TEXT, seed=7)))
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4  # one chunk from the CPU backend
+    assert engine.gpu is not None and any("a bug in a callback" in f for f in engine.faults)
+
+
 def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
     it = pipe.stream(TEXT * 3, seed=1)
     next(it)

@@ -3,7 +3,8 @@ bind group built once), so a chunk or a decode step is one submit with one small
 
     plan.py      a WhisperSpeech decoder's weights, slots and dispatch list, built once
     decoder.py   ResidentDecoder: runs the plan, one submit per decode step of every active slot
-    batching.py  DecodeLoop: sequences join and leave the slots at step boundaries
+    batching.py  DecodeLoop: sequences join and leave the slots at step boundaries; SharedLoop:
+                 one loop per decoder that every caller feeds
     sampling.py  whisperspeech's sampler with a per-sequence torch.Generator
     encoder.py   a WhisperSpeech encoder: one pass per chunk, output left on the GPU
     whisper.py   what T2S and S2A share (whisperspeech's embeddings, counters)
@@ -11,7 +12,7 @@ bind group built once), so a chunk or a decode step is one submit with one small
     vocos.py     ResidentVocos: backbone + ISTFT head, one readback per call
 """
 
-from .batching import DecodeLoop
+from .batching import DecodeLoop, SharedLoop
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
 from .s2a import ResidentS2A
@@ -19,5 +20,5 @@ from .t2s import ResidentT2S
 from .vocos import ResidentVocos
 from .whisper import model_lock
 
-__all__ = ["DecodeLoop", "HeadStage", "ResidentDecoder", "ResidentEncoder", "ResidentS2A", "ResidentT2S",
+__all__ = ["DecodeLoop", "SharedLoop", "HeadStage", "ResidentDecoder", "ResidentEncoder", "ResidentS2A", "ResidentT2S",
            "ResidentVocos", "model_lock"]

@@ -1,8 +1,12 @@
 """Continuous batching over a ResidentDecoder's slots: sequences join free slots and leave at step
 boundaries, and every step advances all the active ones in one submit.
 
-`run(sequences)` decodes a list to its end; `serve(queue)` keeps taking sequences from a
-queue.Queue (blocking while idle) until it takes None: the server's loop.
+DecodeLoop: `run(sequences)` decodes a list to its end; `drive(take)` takes sequences from a
+function until it says stop.
+SharedLoop: one decoder's slots shared by every caller. A thread, started by the first sequence
+and ending when there is nothing left to do, serves a queue that `run(sequences)`
+(Pipeline.generate) and `submit(seq)` (the streaming engine) both feed: a library call and the
+streams of a server decode in the same steps, and one set of KV caches serves them all.
 
 A sequence is any object with
     start(slot) -> (token ids, pos) or None   its encoder pass and prompt go into `slot`; the
@@ -10,14 +14,18 @@ A sequence is any object with
     feed(logits) -> (token ids, pos) or None  the step's logits row; the next input, or None
                                               when it has finished (it leaves its slot)
     cancelled: bool                           set from any thread: it leaves at the next step
+and optionally
+    dropped() -> None                         called when it leaves because it was cancelled
 """
 
 from __future__ import annotations
 
 import queue
+import threading
+import traceback
 from collections import deque
 
-_EMPTY = object()  # nothing waiting (as opposed to None: stop)
+EMPTY = object()  # take(): nothing waiting (as opposed to None: stop)
 
 
 class DecodeLoop:
@@ -30,21 +38,12 @@ class DecodeLoop:
     def run(self, sequences) -> None:
         """Decode every sequence to its end (or cancellation), in joining order."""
         pending = deque(sequences)
-        self._loop(lambda block: pending.popleft() if pending else _EMPTY)
+        self.drive(lambda block: pending.popleft() if pending else EMPTY)
 
-    def serve(self, source: queue.Queue) -> None:
-        """Decode sequences as they arrive in `source` until it yields None (then return at once,
+    def drive(self, take) -> None:
+        """Decode what take(block) hands out: the next sequence, EMPTY (none waiting; with
+        block=True only when there is nothing else to do: the loop then ends) or None (stop now,
         dropping what is active)."""
-        def take(block):
-            try:
-                return source.get(block=block)
-            except queue.Empty:
-                return _EMPTY
-
-        self._loop(take)
-
-    def _loop(self, take) -> None:
-        """take(block) -> the next sequence, _EMPTY (none waiting) or None (stop)."""
         dec = self.decoder
         free = list(range(dec.slots - 1, -1, -1))  # pop() hands out slot 0 first
         active: dict[int, list] = {}  # slot -> [sequence, next input]
@@ -53,11 +52,12 @@ class DecodeLoop:
                 seq = take(not active)  # block only while there is nothing to step
                 if seq is None:
                     return
-                if seq is _EMPTY:
+                if seq is EMPTY:
                     if not active:
-                        return  # run(): the list is done
+                        return  # nothing queued, nothing active: done
                     break
                 if getattr(seq, "cancelled", False):
+                    _dropped(seq)
                     continue
                 slot = free.pop()
                 first = seq.start(slot)
@@ -66,7 +66,7 @@ class DecodeLoop:
                 else:
                     active[slot] = [seq, first]
             for slot in [s for s, (seq, _) in active.items() if getattr(seq, "cancelled", False)]:
-                del active[slot]
+                _dropped(active.pop(slot)[0])
                 free.append(slot)
             if not active:
                 continue
@@ -80,3 +80,186 @@ class DecodeLoop:
                     free.append(slot)
                 else:
                     active[slot][1] = nxt
+
+
+def _dropped(seq) -> None:
+    hook = getattr(seq, "dropped", None)
+    if hook is not None:
+        hook()
+
+
+class _Batch:
+    """The sequences of one SharedLoop.run call: done when all have finished, or the first error."""
+
+    def __init__(self, n: int):
+        self.left, self.error = n, None
+        self.lock, self.event = threading.Lock(), threading.Event()
+        if n == 0:
+            self.event.set()
+
+    def finished(self) -> None:
+        with self.lock:
+            self.left -= 1
+            if self.left == 0:
+                self.event.set()
+
+    def fail(self, error: BaseException) -> None:
+        with self.lock:
+            if self.error is None and self.left > 0:  # a batch already done stays done
+                self.error = error
+        self.event.set()
+
+
+class _Tracked:
+    """A sequence of a run() call: reports its end to the batch; an error in its own start/feed
+    fails its batch only (the loop goes on with the others' sequences)."""
+
+    def __init__(self, seq, batch: _Batch):
+        self.seq, self.batch = seq, batch
+
+    @property
+    def cancelled(self) -> bool:
+        return self.batch.error is not None or getattr(self.seq, "cancelled", False)
+
+    def _call(self, method, arg):
+        try:
+            nxt = method(arg)
+        except Exception as e:  # noqa: BLE001 - the caller of run() raises it
+            self.batch.fail(e)
+            return None
+        if nxt is None:
+            self.batch.finished()
+        return nxt
+
+    def dropped(self) -> None:  # cancelled (by its owner, or as its batch failed): it is over
+        self.batch.finished()
+
+    def start(self, slot):
+        return self._call(self.seq.start, slot)
+
+    def feed(self, logits):
+        return self._call(self.seq.feed, logits)
+
+
+class _Guarded:
+    """A submitted sequence whose own errors (in start/feed and the callbacks they make) go to
+    on_error, and not to the loop: it leaves, and the others decode on."""
+
+    def __init__(self, seq, on_error):
+        self.seq, self.on_error = seq, on_error
+
+    @property
+    def cancelled(self) -> bool:
+        return getattr(self.seq, "cancelled", False)
+
+    def dropped(self) -> None:
+        _dropped(self.seq)
+
+    def start(self, slot):
+        try:
+            return self.seq.start(slot)
+        except Exception as e:  # noqa: BLE001 - its owner's to handle
+            self.on_error(e)
+            return None
+
+    def feed(self, logits):
+        try:
+            return self.seq.feed(logits)
+        except Exception as e:  # noqa: BLE001
+            self.on_error(e)
+            return None
+
+
+class SharedLoop:
+    """A DecodeLoop fed by a queue from a daemon thread that the first sequence starts and that
+    ends when nothing is queued or active (so an unused module holds no thread, and is freed with
+    its pipeline). An error in a sequence's own start/feed goes to its owner (run()'s caller,
+    or submit()'s on_error). When the loop itself fails (a GPU error in a step) or is closed,
+    every listener is called with the error and every run() call waiting on it raises it;
+    sequences still queued are dropped (their owners hear of it through those two ways)."""
+
+    def __init__(self, decoder, name: str = "wsvk-decode"):
+        self.loop = DecodeLoop(decoder)
+        self.name = name
+        self.listeners: list = []  # called with the error when the loop fails (from its thread)
+        self._queue: queue.Queue = queue.Queue()
+        self._thread: threading.Thread | None = None
+        self._batches: set = set()
+        self._lock = threading.Lock()
+
+    def submit(self, seq, on_error=None) -> None:
+        """Queue one sequence (see the module docstring); it joins at a step boundary. on_error(e):
+        what to do when its start/feed raises (None: the loop fails)."""
+        if on_error is not None:
+            seq = _Guarded(seq, on_error)
+        with self._lock:
+            if self._thread is None:
+                thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
+                thread.start()  # it waits for the lock before it looks at anything
+                self._thread = thread
+            self._queue.put(seq)
+
+    def run(self, sequences) -> None:
+        """Decode the sequences together (beside whatever else is submitted) and wait for their
+        end; raises what failed them. Interrupted, it cancels them."""
+        batch = _Batch(len(sequences))
+        with self._lock:
+            self._batches.add(batch)
+        try:
+            for seq in sequences:
+                self.submit(_Tracked(seq, batch))
+            batch.event.wait()
+        except BaseException as e:
+            batch.fail(e)  # the loop drops its sequences at the next step
+            raise
+        finally:
+            with self._lock:
+                self._batches.discard(batch)
+        if batch.error is not None:
+            raise batch.error
+
+    def close(self) -> None:
+        """Stop the thread at the next free slot (what is active or queued is dropped: the
+        listeners and run() callers get an error)."""
+        with self._lock:
+            thread = self._thread
+            if thread is not None:
+                self._queue.put(None)
+        if thread is not None and thread is not threading.current_thread():
+            thread.join()
+
+    def _take(self, block: bool):
+        if block:  # nothing active: end the thread if nothing is queued either
+            with self._lock:
+                if self._queue.empty():
+                    self._thread = None  # the next submit starts another
+                    return EMPTY
+        try:
+            return self._queue.get_nowait()
+        except queue.Empty:
+            return EMPTY
+
+    def _serve(self) -> None:
+        me, error = threading.current_thread(), None
+        try:
+            self.loop.drive(self._take)
+        except BaseException as e:  # noqa: BLE001 - handed to the waiting callers and listeners
+            error = e
+        with self._lock:
+            if self._thread is not me:
+                return  # it ended idle (a newer thread may serve the queue now)
+            self._thread = None  # stopped by close(), or failed
+            while True:  # what was queued behind the failure (or the stop) never runs
+                try:
+                    self._queue.get_nowait()
+                except queue.Empty:
+                    break
+            batches, listeners = list(self._batches), list(self.listeners)
+        error = error or RuntimeError("the decode loop was closed")
+        for listener in listeners:  # first: the engine moves its work before generate() resumes
+            try:
+                listener(error)
+            except Exception:  # noqa: BLE001 - one listener's failure must not silence the rest
+                traceback.print_exc()
+        for batch in batches:
+            batch.fail(error)  # each caller raises this same object

@@ -105,10 +105,10 @@ class ResidentT2S(Resident):
         self.vocab = int(emb.merged_in.weight.shape[0])
         head = [HeadStage(emb.merged_out, emb.bias_out,
                           ln=(model.decoder.ln_post.weight, model.decoder.ln_post.bias, model.decoder.ln_post.eps))]
-        self.resident_decoder = ResidentDecoder(
+        self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
             extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=model.stoks_len,
-            cross_len=model.ttoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots)
+            cross_len=model.ttoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
         enc = model.encoder
         self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
                                                 causal=model.tunables.causal_encoder,

@@ -4,6 +4,7 @@ run_encoder with the encoder layers taken out), the decode loop, attribute forwa
     t2s = ResidentT2S(wsvk.tts.models.load_t2s(), slots=8)   # weights + KV caches go to the GPU once
     stoks = t2s.generate(text, cps=15, lang="en", show_progress_bar=False)[0]     # one sequence
     t2s.run([t2s.sequence(text, generator=g) for text, g in ...])                 # a batch
+    t2s.submit(seq)   # no waiting (seq.on_done tells the end): the streaming engine's way
 
 Both take a model prepared by `wsvk.tts.models.for_cpu` (merged QKV, float32), keep its
 attributes (stoks_len, tunables, ... are forwarded) and return what its own generate returns
@@ -22,7 +23,7 @@ from contextlib import contextmanager
 
 import torch
 
-from .batching import DecodeLoop
+from .batching import SharedLoop
 
 
 def rope_tables(layer):
@@ -69,7 +70,7 @@ def _layers_bypassed(owner, attr: str, ln_post, captured: list):
 
 class Resident:
     """Shared plumbing of ResidentT2S / ResidentS2A: attribute forwarding to the wrapped model,
-    the encoder capture, the decode loop, counters."""
+    the encoder capture, the shared decode loop, counters."""
 
     def __init__(self, model):
         if model.training:
@@ -104,9 +105,20 @@ class Resident:
         m = self.model
         return m.tunables.output_mult / (m.width / m.base_width)
 
+    def use_decoder(self, decoder) -> None:
+        """The decoder, and the one loop every caller shares its slots through."""
+        self.resident_decoder = decoder
+        self.loop = SharedLoop(decoder, name=f"wsvk-{type(self).__name__}")
+
     def run(self, sequences) -> None:
-        """Decode the sequences (from self.sequence) together through the decoder's slots."""
-        DecodeLoop(self.resident_decoder).run(sequences)
+        """Decode the sequences (from self.sequence) together through the decoder's slots, beside
+        whatever else runs there (the streaming engine's sequences), and wait for their end."""
+        self.loop.run(sequences)
+
+    def submit(self, seq, on_error=None) -> None:
+        """Queue one sequence without waiting: it joins at the next step boundary (on_error: see
+        SharedLoop.submit)."""
+        self.loop.submit(seq, on_error)
 
     def run_one(self, seq, bs: int):
         """generate()'s tail: batch 1, one sequence (whisperspeech's progress bar is not drawn:

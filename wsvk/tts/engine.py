@@ -1,8 +1,8 @@
 """Streaming synthesis for many callers: the engine behind Pipeline.stream and the server.
 
-On the wgpu backend two threads keep the resident decoders' slots full (continuous batching):
-the T2S thread decodes the chunks of every request as slots free up, hands each finished chunk
-to the S2A thread, which decodes them the same way and, as a chunk's acoustic frames settle,
+On the wgpu backend the chunks of every request go to the pipeline's resident decoders, whose
+slots Pipeline.generate shares (each decoder's SharedLoop thread keeps them full: continuous
+batching): a chunk that T2S finishes goes on to S2A, which, as the chunk's acoustic frames settle,
 runs Vocos over a window of them (VocosStream) so its audio leaves long before the chunk ends.
 Each request receives its audio blocks in order. Every chunk samples with its own generator
 (seeded from seed, chunk and stage, as Pipeline.generate does), so a request's audio does not
@@ -10,7 +10,8 @@ depend on what else runs: joined, the blocks equal generate() to float32 roundin
 
 Elsewhere (cpu backend, resident off) and after a GPU failure, one CPU thread synthesizes the
 chunks in order, each whole, with whisperspeech's own generate; after a failure it redoes every
-unfinished chunk (the same seeds, the same tokens) and sends only the audio not yet sent.
+unfinished chunk (the same seeds, the same tokens) and sends only the audio not yet sent (what
+the GPU path would still deliver for such a chunk is dropped).
 """
 
 from __future__ import annotations
@@ -36,17 +37,18 @@ class Request:
         self.queue: queue.Queue = queue.Queue()
         self.sent = [0] * len(chunks)       # samples delivered per chunk
         self.done = [False] * len(chunks)
+        self.on_cpu = [False] * len(chunks)  # moved to the CPU: the GPU path's blocks are dropped
         self._held: dict[int, list] = {}    # blocks of later chunks, until the earlier ones end
         self._next = 0
         self._lock = threading.Lock()
         self.cancelled = False
         self.sequences: list = []           # live decoder sequences, cancelled with the request
 
-    def deliver(self, i: int, block, done: bool) -> None:
-        """Chunk i's next block (possibly empty); done: the chunk's last one. Blocks leave in
-        order: a later chunk's wait until every earlier chunk is done."""
+    def deliver(self, i: int, block, done: bool, gpu: bool = True) -> None:
+        """Chunk i's next block (possibly empty); done: the chunk's last one; gpu: from the GPU
+        path. Blocks leave in order: a later chunk's wait until every earlier chunk is done."""
         with self._lock:
-            if self.done[i] or self.cancelled:
+            if self.done[i] or self.cancelled or (gpu and self.on_cpu[i]):
                 return
             self.sent[i] += len(block)
             self.done[i] = done
@@ -64,6 +66,24 @@ class Request:
 
     def fail(self, error: BaseException) -> None:
         self.queue.put(error)
+
+    def move_chunk_to_cpu(self, i: int) -> bool:
+        """Chunk i, unless done: from now on only the CPU path delivers it."""
+        with self._lock:
+            if self.cancelled or self.done[i] or self.on_cpu[i]:
+                return False
+            self.on_cpu[i] = True
+            return True
+
+    def move_to_cpu(self) -> list[int]:
+        """The unfinished chunks, which from now on only the CPU path delivers."""
+        with self._lock:
+            if self.cancelled:
+                return []
+            moved = [i for i, d in enumerate(self.done) if not d and not self.on_cpu[i]]
+            for i in moved:
+                self.on_cpu[i] = True
+            return moved
 
     def add_sequence(self, seq) -> None:
         """A decoder sequence of this request: cancelled with it (at once if it already is)."""
@@ -135,65 +155,68 @@ class Engine:
     FIRST_FRAMES = 12   # the first block of a chunk: 0.16 s of audio (75 frames a second)
     EVERY_FRAMES = 24   # then blocks of 0.32 s
 
-    def __init__(self, pipe, slots: int | None = None):
+    def __init__(self, pipe):
         self.pipe = pipe
-        self.slots = slots
         self.lock = threading.Lock()
         self.requests: list[Request] = []
-        self.gpu = None        # (t2s, s2a, vocos) resident modules while on the GPU
-        self.threads: list[threading.Thread] = []
-        self.t2s_q: queue.Queue = queue.Queue()
-        self.s2a_q: queue.Queue = queue.Queue()
+        self.gpu = None        # the pipeline's (t2s, s2a, vocos) resident modules while on the GPU
+        self.thread: threading.Thread | None = None
         self.cpu_q: queue.Queue = queue.Queue()
         self.faults: list[str] = []
-        self._running_gpu = 0
+        self.closed = False
 
     # -- submitting
     def submit(self, chunks) -> Request:
         req = Request(chunks)
         with self.lock:
+            if self.closed:
+                raise RuntimeError("the engine was closed")
             self._start()
             self.requests = [r for r in self.requests if not (r.cancelled or all(r.done))] + [req]
-            if self.gpu is None:
+            gpu = self.gpu
+            if gpu is None:
                 for i in range(len(chunks)):
+                    req.on_cpu[i] = True
                     self.cpu_q.put((req, i))
-            else:
-                for i, c in enumerate(chunks):
-                    self.t2s_q.put(self._t2s_sequence(req, i))
+        if gpu is not None:  # outside the lock: a fault heard meanwhile moves the request to the CPU
+            for i in range(len(chunks)):
+                if not req.on_cpu[i]:
+                    gpu[0].submit(self._t2s_sequence(gpu, req, i), on_error=self._chunk_failed(req, i))
         return req
 
     def _start(self) -> None:
-        if self.threads:
+        if self.thread is not None:
             return
         stages = self.pipe.stages
-        if stages.resident_available():  # the engine's own modules: generate() may run meanwhile
-            self.gpu = tuple(stages.make_resident(s, self.slots) for s in ("t2s", "s2a", "vocos"))
-            self._running_gpu = 2
-            self.threads += [threading.Thread(target=self._gpu_loop, args=(m, q), daemon=True, name=f"wsvk-{n}")
-                             for n, m, q in (("t2s", self.gpu[0], self.t2s_q), ("s2a", self.gpu[1], self.s2a_q))]
-        self.threads.append(threading.Thread(target=self._cpu_loop, daemon=True, name="wsvk-cpu"))
-        for t in self.threads:
-            t.start()
+        gpu = tuple(stages.gpu_runner(s) for s in ("t2s", "s2a", "vocos"))  # generate() shares them
+        if all(m is not None for m in gpu):  # else: cpu backend, resident off, or after a fault
+            self.gpu = gpu
+            for mod in gpu[:2]:
+                mod.loop.listeners.append(self._gpu_failed)
+        self.thread = threading.Thread(target=self._cpu_loop, daemon=True, name="wsvk-cpu")
+        self.thread.start()
 
     def close(self) -> None:
-        """Stop the threads; a request still open fails (its reader wakes)."""
+        """Stop listening and the CPU thread; a request still open fails (its reader wakes).
+        Pipeline.engine() then starts a new engine."""
         with self.lock:
-            self.gpu = None
-        for q in (self.t2s_q, self.s2a_q, self.cpu_q):
-            q.put(None)
+            gpu, self.gpu, self.closed = self.gpu, None, True
+        for mod in (gpu or ())[:2]:
+            if self._gpu_failed in mod.loop.listeners:
+                mod.loop.listeners.remove(self._gpu_failed)
+        self.cpu_q.put(None)
         self._fail_all(RuntimeError("the engine was closed"))
 
     # -- the GPU path
-    def _t2s_sequence(self, req: Request, i: int):
+    def _t2s_sequence(self, gpu, req: Request, i: int):
         c, stages = req.chunks[i], self.pipe.stages
-        seq = self.gpu[0].sequence(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c), generator=c.generator("t2s"))
-        seq.on_done = lambda s: self._t2s_done(req, i, s)
+        seq = gpu[0].sequence(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c), generator=c.generator("t2s"))
+        seq.on_done = lambda s: self._t2s_done(gpu, req, i, s)
         req.add_sequence(seq)
         return seq
 
-    def _t2s_done(self, req: Request, i: int, seq) -> None:
-        gpu = self.gpu
-        if gpu is None:  # the GPU failed meanwhile: the chunk stays undone and the CPU redoes it
+    def _t2s_done(self, gpu, req: Request, i: int, seq) -> None:
+        if req.on_cpu[i] or req.cancelled:  # the GPU failed meanwhile: the CPU redoes the chunk
             return
         c = req.chunks[i]
         c.stoks = self.pipe.stages.until_end(seq.result[0])
@@ -206,13 +229,16 @@ class Engine:
                              vocos.hop, self.FIRST_FRAMES, self.EVERY_FRAMES)
 
         def fed(s, final=False):
+            if req.on_cpu[i]:  # the CPU redoes it (and a late block would be dropped anyway)
+                s.cancelled = True
+                return
             block = stream.update(s, final)
             if block is not None:
                 req.deliver(i, block, final)
 
         s2a.on_feed, s2a.on_done = fed, lambda s: fed(s, True)
         req.add_sequence(s2a)
-        self.s2a_q.put(s2a)
+        gpu[1].submit(s2a, on_error=self._chunk_failed(req, i))
 
     @staticmethod
     def _vocos(vocos, codes):
@@ -221,30 +247,39 @@ class Engine:
         with torch.inference_mode():
             return vocos.decode_codes(codes, bandwidth_id=BANDWIDTHS[codes.shape[1]])[0].numpy()
 
-    def _gpu_loop(self, module, source: queue.Queue) -> None:
-        from ..resident import DecodeLoop
+    def _gpu_failed(self, error: BaseException) -> None:
+        """A resident decoder's loop failed (a GPU fault) or was closed: the engine goes on on the
+        CPU, which redoes every unfinished chunk of every request."""
+        with self.lock:
+            first = self.gpu is not None
+            self.gpu = None
+            self.faults.append(str(error))
+            requests = list(self.requests)
+        if not first:
+            return
+        for req in requests:  # before the warning, which a warnings filter may turn into an error
+            for seq in req.sequences:
+                seq.cancelled = True  # the other decoder drops them at its next step
+            for i in req.move_to_cpu():
+                self.cpu_q.put((req, i))
+        what = str(error) if isinstance(error, GpuError) else f"{type(error).__name__} in the GPU path: {error}"
+        warnings.warn(f"wsvk: {what}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
 
-        try:
-            DecodeLoop(module.resident_decoder).serve(source)
-        except Exception as e:  # a GPU failure (or a bug): what is unfinished goes on on the CPU
+    def _chunk_failed(self, req: Request, i: int):
+        """on_error for chunk i's sequences: a GPU error at its start is the GPU's (everything goes
+        to the CPU); another error of its own (a bug in a callback) sends just that chunk to the
+        CPU, and the other chunks decode on."""
+        def failed(error: BaseException) -> None:
+            if isinstance(error, GpuError):
+                self._gpu_failed(error)
+                return
             with self.lock:
-                first = self.gpu is not None
-                self.gpu = None
-                self.faults.append(str(e))
-            if first:
-                what = str(e) if isinstance(e, GpuError) else f"{type(e).__name__} in the GPU path: {e}"
-                warnings.warn(f"wsvk: {what}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
-                for q in (self.t2s_q, self.s2a_q):
-                    q.put(None)  # the other GPU thread stops too
-        finally:
-            with self.lock:
-                self._running_gpu -= 1
-                last = self._running_gpu == 0 and self.gpu is None
-            if last:  # both GPU threads are gone: the CPU finishes what is unfinished
-                for req in list(self.requests):
-                    for i, done in enumerate(req.done):
-                        if not done and not req.cancelled:
-                            self.cpu_q.put((req, i))
+                self.faults.append(f"chunk {i}: {type(error).__name__}: {error}")
+            if req.move_chunk_to_cpu(i):
+                self.cpu_q.put((req, i))
+                warnings.warn(f"wsvk: {type(error).__name__} in the GPU path: {error}; that chunk is redone on "
+                              "the CPU", RuntimeWarning, stacklevel=2)
+        return failed
 
     # -- the CPU path
     def _cpu_loop(self) -> None:
@@ -260,7 +295,7 @@ class Engine:
             except BaseException as e:  # noqa: BLE001 - the request hears of it
                 req.fail(e)
                 continue
-            req.deliver(i, audio[req.sent[i]:], True)
+            req.deliver(i, audio[req.sent[i]:], True, gpu=False)
 
     def _cpu_chunk(self, c) -> np.ndarray:
         """One chunk, whole, with whisperspeech's generate on the global generator seeded for it
@@ -290,3 +325,5 @@ class Engine:
         for req in requests:
             if not (req.cancelled or all(req.done)):
                 req.fail(error)
+                for seq in req.sequences:
+                    seq.cancelled = True  # their slots free at the next step

@@ -231,7 +231,8 @@ class Pipeline:
 
         speaker: None (whisperspeech's default voice), an audio file path, a wsvk.tts.speaker.Voice
         (audio already read), or a speaker embedding [D]. Thread-safe: calls from several threads
-        run one at a time, each with its own seed.
+        run one at a time, each with its own seed; on the GPU their chunks share the decode steps
+        of streams in flight (stream(), the server), with the same audio as alone.
         """
         return self.generate_batch([text], speaker, lang, cps, seed, _single=True)[0]
 
@@ -264,11 +265,11 @@ class Pipeline:
         return self._plan([text], speaker, lang, cps, seed, True)[0]
 
     def engine(self):
-        """The streaming engine (wsvk/tts/engine.py), started on first use."""
+        """The streaming engine (wsvk/tts/engine.py), started on first use (and after close())."""
         from .engine import Engine
 
         with self._speaker_lock:
-            if self._engine is None:
+            if self._engine is None or self._engine.closed:
                 self._engine = Engine(self)
             return self._engine
 

@@ -12,6 +12,7 @@ uninterrupted CPU run, and one warning says so.
 from __future__ import annotations
 
 import math
+import threading
 import time
 import warnings
 from dataclasses import dataclass
@@ -61,6 +62,7 @@ class Stages:
     def __init__(self, pipe):
         self.pipe = pipe
         self.resident: dict = {}  # stage -> resident module, built on first GPU use
+        self._build_lock = threading.Lock()  # generate() and the engine may ask first at once
 
     # -- the resident modules
     def resident_available(self) -> bool:
@@ -89,9 +91,10 @@ class Stages:
         off, after a fault)."""
         if not self.resident_available():
             return None
-        if stage not in self.resident:
-            self.resident[stage] = self.make_resident(stage)
-        return self.resident[stage]
+        with self._build_lock:
+            if stage not in self.resident:
+                self.resident[stage] = self.make_resident(stage)
+            return self.resident[stage]
 
     def counters(self) -> dict:
         """Counters of the resident GPU modules used so far: dispatches and host time per step."""

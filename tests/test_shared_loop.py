@@ -1,0 +1,173 @@
+"""SharedLoop (wsvk/resident/batching.py): one decoder's slots shared by every caller. Driven here
+by a fake decoder (no GPU), so the interleavings are exact: several run() calls and submitted
+sequences decode in the same steps, and a failure reaches exactly who it concerns."""
+
+import threading
+
+import numpy as np
+import pytest
+
+from wsvk.resident import SharedLoop
+
+
+class FakeDecoder:
+    """step_many returns one row per column, [slot, pos]; records the slots of every step. It can
+    be held before a step (gate) and made to fail at a given step."""
+
+    def __init__(self, slots=4, fail_at=None):
+        self.slots, self.fail_at = slots, fail_at
+        self.steps: list[list[int]] = []
+        self.gate, self.at_gate = threading.Event(), threading.Event()
+        self.gate.set()
+
+    def step_many(self, columns):
+        self.at_gate.set()
+        assert self.gate.wait(10)
+        if self.fail_at is not None and len(self.steps) == self.fail_at:
+            raise RuntimeError("injected step failure")
+        self.steps.append([slot for slot, _, _ in columns])
+        return [np.array([slot, pos]) for slot, _, pos in columns]
+
+
+class Seq:
+    """Decodes `n` steps, recording the positions fed; raises at step `bad` if given."""
+
+    def __init__(self, n, bad=None):
+        self.n, self.bad, self.fed, self.cancelled, self.done = n, bad, [], False, False
+
+    def start(self, slot):
+        return [0], 0
+
+    def feed(self, row):
+        if self.bad is not None and len(self.fed) == self.bad:
+            raise ValueError("bad sequence")
+        self.fed.append(int(row[1]))
+        if len(self.fed) == self.n:
+            self.done = True
+            return None
+        return [0], len(self.fed)
+
+
+def run_in_thread(loop, seqs, errors):
+    def target():
+        try:
+            loop.run(seqs)
+        except Exception as e:  # noqa: BLE001 - the test looks at it
+            errors.append(e)
+
+    t = threading.Thread(target=target)
+    t.start()
+    return t
+
+
+def wait_queued(loop, n):
+    """Until n sequences wait in the loop's queue."""
+    for _ in range(1000):
+        if loop._queue.qsize() >= n:
+            return
+        threading.Event().wait(0.005)
+    raise AssertionError("sequences never queued")
+
+
+def hold_first_step(dec, loop, seqs, errors):
+    """Start run(seqs) in a thread and return it once the loop waits at its first step."""
+    dec.gate.clear()
+    t = run_in_thread(loop, seqs, errors)
+    assert dec.at_gate.wait(10)
+    return t
+
+
+def test_callers_share_steps():
+    """Two run() calls and a submitted sequence decode in the same steps, each to its own end."""
+    dec = FakeDecoder(slots=4)
+    loop = SharedLoop(dec)
+    a, b, c = [Seq(5), Seq(3)], [Seq(4)], Seq(6)
+    errors = []
+    threads = [hold_first_step(dec, loop, a, errors)]  # a's two sequences in the first step
+    threads.append(run_in_thread(loop, b, errors))
+    loop.submit(c)
+    wait_queued(loop, 2)
+    dec.gate.set()
+    for t in threads:
+        t.join(10)
+    assert not errors and all(s.done for s in a + b) and [s.fed for s in a + b] == [
+        [0, 1, 2, 3, 4], [0, 1, 2], [0, 1, 2, 3]]
+    for _ in range(200):  # c has no waiter: it ends in the loop's own time
+        if c.done:
+            break
+        threading.Event().wait(0.01)
+    assert c.fed == list(range(6))
+    assert dec.steps[1] == [0, 1, 2, 3]  # from the second step on, all four in one step
+    assert loop.loop.max_active == 4 and len(dec.steps) == 7  # c joined at the second step
+
+
+def test_a_failing_sequence_fails_only_its_call():
+    dec = FakeDecoder(slots=4)
+    loop = SharedLoop(dec)
+    errors_bad, errors_good = [], []
+    good = [Seq(6)]
+    t1 = hold_first_step(dec, loop, [Seq(5, bad=2), Seq(8)], errors_bad)
+    t2 = run_in_thread(loop, good, errors_good)
+    wait_queued(loop, 1)
+    dec.gate.set()
+    t1.join(10)
+    t2.join(10)
+    assert [type(e) for e in errors_bad] == [ValueError] and not errors_good and good[0].done
+    assert max(len(s) for s in dec.steps[3:]) == 1  # the failed call's other sequence left too
+
+
+def test_a_step_failure_reaches_every_caller_and_listener_then_the_loop_restarts():
+    dec = FakeDecoder(slots=2, fail_at=2)
+    loop = SharedLoop(dec)
+    heard = []
+    loop.listeners.append(heard.append)
+    with pytest.raises(RuntimeError, match="injected"):
+        loop.run([Seq(5), Seq(5), Seq(5)])  # the third is still queued when the step fails
+    assert [str(e) for e in heard] == ["injected step failure"]
+    dec.fail_at = None
+    seq = Seq(3)
+    loop.run([seq])  # a new thread serves the next call
+    assert seq.fed == [0, 1, 2] and len(heard) == 1
+
+
+def test_close_fails_waiting_calls_and_a_later_call_runs():
+    dec = FakeDecoder(slots=2)
+    loop = SharedLoop(dec)
+    errors = []
+    t = hold_first_step(dec, loop, [Seq(3), Seq(50)], errors)
+    closer = threading.Thread(target=loop.close)
+    closer.start()
+    wait_queued(loop, 1)  # the stop, taken when the first sequence frees its slot
+    dec.gate.set()
+    closer.join(10)
+    t.join(10)
+    assert [str(e) for e in errors] == ["the decode loop was closed"]  # not a hang
+    seq = Seq(2)
+    loop.run([seq])
+    assert seq.done
+
+
+def test_run_of_nothing_returns():
+    SharedLoop(FakeDecoder()).run([])
+
+
+def test_cancelled_sequences_end_their_call_and_the_thread_ends_when_idle():
+    dec = FakeDecoder(slots=2)
+    loop = SharedLoop(dec)
+    before, later = Seq(100), Seq(100)
+    before.cancelled = True  # cancelled before it joins
+
+    def cancel_later(row, feed=later.feed):
+        if len(later.fed) == 2:
+            later.cancelled = True  # cancelled after its third step: it leaves before the fourth
+        return feed(row)
+
+    later.feed = cancel_later
+    done = Seq(4)
+    loop.run([before, later, done])
+    assert done.done and before.fed == [] and later.fed == [0, 1, 2]
+    for _ in range(500):
+        if loop._thread is None:
+            break
+        threading.Event().wait(0.01)
+    assert loop._thread is None  # idle: no thread holds the decoder
