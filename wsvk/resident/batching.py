@@ -110,40 +110,9 @@ class _Batch:
         self.event.set()
 
 
-class _Tracked:
-    """A sequence of a run() call: reports its end to the batch; an error in its own start/feed
-    fails its batch only (the loop goes on with the others' sequences)."""
-
-    def __init__(self, seq, batch: _Batch):
-        self.seq, self.batch = seq, batch
-
-    @property
-    def cancelled(self) -> bool:
-        return self.batch.error is not None or getattr(self.seq, "cancelled", False)
-
-    def _call(self, method, arg):
-        try:
-            nxt = method(arg)
-        except Exception as e:  # noqa: BLE001 - the caller of run() raises it
-            self.batch.fail(e)
-            return None
-        if nxt is None:
-            self.batch.finished()
-        return nxt
-
-    def dropped(self) -> None:  # cancelled (by its owner, or as its batch failed): it is over
-        self.batch.finished()
-
-    def start(self, slot):
-        return self._call(self.seq.start, slot)
-
-    def feed(self, logits):
-        return self._call(self.seq.feed, logits)
-
-
 class _Guarded:
-    """A submitted sequence whose own errors (in start/feed and the callbacks they make) go to
-    on_error, and not to the loop: it leaves, and the others decode on."""
+    """A sequence whose own errors (in start/feed and the callbacks they make) go to on_error, and
+    not to the loop: it leaves, and the others decode on."""
 
     def __init__(self, seq, on_error):
         self.seq, self.on_error = seq, on_error
@@ -155,19 +124,40 @@ class _Guarded:
     def dropped(self) -> None:
         _dropped(self.seq)
 
-    def start(self, slot):
+    def _call(self, method, arg):
         try:
-            return self.seq.start(slot)
+            return method(arg)
         except Exception as e:  # noqa: BLE001 - its owner's to handle
             self.on_error(e)
             return None
 
+    def start(self, slot):
+        return self._call(self.seq.start, slot)
+
     def feed(self, logits):
-        try:
-            return self.seq.feed(logits)
-        except Exception as e:  # noqa: BLE001
-            self.on_error(e)
-            return None
+        return self._call(self.seq.feed, logits)
+
+
+class _Tracked(_Guarded):
+    """A sequence of a run() call: its end (finished, dropped or failed) counts for its batch, and
+    an error of its own fails that batch only."""
+
+    def __init__(self, seq, batch: _Batch):
+        super().__init__(seq, batch.fail)
+        self.batch = batch
+
+    @property
+    def cancelled(self) -> bool:
+        return self.batch.error is not None or super().cancelled
+
+    def dropped(self) -> None:  # cancelled (by its owner, or as its batch failed): it is over
+        self.batch.finished()
+
+    def _call(self, method, arg):
+        nxt = super()._call(method, arg)
+        if nxt is None:
+            self.batch.finished()
+        return nxt
 
 
 class SharedLoop:
