@@ -25,7 +25,7 @@ import threading
 import traceback
 from collections import deque
 
-EMPTY = object()  # take(): nothing waiting (as opposed to None: stop)
+_EMPTY = object()  # take(): nothing waiting (as opposed to None: stop)
 
 
 class DecodeLoop:
@@ -38,10 +38,10 @@ class DecodeLoop:
     def run(self, sequences) -> None:
         """Decode every sequence to its end (or cancellation), in joining order."""
         pending = deque(sequences)
-        self.drive(lambda block: pending.popleft() if pending else EMPTY)
+        self.drive(lambda block: pending.popleft() if pending else _EMPTY)
 
     def drive(self, take) -> None:
-        """Decode what take(block) hands out: the next sequence, EMPTY (none waiting; with
+        """Decode what take(block) hands out: the next sequence, _EMPTY (none waiting; with
         block=True only when there is nothing else to do: the loop then ends) or None (stop now,
         dropping what is active)."""
         dec = self.decoder
@@ -52,7 +52,7 @@ class DecodeLoop:
                 seq = take(not active)  # block only while there is nothing to step
                 if seq is None:
                     return
-                if seq is EMPTY:
+                if seq is _EMPTY:
                     if not active:
                         return  # nothing queued, nothing active: done
                     break
@@ -223,11 +223,11 @@ class SharedLoop:
             with self._lock:
                 if self._queue.empty():
                     self._thread = None  # the next submit starts another
-                    return EMPTY
+                    return _EMPTY
         try:
             return self._queue.get_nowait()
         except queue.Empty:
-            return EMPTY
+            return _EMPTY
 
     def _serve(self) -> None:
         me, error = threading.current_thread(), None

@@ -75,28 +75,23 @@ class Request:
             self.on_cpu[i] = True
             return True
 
-    def move_to_cpu(self) -> list[int]:
-        """The unfinished chunks, which from now on only the CPU path delivers."""
-        with self._lock:
-            if self.cancelled:
-                return []
-            moved = [i for i, d in enumerate(self.done) if not d and not self.on_cpu[i]]
-            for i in moved:
-                self.on_cpu[i] = True
-            return moved
-
     def add_sequence(self, seq) -> None:
         """A decoder sequence of this request: cancelled with it (at once if it already is)."""
         with self._lock:
             seq.cancelled = self.cancelled
             self.sequences.append(seq)
 
-    def cancel(self) -> None:
-        """Leave the engine: the request's sequences leave their slots at the next step."""
+    def stop_sequences(self) -> None:
+        """The request's decoder sequences leave their slots at the next step."""
         with self._lock:
-            self.cancelled = True
             for seq in self.sequences:
                 seq.cancelled = True
+
+    def cancel(self) -> None:
+        """Leave the engine (and the decoders' slots, at the next step)."""
+        with self._lock:
+            self.cancelled = True  # a sequence added from now on starts cancelled
+        self.stop_sequences()
         self.queue.put(None)  # wakes a reader waiting in next()
 
     def next(self, timeout: float | None = None):
@@ -258,10 +253,10 @@ class Engine:
         if not first:
             return
         for req in requests:  # before the warning, which a warnings filter may turn into an error
-            for seq in req.sequences:
-                seq.cancelled = True  # the other decoder drops them at its next step
-            for i in req.move_to_cpu():
-                self.cpu_q.put((req, i))
+            req.stop_sequences()  # the other decoder drops them too
+            for i in range(len(req.chunks)):
+                if req.move_chunk_to_cpu(i):
+                    self.cpu_q.put((req, i))
         what = str(error) if isinstance(error, GpuError) else f"{type(error).__name__} in the GPU path: {error}"
         warnings.warn(f"wsvk: {what}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
 
@@ -325,5 +320,4 @@ class Engine:
         for req in requests:
             if not (req.cancelled or all(req.done)):
                 req.fail(error)
-                for seq in req.sequences:
-                    seq.cancelled = True  # their slots free at the next step
+                req.stop_sequences()

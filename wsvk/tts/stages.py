@@ -74,14 +74,14 @@ class Stages:
 
         return active_backend()[0] == "wgpu" and not get_runtime().lost
 
-    def make_resident(self, stage: str, slots: int | None = None):
-        """A new resident GPU module for a stage, with `slots` (default: the pipeline's, else
-        WSVK_SLOTS, else by the adapter) sequences per decode step."""
+    def make_resident(self, stage: str):
+        """A new resident GPU module for a stage, with the pipeline's slots (else WSVK_SLOTS, else
+        by the adapter) sequences per decode step."""
         from ..gpu import get_runtime
         from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
 
         pipe = self.pipe
-        slots = slots or pipe.slots or default_slots(get_runtime())
+        slots = pipe.slots or default_slots(get_runtime())
         if stage == "vocos":
             return ResidentVocos(pipe.vocos)
         return (ResidentT2S if stage == "t2s" else ResidentS2A)(getattr(pipe, stage), slots=slots)
