@@ -185,6 +185,30 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
             assert cpu.stage_stats[stage].cpu_calls(op) > 0
 
 
+def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
+    """Without WSVK_SLOTS the decoders get as many slots as the adapter's memory holds for this
+    pair of models (at most 4 on a software adapter), and the caches cost what slot_bytes says."""
+    from wsvk.resident import ResidentS2A, ResidentT2S
+    from wsvk.tts.stages import default_slots
+
+    backend("wgpu")
+    monkeypatch.delenv("WSVK_SLOTS", raising=False)
+    pipe = tiny_pipeline(tiny)
+    size = rt.weight_dtype.itemsize
+    per_slot = ResidentT2S.slot_bytes(pipe.t2s, size) + ResidentS2A.slot_bytes(pipe.s2a, size)
+    fit = min(ResidentT2S.max_slots(pipe.t2s, size, rt.max_binding), ResidentS2A.max_slots(pipe.s2a, size, rt.max_binding))
+    assert pipe.stages.slots() == default_slots(rt, per_slot, fit) == (4 if rt.info["type"] != "DiscreteGPU" else 16)
+    t2s, s2a = pipe.stages.gpu_runner("t2s"), pipe.stages.gpu_runner("s2a")
+    assert t2s.slots == s2a.slots == pipe.stages.slots()
+    plans = (t2s.resident_decoder.plan, s2a.resident_decoder.plan)
+    assert sum(p.slot_bytes() for p in plans) == per_slot
+    assert sum(p.slot_bytes() * p.slots for p in plans) <= rt.info["memory"] * 0.5
+    monkeypatch.setitem(rt.info, "memory", 6 * per_slot)  # a small adapter: half of it holds 3 slots
+    assert pipe.stages.slots() == 3
+    assert tiny_pipeline(tiny).stages.slots() == 3 and load_pipeline(
+        t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]), slots=2).stages.slots() == 2
+
+
 def test_s2a_padding_code_decodes_as_on_the_cpu(tiny, rt, backend, tmp_path):
     """S2A may sample its padding code 1024 (trained models do, at the end of speech); vocos'
     lookup then reads the next codebook's row. The wgpu backend gives the same audio, no error."""

@@ -246,3 +246,48 @@ def test_selftest_passes(rt, limits):
     assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
     assert r.stdout.count("PASS") >= 20
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
+
+
+def test_parse_vulkan_memory_heaps():
+    """The byte layout of VkPhysicalDeviceMemoryProperties: heap count at 260, heaps from 264."""
+    from wsvk.gpu.vram import parse_heaps
+
+    raw = bytearray(520)
+    raw[260:264] = (2).to_bytes(4, "little")
+    raw[264:272], raw[272:276] = (24 << 30).to_bytes(8, "little"), (1).to_bytes(4, "little")   # VRAM
+    raw[280:288], raw[288:292] = (64 << 30).to_bytes(8, "little"), (0).to_bytes(4, "little")   # host
+    assert parse_heaps(bytes(raw)) == [(24 << 30, True), (64 << 30, False)]
+
+
+def test_adapter_memory_from_vulkan(rt):
+    """Vulkan says how much device-local memory the adapter has (wgpu does not); info prints it."""
+    if rt.info["backend"] != "Vulkan":
+        assert rt.info["memory"] is None
+        return
+    assert isinstance(rt.info["memory"], int) and rt.info["memory"] >= 256 << 20
+    r = run_py("-m", "wsvk", "info", env={"WSVK_BACKEND": "wgpu"})
+    assert f"memory: {rt.info['memory'] / 2**30:.1f} GiB" in r.stdout, r.stdout
+    assert gpu.adapter_summary(FakeAdapter("no such GPU"))["memory"] is None  # not listed by Vulkan
+
+
+@pytest.mark.parametrize("kind, memory, fit, env, expect", [
+    ("DiscreteGPU", 141 << 30, None, None, 16),   # a large GPU: the cap
+    ("DiscreteGPU", 8 << 30, None, None, 8),      # half of 8 GiB over 0.5 GiB a slot
+    ("DiscreteGPU", 3 << 30, None, None, 3),
+    ("DiscreteGPU", 512 << 20, None, None, 1),    # never fewer than one
+    ("DiscreteGPU", None, None, None, 8),         # memory unknown (Metal, D3D12)
+    ("IntegratedGPU", 32 << 30, None, None, 4),   # shares the host's memory
+    ("DiscreteGPU", 141 << 30, 5, None, 5),       # one KV-cache binding holds 5
+    ("DiscreteGPU", 1 << 30, None, "12", 12),     # WSVK_SLOTS decides
+])
+def test_default_slots_by_memory(monkeypatch, kind, memory, fit, env, expect):
+    from types import SimpleNamespace
+
+    from wsvk.tts.stages import default_slots
+
+    if env is None:
+        monkeypatch.delenv("WSVK_SLOTS", raising=False)
+    else:
+        monkeypatch.setenv("WSVK_SLOTS", env)
+    fake = SimpleNamespace(info={"type": kind, "memory": memory})
+    assert default_slots(fake, 512 << 20, fit) == expect

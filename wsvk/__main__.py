@@ -31,8 +31,9 @@ def info() -> int:
     for i, a in enumerate(adapters):
         s = adapter_summary(a)
         feats = ", ".join(f for f in FEATURES if s[f]) or "none"
+        memory = "unknown" if s["memory"] is None else f"{s['memory'] / 2**30:.1f} GiB"
         print(f"  [{i}] {s['name']}  backend={s['backend']}  type={s['type']}  "
-              f"features: {feats}  max storage binding: {s['max_storage_binding'] / 2**20:.0f} MiB")
+              f"features: {feats}  max storage binding: {s['max_storage_binding'] / 2**20:.0f} MiB  memory: {memory}")
     env = config.summary()
     print("settings: " + "  ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
     try:

@@ -102,7 +102,7 @@ def run(args) -> int:
             pipe = load_models(args)
             backend, adapter = active_backend()
             backend = backend if backend == "cpu" else f"{backend} ({adapter})"
-            size = args.batch_rows or 2 * (pipe.slots or _slots(pipe))
+            size = args.batch_rows or 2 * _slots(pipe)
             for i in range(0, len(pending), size):
                 record(synthesize(pipe, pending[i:i + size], folder, args.format, backend))
     finally:
@@ -115,7 +115,4 @@ def run(args) -> int:
 
 
 def _slots(pipe) -> int:
-    from ..gpu import get_runtime
-    from ..tts.stages import default_slots
-
-    return default_slots(get_runtime()) if pipe.stages.resident_available() else 4
+    return pipe.stages.slots() if pipe.stages.resident_available() else pipe.slots or 4

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 from .. import config
 from ..errors import ConfigError, NoAdapterError
+from .vram import device_memory
 
 FEATURES = ("shader-f16", "subgroup", "timestamp-query")  # the optional features wsvk uses
 NO_ADAPTER_HINT = ("install a Vulkan/Metal/D3D12 driver (on Debian/Ubuntu without a GPU: "
@@ -30,6 +31,7 @@ def adapter_summary(adapter) -> dict:
         "type": info.get("adapter_type", "?"),
         **{f: f in adapter.features for f in FEATURES},
         "max_storage_binding": int(adapter.limits["max-storage-buffer-binding-size"]),
+        "memory": device_memory(info),  # device-local bytes, None where Vulkan does not say
     }
 
 

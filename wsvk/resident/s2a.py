@@ -111,14 +111,18 @@ class ResidentS2A(Resident):
                           group=self.vocab)]
         if splitter[0].out_features != W * Q:
             raise ValueError(f"S2A splitter makes {splitter[0].out_features} values, expected {W * Q}")
+        self_len, cross_len = self.cache_lengths(model)
         self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, tables, None, extra=False,
             rope=rope_tables(model.decoder.layers[0]), ksub=model.decoder.layers[0].cross_attn.key_subsampling,
-            self_len=model.ctx_n, cross_len=model.stoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups,
-            slots=slots))
+            self_len=self_len, cross_len=cross_len, head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
         self.resident_encoder = ResidentEncoder(model.encoder, model.n_head, model.ln_post,
                                                 causal=model.tunables.causal_encoder,
                                                 rope=rope_tables(model.encoder[0]), rt=rt)
+
+    @staticmethod
+    def cache_lengths(model) -> tuple[int, int]:
+        return int(model.ctx_n), int(model.stoks_len)
 
     @torch.no_grad()
     def start_chunk(self, stoks, speakers, slot: int = 0) -> None:

@@ -105,14 +105,19 @@ class ResidentT2S(Resident):
         self.vocab = int(emb.merged_in.weight.shape[0])
         head = [HeadStage(emb.merged_out, emb.bias_out,
                           ln=(model.decoder.ln_post.weight, model.decoder.ln_post.bias, model.decoder.ln_post.eps))]
+        self_len, cross_len = self.cache_lengths(model)
         self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
-            extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=model.stoks_len,
-            cross_len=model.ttoks_len, head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
+            extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=self_len, cross_len=cross_len,
+            head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
         enc = model.encoder
         self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
                                                 causal=model.tunables.causal_encoder,
                                                 rope=rope_tables(enc.layers[0]), rt=rt)
+
+    @staticmethod
+    def cache_lengths(model) -> tuple[int, int]:
+        return int(model.stoks_len), int(model.ttoks_len)
 
     @torch.no_grad()
     def start_chunk(self, ttoks, langs, cpss, slot: int = 0) -> None:

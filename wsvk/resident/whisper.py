@@ -24,6 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from .batching import SharedLoop
+from .plan import kv_bytes
 
 
 def rope_tables(layer):
@@ -95,6 +96,23 @@ class Resident:
         if name == "model":
             raise AttributeError(name)
         return getattr(self.model, name)
+
+    @staticmethod
+    def cache_lengths(model) -> tuple[int, int]:
+        """(self-attention, cross-attention) positions of a slot's KV caches for `model`."""
+        raise NotImplementedError
+
+    @classmethod
+    def slot_bytes(cls, model, itemsize: int) -> int:
+        """GPU memory of one slot's KV caches for `model`, stored with `itemsize` bytes a value."""
+        return kv_bytes(len(model.decoder.layers), int(model.decoder.layers[0].attn.n_state),
+                        *cls.cache_lengths(model), itemsize)
+
+    @classmethod
+    def max_slots(cls, model, itemsize: int, max_binding: int) -> int:
+        """The most slots whose KV caches one buffer binding of max_binding bytes holds (each cache
+        is one buffer of [slots, heads, length, head width])."""
+        return max_binding // (int(model.decoder.layers[0].attn.n_state) * max(cls.cache_lengths(model)) * itemsize)
 
     @property
     def slots(self) -> int:

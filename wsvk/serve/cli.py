@@ -49,9 +49,7 @@ def load_voices(pipe, folder: str | None) -> dict:
 
 
 def main(argv=None) -> int:
-    from ..gpu import get_runtime
     from ..router import active_backend
-    from ..tts.stages import default_slots
     from .app import Options, create_app
 
     args = build_parser().parse_args(argv)
@@ -61,8 +59,8 @@ def main(argv=None) -> int:
             if getattr(args, name) is not None and getattr(args, name) < (0 if name == "queue" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'queue' else 1}")
         backend, adapter = active_backend()
-        slots = args.max_batch or (default_slots(get_runtime()) if backend == "wgpu" else 1)
-        pipe = load_models(args, slots=slots)
+        pipe = load_models(args, slots=args.max_batch)
+        slots = pipe.stages.slots() if pipe.stages.resident_available() else args.max_batch or 1
         voices = load_voices(pipe, args.voices)
         engine = pipe.engine()
         for _ in pipe.stream("Warm up.", seed=0):  # pipelines and buffers built before the first caller

@@ -50,10 +50,23 @@ class Chunk:
         return torch.Generator().manual_seed(stage_seed(self.seed, self.index, STAGE_IDS[stage]))
 
 
-def default_slots(rt) -> int:
-    """WSVK_SLOTS, else 8 sequences per decode step on a discrete GPU and 4 elsewhere (integrated
-    and software adapters share the host's memory)."""
-    return config.slots() or (8 if rt.info["type"] == "DiscreteGPU" else 4)
+CACHE_SHARE = 0.5  # of an adapter's memory for the decoders' KV caches; weights, Vocos and the rest take less
+
+
+def default_slots(rt, slot_bytes: int = 0, fit: int | None = None) -> int:
+    """WSVK_SLOTS, else sequences per decode step by the adapter: up to 16 on a discrete GPU and
+    4 elsewhere (integrated and software adapters share the host's memory), fewer where one slot
+    of every decoder (slot_bytes) times that would pass CACHE_SHARE of the adapter's memory (known
+    on Vulkan; where it is not, 8 on a discrete GPU) or one KV-cache binding holds fewer (fit)."""
+    n = config.slots()
+    if n:
+        return n
+    discrete, memory = rt.info["type"] == "DiscreteGPU", rt.info.get("memory")
+    if memory and slot_bytes:
+        n = min(16 if discrete else 4, int(memory * CACHE_SHARE) // slot_bytes)
+    else:
+        n = 8 if discrete else 4
+    return max(1, min(n, fit) if fit is not None else n)
 
 
 class Stages:
@@ -74,17 +87,28 @@ class Stages:
 
         return active_backend()[0] == "wgpu" and not get_runtime().lost
 
-    def make_resident(self, stage: str):
-        """A new resident GPU module for a stage, with the pipeline's slots (else WSVK_SLOTS, else
-        by the adapter) sequences per decode step."""
+    def slots(self) -> int:
+        """Sequences per resident decode step: the pipeline's, else WSVK_SLOTS, else what the
+        adapter holds for this pair of models (default_slots)."""
         from ..gpu import get_runtime
+        from ..resident import ResidentS2A, ResidentT2S
+
+        if self.pipe.slots:
+            return self.pipe.slots
+        rt = get_runtime()
+        size = rt.weight_dtype.itemsize
+        decoders = ((ResidentT2S, self.pipe.t2s), (ResidentS2A, self.pipe.s2a))
+        return default_slots(rt, sum(cls.slot_bytes(m, size) for cls, m in decoders),
+                             min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders))
+
+    def make_resident(self, stage: str):
+        """A new resident GPU module for a stage, with self.slots() sequences per decode step."""
         from ..resident import ResidentS2A, ResidentT2S, ResidentVocos
 
         pipe = self.pipe
-        slots = pipe.slots or default_slots(get_runtime())
         if stage == "vocos":
             return ResidentVocos(pipe.vocos)
-        return (ResidentT2S if stage == "t2s" else ResidentS2A)(getattr(pipe, stage), slots=slots)
+        return (ResidentT2S if stage == "t2s" else ResidentS2A)(getattr(pipe, stage), slots=self.slots())
 
     def gpu_runner(self, stage: str):
         """The stage's resident GPU module (built on first use), or None (cpu backend, resident
