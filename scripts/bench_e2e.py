@@ -18,11 +18,12 @@ Backends: wsvk (WSVK_BACKEND/WSVK_ADAPTER pick the adapter), torch CPU (all thre
 eager (where CUDA exists). Timings on a software adapter (lavapipe) mean nothing.
 
 --batch B1,B2,...: batched decode instead (defaults: T2S small, S2A medium, the released pair).
-For each B, B sequences share each decode step of a decoder with B slots: the step time, the
-aggregate tokens per second and the GPU time of one B-column step by kind of dispatch; then a
-10-chunk text (--long-chunks) through the pipeline, all chunks decoded together against one chunk at a time
-(slots=1), with its synthesis time and x real time; and torch CUDA eager's own batched
-generate (whisperspeech's bs=) as the same-run baseline where CUDA exists.
+For each B, B sequences share each decode step of a decoder with B slots: the step time (submit
+to logits), the host time sampling between steps ("feed"), the aggregate tokens per second and
+the GPU time of one B-column step by kind of dispatch; then a 10-chunk text (--long-chunks)
+through the pipeline, all chunks decoded together against one chunk at a time (slots=1), with
+its synthesis time and x real time; and torch CUDA eager's own batched generate (whisperspeech's
+bs=) as the same-run baseline where CUDA exists.
 """
 
 from __future__ import annotations
@@ -216,7 +217,8 @@ def bench_batch(args, save=lambda res: None) -> dict:
             mod.run([make(mod, torch.Generator().manual_seed(i)) for i in range(B)])
             c = mod.counters()
             row[f"{name}_step_ms"] = 1e3 * c["step_s_per_step"]
-            row[f"{name}_tokens_per_s"] = c["columns_per_step"] / c["step_s_per_step"]
+            row[f"{name}_feed_ms"] = 1e3 * c["feed_s_per_step"]  # host sampling between steps
+            row[f"{name}_tokens_per_s"] = c["columns_per_step"] / (c["step_s_per_step"] + c["feed_s_per_step"])
             if rt.has_timestamps:
                 dec = mod.resident_decoder
                 cols = [(s, [0] * dec.NQ, min(args.steps, dec.self_len - 1)) for s in range(B)]
@@ -254,13 +256,14 @@ def bench_batch(args, save=lambda res: None) -> dict:
 
 def print_batch(res: dict) -> None:
     print(f"batched decode; adapter: {res['adapter']}")
-    print(f"{'B':>4} {'T2S ms/step':>12} {'T2S tok/s':>10} {'S2A ms/step':>12} {'S2A tok/s':>10}"
-          f" {'T2S GPU ms':>11} {'S2A GPU ms':>11} {'CUDA T2S ms':>12} {'CUDA S2A ms':>12}")
+    print(f"{'B':>4} {'T2S ms/step':>12} {'feed ms':>8} {'T2S tok/s':>10} {'S2A ms/step':>12} {'feed ms':>8}"
+          f" {'S2A tok/s':>10} {'T2S GPU ms':>11} {'S2A GPU ms':>11} {'CUDA T2S ms':>12} {'CUDA S2A ms':>12}")
     cuda = res.get("torch_cuda_per_batch", {})
     fmt = lambda v, w: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
     for B, r in res["per_batch"].items():
         c = cuda.get(B, {})
-        print(f"{B:>4} {fmt(r['t2s_step_ms'], 12)} {fmt(r['t2s_tokens_per_s'], 10)} {fmt(r['s2a_step_ms'], 12)}"
+        print(f"{B:>4} {fmt(r['t2s_step_ms'], 12)} {fmt(r.get('t2s_feed_ms'), 8)} {fmt(r['t2s_tokens_per_s'], 10)}"
+              f" {fmt(r['s2a_step_ms'], 12)} {fmt(r.get('s2a_feed_ms'), 8)}"
               f" {fmt(r['s2a_tokens_per_s'], 10)} {fmt(r.get('t2s_gpu_ms_per_step'), 11)}"
               f" {fmt(r.get('s2a_gpu_ms_per_step'), 11)} {fmt(c.get('t2s_step_ms'), 12)} {fmt(c.get('s2a_step_ms'), 12)}")
     for B, r in res["per_batch"].items():

@@ -64,8 +64,13 @@ def test_s2a_batch_equals_cpu(rt, s2a):
     res = ResidentS2A(s2a, slots=3, ch=8)
     inputs = [tr.s2a_inputs(i, n=n) for i, n in enumerate((5, 3, 7, 4))]
     seqs = [res.sequence(stoks, spk, generator=gen(i)) for i, (stoks, spk) in enumerate(inputs)]
+    ahead = []  # every column's draws are taken while its step runs on the GPU, and still match
+    for seq in seqs:
+        seq.predraw = lambda draw=seq.predraw: (ahead.append(1), draw())
     res.run(seqs)
-    assert res.counters()["columns_per_step"] > 1.5
+    c = res.counters()
+    assert c["columns_per_step"] > 1.5 and len(ahead) == round(c["columns_per_step"] * c["steps"])
+    assert c["feed_s_per_step"] > 0
     for i, ((stoks, spk), seq) in enumerate(zip(inputs, seqs)):
         torch.manual_seed(100 + i)
         ref = s2a.generate(stoks, spk, show_progress_bar=False)

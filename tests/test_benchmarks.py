@@ -55,7 +55,7 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
     res = json.loads((tmp_path / "batch.json").read_text())["batch"]
     assert set(res["per_batch"]) == {"1", "2"}
     for row in res["per_batch"].values():
-        assert row["t2s_step_ms"] > 0 and row["s2a_tokens_per_s"] > 0
+        assert row["t2s_step_ms"] > 0 and row["s2a_tokens_per_s"] > 0 and row["s2a_feed_ms"] > 0
         assert (row.get("t2s_gpu_ms_per_step", 0) > 0) == rt.has_timestamps
     if rt.has_timestamps:
         assert "B=2 T2S GPU ms by kind" in r.stdout

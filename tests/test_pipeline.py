@@ -196,7 +196,7 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     pipe = tiny_pipeline(tiny)
     size = rt.weight_dtype.itemsize
     per_slot = ResidentT2S.slot_bytes(pipe.t2s, size) + ResidentS2A.slot_bytes(pipe.s2a, size)
-    fit = min(ResidentT2S.max_slots(pipe.t2s, size, rt.max_binding), ResidentS2A.max_slots(pipe.s2a, size, rt.max_binding))
+    fit = min(cls.max_slots(m, size, rt.max_binding) for cls, m in ((ResidentT2S, pipe.t2s), (ResidentS2A, pipe.s2a)))
     assert pipe.stages.slots() == default_slots(rt, per_slot, fit) == (4 if rt.info["type"] != "DiscreteGPU" else 16)
     t2s, s2a = pipe.stages.gpu_runner("t2s"), pipe.stages.gpu_runner("s2a")
     assert t2s.slots == s2a.slots == pipe.stages.slots()

@@ -20,11 +20,13 @@ class FakeDecoder:
         self.gate, self.at_gate = threading.Event(), threading.Event()
         self.gate.set()
 
-    def step_many(self, columns):
+    def step_many(self, columns, while_waiting=None):
         self.at_gate.set()
         assert self.gate.wait(10)
         if self.fail_at is not None and len(self.steps) == self.fail_at:
             raise RuntimeError("injected step failure")
+        if while_waiting is not None:
+            while_waiting()
         self.steps.append([slot for slot, _, _ in columns])
         return [np.array([slot, pos]) for slot, _, pos in columns]
 
@@ -114,6 +116,57 @@ def test_a_failing_sequence_fails_only_its_call():
     t2.join(10)
     assert [type(e) for e in errors_bad] == [ValueError] and not errors_good and good[0].done
     assert max(len(s) for s in dec.steps[3:]) == 1  # the failed call's other sequence left too
+
+
+class DrawingSeq(Seq):
+    """A Seq whose predraw() (the sampler's draws, taken while the GPU runs a step) is logged
+    beside its feeds; it raises at predraw number `bad_draw` if given."""
+
+    def __init__(self, n, log, bad_draw=None):
+        super().__init__(n)
+        self.log, self.bad_draw, self.draws = log, bad_draw, 0
+
+    def predraw(self):
+        if self.draws == self.bad_draw:
+            raise ValueError("bad draw")
+        self.draws += 1
+        self.log.append(("draw", self))
+
+    def feed(self, row):
+        self.log.append(("feed", self))
+        return super().feed(row)
+
+
+def test_draws_are_taken_inside_each_step_and_their_errors_go_to_their_owner():
+    """predraw runs once per step for every column, inside the step (before its feeds); one that
+    raises fails only its own run() call, at its next feed."""
+    dec = FakeDecoder(slots=4)
+    loop = SharedLoop(dec)
+    log, errors_bad, errors_good = [], [], []
+    a, b, bad = DrawingSeq(3, log), DrawingSeq(5, log), DrawingSeq(4, log, bad_draw=1)
+    t1 = hold_first_step(dec, loop, [a, b], errors_good)
+    t2 = run_in_thread(loop, [bad], errors_bad)
+    wait_queued(loop, 1)
+    dec.gate.set()
+    t1.join(10)
+    t2.join(10)
+    assert not errors_good and a.done and b.done and [type(e) for e in errors_bad] == [ValueError]
+    assert (a.draws, b.draws, bad.draws) == (3, 5, 1)
+    assert a.fed == [0, 1, 2] and b.fed == [0, 1, 2, 3, 4] and bad.fed == [0]
+    steps = []  # the log cut into steps: each step's draws come before its feeds
+    for kind, seq in log:
+        if kind == "draw" and (not steps or steps[-1][-1][0] == "feed"):
+            steps.append([])
+        steps[-1].append((kind, seq))
+    assert len(steps) == len(dec.steps)
+    unlogged = 0  # columns with neither a draw nor a feed logged: bad's, in the step its draw failed
+    for step, slots in zip(steps, dec.steps):
+        kinds = [k for k, _ in step]
+        assert kinds == sorted(kinds)  # "draw" < "feed"
+        drawn, fed = ([id(q) for k, q in step if k == kind] for kind in ("draw", "feed"))
+        assert sorted(drawn) == sorted(fed)
+        unlogged += len(slots) - len(fed)
+    assert unlogged == 1
 
 
 def test_a_step_failure_reaches_every_caller_and_listener_then_the_loop_restarts():

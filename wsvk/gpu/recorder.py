@@ -157,10 +157,12 @@ class Readback:
             raise RuntimeError("this readback was already read")
         if rt.recording:
             raise RuntimeError("cannot read back while recording: the copy is not submitted yet")
-        with rt.lock, rt.guard("reading back"):
+        # The staging buffer is this readback's alone: waiting for it does not hold the runtime's
+        # lock, so other threads (another decoder's steps) submit meanwhile.
+        with rt.guard("reading back"):
             rt.check_fault()
             raw = read_mapped(buf, self.nbytes)
-            rt.stats["readbacks"] += 1
-            self.buffer = None
-            rt.staging.give(buf)
+        rt.stats["readbacks"] += 1
+        self.buffer = None
+        rt.staging.give(buf)
         return raw.view(self.dtype).reshape(self.shape)

@@ -16,12 +16,16 @@ A sequence is any object with
     cancelled: bool                           set from any thread: it leaves at the next step
 and optionally
     dropped() -> None                         called when it leaves because it was cancelled
+    predraw() -> None                         host work for its next feed that does not need the
+                                              logits (its sampler's random draws): done while the
+                                              GPU runs the step
 """
 
 from __future__ import annotations
 
 import queue
 import threading
+import time
 import traceback
 from collections import deque
 
@@ -34,6 +38,7 @@ class DecodeLoop:
     def __init__(self, decoder):
         self.decoder = decoder
         self.max_active = 0  # the most columns a step had (tests and benchmarks read it)
+        self.feed_seconds = 0.0  # host time feeding the logits to the sequences (sampling), between steps
 
     def run(self, sequences) -> None:
         """Decode every sequence to its end (or cancellation), in joining order."""
@@ -72,7 +77,10 @@ class DecodeLoop:
                 continue
             slots = sorted(active)
             self.max_active = max(self.max_active, len(slots))
-            logits = dec.step_many([(s, active[s][1][0], active[s][1][1]) for s in slots])
+            ahead = [seq.predraw for seq, _ in active.values() if hasattr(seq, "predraw")]
+            logits = dec.step_many([(s, active[s][1][0], active[s][1][1]) for s in slots],
+                                   while_waiting=lambda: [f() for f in ahead])
+            t0 = time.perf_counter()
             for row, slot in zip(logits, slots):
                 nxt = active[slot][0].feed(row)
                 if nxt is None:
@@ -80,6 +88,7 @@ class DecodeLoop:
                     free.append(slot)
                 else:
                     active[slot][1] = nxt
+            self.feed_seconds += time.perf_counter() - t0
 
 
 def _dropped(seq) -> None:
@@ -116,6 +125,7 @@ class _Guarded:
 
     def __init__(self, seq, on_error):
         self.seq, self.on_error = seq, on_error
+        self.early = None  # an error of predraw(): reported at the next feed
 
     @property
     def cancelled(self) -> bool:
@@ -124,8 +134,17 @@ class _Guarded:
     def dropped(self) -> None:
         _dropped(self.seq)
 
+    def predraw(self) -> None:
+        try:
+            if hasattr(self.seq, "predraw"):
+                self.seq.predraw()
+        except Exception as e:  # noqa: BLE001 - inside the step: its owner hears of it at the feed
+            self.early = e
+
     def _call(self, method, arg):
         try:
+            if self.early is not None:
+                raise self.early
             return method(arg)
         except Exception as e:  # noqa: BLE001 - its owner's to handle
             self.on_error(e)

@@ -11,6 +11,11 @@ copies the logits into a mappable buffer inside the same submit and reads them b
 The command buffer of a step depends only on the number of columns and on the longest
 self-attention, not on the tokens, so the likely next step (the same slots, one position on) is
 recorded while the GPU runs this one: the host's recording time hides behind the GPU's work.
+
+One thread drives a decoder at a time (its SharedLoop's). A step holds the runtime's lock only
+to write the step buffer and submit: recording ahead, the caller's while_waiting work (the
+samplers' draws) and the wait for the logits touch only this decoder's buffers, so another
+decoder's thread (S2A beside T2S in the streaming engine) submits its step meanwhile.
 """
 
 from __future__ import annotations
@@ -130,43 +135,49 @@ class ResidentDecoder:
         """One slot's decode step: token ids [NQ] at position `pos` -> logits [n_logits] (float32)."""
         return self.step_many([(slot, tokens, pos)])[0]
 
-    def step_many(self, columns) -> np.ndarray:
+    def step_many(self, columns, while_waiting=None) -> np.ndarray:
         """One decode step of several slots: columns = [(slot, token ids [NQ], pos), ...] (distinct
-        slots) -> logits [len(columns), n_logits] (float32), in the order given. One submit."""
+        slots) -> logits [len(columns), n_logits] (float32), in the order given. One submit.
+        while_waiting(): host work run while the GPU runs the step (after the next step is
+        recorded ahead), before the logits are waited for."""
         rt = self.rt
         data = self._step_data(columns)
         n = len(columns)
         key = (n, int(data[1]))
         t0 = time.perf_counter()
+        parity = self.steps % 2
+        ahead, self._next = self._next, None
+        if ahead is not None and ahead[0] == (key, parity):
+            cmd = ahead[1]
+            self.prerecorded_steps += 1
+        else:
+            cmd = self._record(key, parity)
         with rt.lock:
-            parity = self.steps % 2
-            ahead, self._next = self._next, None
-            if ahead is not None and ahead[0] == (key, parity):
-                cmd = ahead[1]
-                self.prerecorded_steps += 1
-            else:
-                cmd = self._record(key, parity)
             rt.write(self.plan.step_buf, data)
             rt.submit_commands(cmd)
             rt.stats["dispatches"] += len(self.plan.dispatches)
-            last = max(int(p) for _, _, p in columns)
-            if self.prerecord and last + 1 < self.self_len:
-                # the likely next step (the same slots, one position on) is recorded while the GPU
-                # runs this one; its ids and positions reach the GPU through the step buffer
-                nxt = (n, self.plan.splits(last + 1))
-                self._next = ((nxt, 1 - parity), self._record(nxt, 1 - parity))
-            t1 = time.perf_counter()
-            buf = self._maps[parity]
-            with gpu_errors("reading the logits back"):
-                try:
-                    buf.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
-                except AttributeError:
-                    buf.map_sync(1)
-                raw = buf.read_mapped(0, 4 * n * self.n_logits)
-                buf.unmap()
-            rt.stats["readbacks"] += 1
-            self.steps += 1
-            self.columns_stepped += n
+        # From here on only this decoder's own buffers are touched, so the runtime is free for
+        # the other decoder's thread (T2S and S2A steps of the streaming engine interleave).
+        last = max(int(p) for _, _, p in columns)
+        if self.prerecord and last + 1 < self.self_len:
+            # the likely next step (the same slots, one position on) is recorded while the GPU
+            # runs this one; its ids and positions reach the GPU through the step buffer
+            nxt = (n, self.plan.splits(last + 1))
+            self._next = ((nxt, 1 - parity), self._record(nxt, 1 - parity))
+        if while_waiting is not None:
+            while_waiting()
+        t1 = time.perf_counter()
+        buf = self._maps[parity]
+        with gpu_errors("reading the logits back"):
+            try:
+                buf.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
+            except AttributeError:
+                buf.map_sync(1)
+            raw = buf.read_mapped(0, 4 * n * self.n_logits)
+            buf.unmap()
+        rt.stats["readbacks"] += 1
+        self.steps += 1
+        self.columns_stepped += n
         t2 = time.perf_counter()
         self.wait_seconds += t2 - t1
         self.step_seconds += t2 - t0

@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import sample
+from .sampling import Draws, sample
 from .whisper import Resident, rope_tables
 
 
@@ -35,6 +35,7 @@ class S2ASequence:
         self.first = start  # the first sampled position (SOT at `start`)
         self.end = min(self.N, m.ctx_n - 1)  # positions up to end - 2 are sampled from
         self.max_steps = max(0, self.end - self.first - 2)
+        self.draws = Draws((1, m.quantizers, owner.resident_decoder.n_logits // m.quantizers), generator)
         self.result = None
         self.cancelled = False
         self.on_feed = None  # called with the sequence after every step (frames_done grows)
@@ -61,6 +62,9 @@ class S2ASequence:
         Q = self.owner.model.quantizers
         return torch.stack([self.toks[j, 1 + a + j:1 + b + j] for j in range(Q)])[None]
 
+    def predraw(self):
+        self.draws.ahead()
+
     def start(self, slot: int):
         self.slot, self.pos = slot, self.first
         self.owner.start_chunk(self.stoks, self.speakers, slot=slot)
@@ -71,7 +75,7 @@ class S2ASequence:
         p, m = self.pos, self.owner.model
         logits = torch.from_numpy(row).reshape(1, m.quantizers, 1, -1)
         logits *= self.owner.output_scale()
-        new = sample(logits[:, :, -1], self.T, self.top_k, self.generator)  # [1, Q, 1]
+        new = sample(logits[:, :, -1], self.T, self.top_k, self.generator, self.draws.take())  # [1, Q, 1]
         self.toks[:p + 1, p + 1] = new[0, :p + 1, 0]  # quantizer q joins at position q
         if p != self.first and self.step is not None:
             self.step()

@@ -5,6 +5,10 @@ Each sequence of a batch draws from its own generator, so its tokens do not depe
 shares the step. With generator=None it draws from torch's global generator, exactly as
 whisperspeech does (the same operations in the same order: a generator seeded s draws what the
 global one seeded s draws).
+
+The draws do not depend on the logits, so a sequence with its own generator takes its next
+step's draws ahead (Draws.ahead), while the GPU runs the step: at 16 columns that is most of the
+host's sampling work, which would otherwise sit between two steps.
 """
 
 from __future__ import annotations
@@ -12,13 +16,36 @@ from __future__ import annotations
 import torch
 
 
-def sample(logits: torch.Tensor, T=1.0, top_k: int | None = None, generator: torch.Generator | None = None):
-    """Token ids [..., 1] (int32) from logits [..., V]."""
+class Draws:
+    """The exponential draws of a sequence's next sample, [shape], taken ahead from its own
+    generator (the same values in the same order as drawing them in sample())."""
+
+    def __init__(self, shape, generator: torch.Generator | None):
+        self.shape, self.generator, self.q = tuple(shape), generator, None
+
+    def ahead(self) -> None:
+        """Draw the next sample's values now (not from torch's global generator: what else uses
+        that one in between is not known)."""
+        if self.generator is not None and self.q is None:
+            self.q = torch.empty(self.shape).exponential_(1, generator=self.generator)
+
+    def take(self) -> torch.Tensor | None:
+        q, self.q = self.q, None
+        return q
+
+
+def sample(logits: torch.Tensor, T=1.0, top_k: int | None = None, generator: torch.Generator | None = None,
+           q: torch.Tensor | None = None):
+    """Token ids [..., 1] (int32) from logits [..., V]; q: the exponential draws, taken ahead
+    from `generator` (None: drawn here)."""
     logits = logits / max(T, 1e-5)
     if top_k is not None:
         v, _ = torch.topk(logits, min(top_k, logits.size(-1)))
         pivot = v.select(-1, -1).unsqueeze(-1)
         logits = torch.where(logits < pivot, -float("Inf"), logits)
     probs = torch.nn.functional.softmax(logits, dim=-1)
-    q = torch.empty_like(probs).exponential_(1, generator=generator)
+    if q is None:
+        q = torch.empty_like(probs).exponential_(1, generator=generator)
+    elif q.shape != probs.shape:
+        raise ValueError(f"draws {tuple(q.shape)} taken ahead for logits {tuple(probs.shape)}")
     return torch.argmax(probs / q, dim=-1, keepdim=True).to(dtype=torch.int)

@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import sample
+from .sampling import Draws, sample
 from .whisper import Resident, rope_tables
 
 
@@ -59,6 +59,7 @@ class T2SSequence:
             self.toks[1:len(stoks_prompt) + 1] = stoks_prompt
             self.first = len(stoks_prompt)
         self.max_steps = max(0, self.N - 2 - self.first)
+        self.draws = Draws((1, owner.resident_decoder.n_logits), generator)
         self.result = None
         self.cancelled = False
         self.on_done = None  # called with the sequence once its result is set
@@ -74,7 +75,7 @@ class T2SSequence:
         p = self.pos
         probs = (torch.from_numpy(row).reshape(1, 1, -1) * self.owner.output_scale())[:, -1]
         probs[self.owner.model.embeddings.embedding.codes:] = -torch.inf  # as generate_one (a no-op at bs=1)
-        tok = int(sample(probs, self.T, self.top_k, self.generator)[0, 0])
+        tok = int(sample(probs, self.T, self.top_k, self.generator, self.draws.take())[0, 0])
         self.toks[p + 1] = tok
         if p != self.first:
             if tok == self.eot:
@@ -85,6 +86,9 @@ class T2SSequence:
             self.pos = p + 1
             return [tok], p + 1
         return self._finish(self.toks[1:][None])
+
+    def predraw(self):
+        self.draws.ahead()
 
     def _finish(self, result):
         self.result = result

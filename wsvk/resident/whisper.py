@@ -147,10 +147,16 @@ class Resident:
         return seq.result
 
     def counters(self) -> dict:
-        """The decoder's counters (dispatches_per_step, steps, record_s, wait_s, step_s, ...) and
-        the encoder's dispatches per chunk (which also computes the cross K/V: 2 per decoder layer)."""
-        enc = self.resident_encoder.dispatches_per_chunk + 2 * self.resident_decoder.n_layers
-        return {"encoder_dispatches_per_chunk": enc, **self.resident_decoder.counters()}
+        """The decoder's counters (dispatches_per_step, steps, record_s, wait_s, step_s, ...), the
+        host time feeding the logits to the sequences between steps (feed_s: sampling, not hidden
+        behind the GPU) and the encoder's dispatches per chunk (which also computes the cross K/V:
+        2 per decoder layer)."""
+        dec = self.resident_decoder
+        enc = self.resident_encoder.dispatches_per_chunk + 2 * dec.n_layers
+        feed = self.loop.loop.feed_seconds
+        return {"encoder_dispatches_per_chunk": enc, **dec.counters(), "feed_s": feed,
+                "feed_s_per_step": feed / max(dec.steps, 1)}
 
     def reset_counters(self) -> None:
         self.resident_decoder.reset_counters()
+        self.loop.loop.feed_seconds = 0.0

@@ -2,8 +2,9 @@
 
 On the wgpu backend the chunks of every request go to the pipeline's resident decoders, whose
 slots Pipeline.generate shares (each decoder's SharedLoop thread keeps them full: continuous
-batching): a chunk that T2S finishes goes on to S2A, which, as the chunk's acoustic frames settle,
-runs Vocos over a window of them (VocosStream) so its audio leaves long before the chunk ends.
+batching): a chunk that T2S finishes goes on to S2A; as the chunk's acoustic frames settle, a
+window of them goes to the engine's Vocos thread (VocosStream), so its audio leaves long before
+the chunk ends while the S2A steps go on.
 Each request receives its audio blocks in order. Every chunk samples with its own generator
 (seeded from seed, chunk and stage, as Pipeline.generate does), so a request's audio does not
 depend on what else runs: joined, the blocks equal generate() to float32 rounding.
@@ -123,25 +124,26 @@ class VocosStream:
     """Vocos over one chunk's frames as they settle: windows of frames with `ctx` frames of context
     on each side, of which only the middle, whose samples no edge reaches, is sent."""
 
-    def __init__(self, decode, ctx: int, hop: int, first: int, every: int):
-        self.decode, self.ctx, self.hop, self.first, self.every = decode, ctx, hop, first, every
-        self.sent = 0  # samples sent (global index of the next one)
+    def __init__(self, ctx: int, hop: int, first: int, every: int):
+        self.ctx, self.hop, self.first, self.every = ctx, hop, first, every
+        self.sent = 0  # samples handed out (global index of the next one)
 
-    def update(self, seq, final: bool):
-        """The next block of audio of S2A sequence `seq` (None: not enough new frames yet)."""
+    def window(self, seq, final: bool):
+        """The next window of S2A sequence `seq` to decode, (codes [1, Q, b - a] or None for an
+        empty last block, lo, hi): samples lo:hi of its audio are the next block. None: not
+        enough new frames yet. The codes are a copy: decode them on any thread."""
         have = seq.frames_done
         end = have * self.hop if final else (have - self.ctx) * self.hop  # settled samples
         step = self.first if self.sent == 0 else self.every
         if not final and end - self.sent < step * self.hop:
             return None
         if end <= self.sent:
-            return np.zeros(0, np.float32) if final else None
+            return (None, 0, 0) if final else None
         a = max(0, self.sent // self.hop - self.ctx)  # the window's first frame
         b = have if final else min(have, end // self.hop + self.ctx)
-        audio = self.decode(seq.frames(a, b))  # samples [a * hop, b * hop)
-        block = audio[self.sent - a * self.hop:end - a * self.hop]
+        window = (seq.frames(a, b).clone(), self.sent - a * self.hop, end - a * self.hop)  # samples [a * hop, b * hop)
         self.sent = end
-        return block
+        return window
 
 
 class Engine:
@@ -157,6 +159,7 @@ class Engine:
         self.gpu = None        # the pipeline's (t2s, s2a, vocos) resident modules while on the GPU
         self.thread: threading.Thread | None = None
         self.cpu_q: queue.Queue = queue.Queue()
+        self.vocos_q: queue.Queue = queue.Queue()  # windows for the Vocos thread, in order per chunk
         self.faults: list[str] = []
         self.closed = False
 
@@ -188,6 +191,7 @@ class Engine:
             self.gpu = gpu
             for mod in gpu[:2]:
                 mod.loop.listeners.append(self._gpu_failed)
+            threading.Thread(target=self._vocos_loop, daemon=True, name="wsvk-vocos").start()
         self.thread = threading.Thread(target=self._cpu_loop, daemon=True, name="wsvk-cpu")
         self.thread.start()
 
@@ -200,6 +204,7 @@ class Engine:
             if self._gpu_failed in mod.loop.listeners:
                 mod.loop.listeners.remove(self._gpu_failed)
         self.cpu_q.put(None)
+        self.vocos_q.put(None)
         self._fail_all(RuntimeError("the engine was closed"))
 
     # -- the GPU path
@@ -219,21 +224,33 @@ class Engine:
             req.deliver(i, np.zeros(0, np.float32), True)
             return
         s2a = gpu[1].sequence(c.stoks, c.speaker.unsqueeze(0), generator=c.generator("s2a"))
-        vocos = gpu[2]
-        stream = VocosStream(lambda codes: self._vocos(vocos, codes), settle_frames(self.pipe.vocos),
-                             vocos.hop, self.FIRST_FRAMES, self.EVERY_FRAMES)
+        stream = VocosStream(settle_frames(self.pipe.vocos), gpu[2].hop, self.FIRST_FRAMES, self.EVERY_FRAMES)
 
-        def fed(s, final=False):
+        def fed(s, final=False):  # on the S2A loop's thread: Vocos runs on its own, beside the steps
             if req.on_cpu[i]:  # the CPU redoes it (and a late block would be dropped anyway)
                 s.cancelled = True
                 return
-            block = stream.update(s, final)
-            if block is not None:
-                req.deliver(i, block, final)
+            window = stream.window(s, final)
+            if window is not None:
+                self.vocos_q.put((req, i, gpu[2], window, final))
 
         s2a.on_feed, s2a.on_done = fed, lambda s: fed(s, True)
         req.add_sequence(s2a)
         gpu[1].submit(s2a, on_error=self._chunk_failed(req, i))
+
+    def _vocos_loop(self) -> None:
+        """The Vocos thread: decodes the S2A chunks' windows in the order they came (so each
+        chunk's blocks stay in order) and delivers the blocks; the S2A loop steps meanwhile."""
+        while (item := self.vocos_q.get()) is not None:
+            req, i, vocos, (codes, lo, hi), final = item
+            if req.cancelled or req.on_cpu[i]:
+                continue
+            try:
+                block = np.zeros(0, np.float32) if codes is None else self._vocos(vocos, codes)[lo:hi]
+            except Exception as e:  # noqa: BLE001 - that chunk's (or, for a GpuError, the GPU's)
+                self._chunk_failed(req, i)(e)
+                continue
+            req.deliver(i, block, final)
 
     @staticmethod
     def _vocos(vocos, codes):
