@@ -16,7 +16,7 @@ sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
 from conftest import rel_err  # noqa: E402
 
-from wsvk.errors import InputError
+from wsvk.errors import ConfigError, InputError
 from wsvk.tts.models import load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
 from wsvk.tts.speaker import SpeakerEncoder, read_speaker_audio  # noqa: E402
 from wsvk.tts.textsplit import split_text, utf8_len  # noqa: E402
@@ -207,6 +207,9 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     assert pipe.stages.slots() == 3
     assert tiny_pipeline(tiny).stages.slots() == 3 and load_pipeline(
         t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]), slots=2).stages.slots() == 2
+    monkeypatch.setenv("WSVK_SLOTS", "7")  # asked for more than the adapter holds: one clear error
+    with pytest.raises(ConfigError, match=r"7 slots need .* GiB of KV caches .* use at most 3 \(WSVK_SLOTS"):
+        tiny_pipeline(tiny).generate("Hi.", seed=1)
 
 
 def test_s2a_padding_code_decodes_as_on_the_cpu(tiny, rt, backend, tmp_path):

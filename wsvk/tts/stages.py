@@ -20,7 +20,7 @@ from dataclasses import dataclass
 import numpy as np
 
 from .. import config
-from ..errors import GpuError, InputError
+from ..errors import ConfigError, GpuError, InputError
 
 STAGE_IDS = {"t2s": 0, "s2a": 1}
 
@@ -93,13 +93,18 @@ class Stages:
         from ..gpu import get_runtime
         from ..resident import ResidentS2A, ResidentT2S
 
-        if self.pipe.slots:
-            return self.pipe.slots
         rt = get_runtime()
         size = rt.weight_dtype.itemsize
         decoders = ((ResidentT2S, self.pipe.t2s), (ResidentS2A, self.pipe.s2a))
-        return default_slots(rt, sum(cls.slot_bytes(m, size) for cls, m in decoders),
-                             min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders))
+        per_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
+        n = self.pipe.slots or default_slots(rt, per_slot, min(cls.max_slots(m, size, rt.max_binding)
+                                                               for cls, m in decoders))
+        memory = rt.info.get("memory")
+        if memory and n * per_slot > memory:  # asked for (WSVK_SLOTS, slots=): the caches alone do not fit
+            raise ConfigError(f"{n} slots need {n * per_slot / 2**30:.1f} GiB of KV caches for these models, more "
+                              f"than the {memory / 2**30:.1f} GiB of {rt.info['name']}: use at most "
+                              f"{max(1, int(memory * CACHE_SHARE) // per_slot)} (WSVK_SLOTS, --max-batch)")
+        return n
 
     def make_resident(self, stage: str):
         """A new resident GPU module for a stage, with self.slots() sequences per decode step."""
