@@ -64,12 +64,12 @@ def test_s2a_batch_equals_cpu(rt, s2a):
     res = ResidentS2A(s2a, slots=3, ch=8)
     inputs = [tr.s2a_inputs(i, n=n) for i, n in enumerate((5, 3, 7, 4))]
     seqs = [res.sequence(stoks, spk, generator=gen(i)) for i, (stoks, spk) in enumerate(inputs)]
-    ahead = []  # every column's draws are taken while its step runs on the GPU, and still match
+    ahead = []  # every sample used draws taken while its step ran on the GPU, and still matches
     for seq in seqs:
-        seq.predraw = lambda draw=seq.predraw: (ahead.append(1), draw())
+        seq.draws.take = lambda d=seq.draws, take=seq.draws.take: (ahead.append(d.q is not None), take())[1]
     res.run(seqs)
     c = res.counters()
-    assert c["columns_per_step"] > 1.5 and len(ahead) == round(c["columns_per_step"] * c["steps"])
+    assert c["columns_per_step"] > 1.5 and len(ahead) == round(c["columns_per_step"] * c["steps"]) and all(ahead)
     assert c["feed_s_per_step"] > 0
     for i, ((stoks, spk), seq) in enumerate(zip(inputs, seqs)):
         torch.manual_seed(100 + i)

@@ -186,8 +186,9 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
 
 
 def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
-    """Without WSVK_SLOTS the decoders get as many slots as the adapter's memory holds for this
-    pair of models (at most 4 on a software adapter), and the caches cost what slot_bytes says."""
+    """Without WSVK_SLOTS the decoders get default_slots for this pair of models (on a discrete
+    GPU: as many as half its memory holds), the caches cost what slot_bytes says, and a number
+    asked for that the memory cannot hold is refused with one line saying how many fit."""
     from wsvk.resident import ResidentS2A, ResidentT2S
     from wsvk.tts.stages import default_slots
 
@@ -195,20 +196,24 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     monkeypatch.delenv("WSVK_SLOTS", raising=False)
     pipe = tiny_pipeline(tiny)
     size = rt.weight_dtype.itemsize
-    per_slot = ResidentT2S.slot_bytes(pipe.t2s, size) + ResidentS2A.slot_bytes(pipe.s2a, size)
-    fit = min(cls.max_slots(m, size, rt.max_binding) for cls, m in ((ResidentT2S, pipe.t2s), (ResidentS2A, pipe.s2a)))
-    assert pipe.stages.slots() == default_slots(rt, per_slot, fit) == (4 if rt.info["type"] != "DiscreteGPU" else 16)
+    decoders = ((ResidentT2S, pipe.t2s), (ResidentS2A, pipe.s2a))
+    per_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
+    fit = min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders)
+    n = pipe.stages.slots()
+    assert n == default_slots(rt, per_slot, fit) and (n == 4 or rt.info["type"] == "DiscreteGPU")
     t2s, s2a = pipe.stages.gpu_runner("t2s"), pipe.stages.gpu_runner("s2a")
-    assert t2s.slots == s2a.slots == pipe.stages.slots()
-    plans = (t2s.resident_decoder.plan, s2a.resident_decoder.plan)
-    assert sum(p.slot_bytes() for p in plans) == per_slot
-    assert sum(p.slot_bytes() * p.slots for p in plans) <= rt.info["memory"] * 0.5
-    monkeypatch.setitem(rt.info, "memory", 6 * per_slot)  # a small adapter: half of it holds 3 slots
-    assert pipe.stages.slots() == 3
-    assert tiny_pipeline(tiny).stages.slots() == 3 and load_pipeline(
-        t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]), slots=2).stages.slots() == 2
-    monkeypatch.setenv("WSVK_SLOTS", "7")  # asked for more than the adapter holds: one clear error
-    with pytest.raises(ConfigError, match=r"7 slots need .* GiB of KV caches .* use at most 3 \(WSVK_SLOTS"):
+    assert t2s.slots == s2a.slots == n
+    assert sum(dec.resident_decoder.plan.slot_bytes() for dec in (t2s, s2a)) == per_slot
+    monkeypatch.setitem(rt.info, "type", "DiscreteGPU")  # a small discrete GPU: half of it holds 3 slots
+    monkeypatch.setitem(rt.info, "memory", 6 * per_slot)
+    assert tiny_pipeline(tiny).stages.slots() == 3
+    assert pipe.stages.slots() == n  # decoders already built keep theirs
+    assert load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]),
+                         slots=2).stages.slots() == 2
+    monkeypatch.setenv("WSVK_SLOTS", "6")  # asked for: allowed up to all of the memory
+    assert tiny_pipeline(tiny).stages.slots() == 6
+    monkeypatch.setenv("WSVK_SLOTS", "7")  # more than the memory holds: one clear error, before any work
+    with pytest.raises(ConfigError, match=r"7 slots need .* of KV caches .* use at most 6 \(WSVK_SLOTS"):
         tiny_pipeline(tiny).generate("Hi.", seed=1)
 
 

@@ -248,15 +248,35 @@ def test_selftest_passes(rt, limits):
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
 
 
-def test_parse_vulkan_memory_heaps():
-    """The byte layout of VkPhysicalDeviceMemoryProperties: heap count at 260, heaps from 264."""
-    from wsvk.gpu.vram import parse_heaps
+def test_vulkan_memory_struct_and_adapter_matching():
+    """VkPhysicalDeviceMemoryProperties as the Vulkan headers lay it out on 64-bit platforms (the
+    heaps start at 264, 8-byte aligned); only device-local heaps count; an adapter is found by its
+    ids, then by its name, and not at all when the match is ambiguous or it is not Vulkan."""
+    import ctypes
 
-    raw = bytearray(520)
-    raw[260:264] = (2).to_bytes(4, "little")
-    raw[264:272], raw[272:276] = (24 << 30).to_bytes(8, "little"), (1).to_bytes(4, "little")   # VRAM
-    raw[280:288], raw[288:292] = (64 << 30).to_bytes(8, "little"), (0).to_bytes(4, "little")   # host
-    assert parse_heaps(bytes(raw)) == [(24 << 30, True), (64 << 30, False)]
+    from wsvk.gpu import vram
+
+    M = vram.MemoryProperties
+    assert (ctypes.sizeof(M), M.memoryHeapCount.offset, M.memoryHeaps.offset) == (520, 260, 264)
+    mem = M(memoryHeapCount=3)
+    mem.memoryHeaps[0] = vram.MemoryHeap(24 << 30, vram.HEAP_DEVICE_LOCAL)   # VRAM
+    mem.memoryHeaps[1] = vram.MemoryHeap(64 << 30, 0)                        # host memory
+    mem.memoryHeaps[2] = vram.MemoryHeap(256 << 20, vram.HEAP_DEVICE_LOCAL)  # the BAR window
+    mem.memoryHeaps[3] = vram.MemoryHeap(1 << 40, vram.HEAP_DEVICE_LOCAL)    # past the count
+    assert vram.device_local_bytes(mem) == (24 << 30) + (256 << 20)
+    devices = ((0x1002, 0x7480, "AMD Radeon RX 7600", 8 << 30), (0x10DE, 0x2335, "NVIDIA H200", 141 << 30),
+               (0x10DE, 0x2335, "NVIDIA H200", 141 << 30), (0x10005, 0, "llvmpipe A", 2 << 30),
+               (0x10005, 0, "llvmpipe B", 4 << 30))
+
+    def info(vendor, device, name, backend="Vulkan"):
+        return {"vendor_id": vendor, "device_id": device, "device": name, "backend_type": backend}
+
+    assert vram.device_memory(info(0x1002, 0x7480, "AMD Radeon RX 7600 (RADV NAVI33)"), devices) == 8 << 30
+    assert vram.device_memory(info(0x10DE, 0x2335, "NVIDIA H200"), devices) == 141 << 30  # two alike
+    assert vram.device_memory(info(0x10005, 0, "llvmpipe B"), devices) == 4 << 30          # by name
+    assert vram.device_memory(info(0x10005, 0, "llvmpipe C"), devices) is None             # ambiguous
+    assert vram.device_memory(info(0x8086, 0x56A0, "Intel Arc A770"), devices) is None     # not listed
+    assert vram.device_memory(info(0x1002, 0x7480, "AMD Radeon RX 7600", "Metal"), devices) is None
 
 
 def test_adapter_memory_from_vulkan(rt):
@@ -267,7 +287,6 @@ def test_adapter_memory_from_vulkan(rt):
     assert isinstance(rt.info["memory"], int) and rt.info["memory"] >= 256 << 20
     r = run_py("-m", "wsvk", "info", env={"WSVK_BACKEND": "wgpu"})
     assert f"memory: {rt.info['memory'] / 2**30:.1f} GiB" in r.stdout, r.stdout
-    assert gpu.adapter_summary(FakeAdapter("no such GPU"))["memory"] is None  # not listed by Vulkan
 
 
 @pytest.mark.parametrize("kind, memory, fit, env, expect", [
@@ -277,6 +296,7 @@ def test_adapter_memory_from_vulkan(rt):
     ("DiscreteGPU", 512 << 20, None, None, 1),    # never fewer than one
     ("DiscreteGPU", None, None, None, 8),         # memory unknown (Metal, D3D12)
     ("IntegratedGPU", 32 << 30, None, None, 4),   # shares the host's memory
+    ("IntegratedGPU", 256 << 20, None, None, 4),  # a small carve-out says little about what it can use
     ("DiscreteGPU", 141 << 30, 5, None, 5),       # one KV-cache binding holds 5
     ("DiscreteGPU", 1 << 30, None, "12", 12),     # WSVK_SLOTS decides
 ])

@@ -169,6 +169,46 @@ def test_draws_are_taken_inside_each_step_and_their_errors_go_to_their_owner():
     assert unlogged == 1
 
 
+class SamplingSeq(Seq):
+    """Samples a token per step from logits made of (slot, pos) with a generator that may be
+    shared, drawing ahead (predraw) like the resident sequences when `ahead`."""
+
+    def __init__(self, n, generator, ahead):
+        super().__init__(n)
+        from wsvk.resident.sampling import Draws
+
+        self.generator, self.draws, self.tokens = generator, Draws((1, 50), generator), []
+        if not ahead:
+            self.draws.ahead = lambda: None
+
+    def predraw(self):
+        self.draws.ahead()
+
+    def feed(self, row):
+        import torch
+
+        from wsvk.resident.sampling import sample
+
+        logits = torch.linspace(-2, 2, 50).reshape(1, 50) * float(row[1] + 1)
+        self.tokens.append(int(sample(logits, 0.7, None, self.generator, self.draws.take())[0, 0]))
+        return super().feed(row)
+
+
+def test_draws_taken_ahead_equal_draws_taken_when_sampling_even_from_a_shared_generator():
+    """Slots are reused out of joining order (a short sequence frees slot 0 first); sequences that
+    share one generator still draw in the feeds' order, so their tokens equal drawing inline."""
+    import torch
+
+    tokens = {}
+    for ahead in (False, True):
+        g = torch.Generator().manual_seed(3)
+        seqs = [SamplingSeq(n, g, ahead) for n in (2, 6, 5, 4, 3)]
+        SharedLoop(FakeDecoder(slots=3)).run(seqs)
+        tokens[ahead] = [s.tokens for s in seqs]
+        assert all(s.done for s in seqs) and [len(t) for t in tokens[ahead]] == [2, 6, 5, 4, 3]
+    assert tokens[True] == tokens[False]
+
+
 def test_a_step_failure_reaches_every_caller_and_listener_then_the_loop_restarts():
     dec = FakeDecoder(slots=2, fail_at=2)
     loop = SharedLoop(dec)

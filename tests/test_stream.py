@@ -76,6 +76,30 @@ def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch): 
     assert engine.gpu is not None and any("a bug in a callback" in f for f in engine.faults)
 
 
+def test_the_vocos_thread_outlives_a_failure_of_its_own(pipe, monkeypatch):  # noqa: F811
+    """Even when handling a window's error fails (here a warnings filter turns the warning into an
+    error), the Vocos thread goes on: that chunk is redone on the CPU and the stream ends whole."""
+    import warnings
+
+    from wsvk.tts.engine import Engine
+
+    ref = pipe.generate(TEXT, seed=8)
+    real, calls = Engine._vocos, []
+
+    def flaky(vocos, codes):
+        calls.append(1)
+        if len(calls) == 2:
+            raise ValueError("a bug in a callback")
+        return real(vocos, codes)
+
+    monkeypatch.setattr(Engine, "_vocos", staticmethod(flaky))
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="wsvk:")
+        got = np.concatenate(list(pipe.stream(TEXT, seed=8)))
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4 and len(calls) > 2
+    assert any(t.name == "wsvk-vocos" for t in __import__("threading").enumerate())
+
+
 def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
     it = pipe.stream(TEXT * 3, seed=1)
     next(it)

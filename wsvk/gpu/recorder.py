@@ -157,8 +157,8 @@ class Readback:
             raise RuntimeError("this readback was already read")
         if rt.recording:
             raise RuntimeError("cannot read back while recording: the copy is not submitted yet")
-        # The staging buffer is this readback's alone: waiting for it does not hold the runtime's
-        # lock, so other threads (another decoder's steps) submit meanwhile.
+        # The staging buffer is this readback's alone, so the wait does not hold the runtime's lock
+        # (wgpu-native's blocking poll still holds up other threads' submits until it returns).
         with rt.guard("reading back"):
             rt.check_fault()
             raw = read_mapped(buf, self.nbytes)

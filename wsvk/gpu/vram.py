@@ -13,84 +13,92 @@ import ctypes
 import ctypes.util
 import functools
 
-_HEAP_DEVICE_LOCAL = 0x1          # VkMemoryHeapFlagBits
-_NAME_OFFSET, _NAME_SIZE = 20, 256  # VkPhysicalDeviceProperties.deviceName
-# VkPhysicalDeviceMemoryProperties: uint32 memoryTypeCount, VkMemoryType[32] (8 bytes each),
-# uint32 memoryHeapCount (offset 260), then VkMemoryHeap[16] {uint64 size, uint32 flags} from 264
-_HEAP_COUNT_OFFSET, _HEAPS_OFFSET, _HEAP_SIZE = 4 + 32 * 8, 4 + 32 * 8 + 4, 16
+_u32, _ptr = ctypes.c_uint32, ctypes.c_void_p
+HEAP_DEVICE_LOCAL = 0x1  # VkMemoryHeapFlagBits
 
 
-class _InstanceInfo(ctypes.Structure):  # VkInstanceCreateInfo, no layers or extensions
-    _fields_ = [("sType", ctypes.c_int32), ("pNext", ctypes.c_void_p), ("flags", ctypes.c_uint32),
-                ("pApplicationInfo", ctypes.c_void_p), ("enabledLayerCount", ctypes.c_uint32),
-                ("ppEnabledLayerNames", ctypes.c_void_p), ("enabledExtensionCount", ctypes.c_uint32),
-                ("ppEnabledExtensionNames", ctypes.c_void_p)]
+class InstanceInfo(ctypes.Structure):  # VkInstanceCreateInfo, no layers or extensions
+    _fields_ = [("sType", ctypes.c_int32), ("pNext", _ptr), ("flags", _u32), ("pApplicationInfo", _ptr),
+                ("enabledLayerCount", _u32), ("ppEnabledLayerNames", _ptr), ("enabledExtensionCount", _u32),
+                ("ppEnabledExtensionNames", _ptr)]
 
 
-def parse_heaps(raw: bytes) -> list[tuple[int, bool]]:
-    """[(size in bytes, device-local)] from a VkPhysicalDeviceMemoryProperties' bytes."""
-    count = int.from_bytes(raw[_HEAP_COUNT_OFFSET:_HEAP_COUNT_OFFSET + 4], "little")
-    heaps = []
-    for i in range(min(count, 16)):
-        o = _HEAPS_OFFSET + i * _HEAP_SIZE
-        size = int.from_bytes(raw[o:o + 8], "little")
-        flags = int.from_bytes(raw[o + 8:o + 12], "little")
-        heaps.append((size, bool(flags & _HEAP_DEVICE_LOCAL)))
-    return heaps
+class DeviceProperties(ctypes.Structure):  # VkPhysicalDeviceProperties: its head, room for the rest
+    _fields_ = [("apiVersion", _u32), ("driverVersion", _u32), ("vendorID", _u32), ("deviceID", _u32),
+                ("deviceType", ctypes.c_int32), ("deviceName", ctypes.c_char * 256),
+                ("rest", ctypes.c_ubyte * 2048)]  # the struct is 824 bytes on 64-bit Linux
+
+
+class MemoryType(ctypes.Structure):
+    _fields_ = [("propertyFlags", _u32), ("heapIndex", _u32)]
+
+
+class MemoryHeap(ctypes.Structure):
+    _fields_ = [("size", ctypes.c_uint64), ("flags", _u32)]
+
+
+class MemoryProperties(ctypes.Structure):  # VkPhysicalDeviceMemoryProperties
+    _fields_ = [("memoryTypeCount", _u32), ("memoryTypes", MemoryType * 32),
+                ("memoryHeapCount", _u32), ("memoryHeaps", MemoryHeap * 16)]
+
+
+def device_local_bytes(mem: MemoryProperties) -> int:
+    """The sizes of the device-local heaps, summed."""
+    heaps = mem.memoryHeaps[:min(mem.memoryHeapCount, 16)]
+    return sum(h.size for h in heaps if h.flags & HEAP_DEVICE_LOCAL)
+
+
+def _loader():
+    for name in ("libvulkan.so.1", "libvulkan.1.dylib", ctypes.util.find_library("vulkan")):  # as wgpu loads it
+        if name:
+            try:
+                return ctypes.CDLL(name)
+            except OSError:
+                continue
+    return None
 
 
 @functools.lru_cache(maxsize=None)
 def vulkan_devices() -> tuple:
     """((vendor id, device id, name, device-local bytes), ...) for every Vulkan physical device;
     () without a loader or when Vulkan fails."""
-    vk = None
-    for name in ("libvulkan.so.1", "libvulkan.1.dylib", ctypes.util.find_library("vulkan")):  # as wgpu loads it
-        try:
-            vk = ctypes.CDLL(name) if name else None
-        except OSError:
-            continue
-        if vk is not None:
-            break
+    vk = _loader()
     if vk is None:
         return ()
-    vp = ctypes.c_void_p
-    vk.vkCreateInstance.argtypes = [ctypes.POINTER(_InstanceInfo), vp, ctypes.POINTER(vp)]
-    vk.vkEnumeratePhysicalDevices.argtypes = [vp, ctypes.POINTER(ctypes.c_uint32), ctypes.POINTER(vp)]
-    vk.vkGetPhysicalDeviceProperties.argtypes = [vp, ctypes.c_char_p]
-    vk.vkGetPhysicalDeviceMemoryProperties.argtypes = [vp, ctypes.c_char_p]
-    vk.vkDestroyInstance.argtypes = [vp, vp]
-    info, instance = _InstanceInfo(sType=1), vp()  # VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO
+    vk.vkCreateInstance.argtypes = [ctypes.POINTER(InstanceInfo), _ptr, ctypes.POINTER(_ptr)]
+    vk.vkEnumeratePhysicalDevices.argtypes = [_ptr, ctypes.POINTER(_u32), ctypes.POINTER(_ptr)]
+    vk.vkGetPhysicalDeviceProperties.argtypes = [_ptr, ctypes.POINTER(DeviceProperties)]
+    vk.vkGetPhysicalDeviceMemoryProperties.argtypes = [_ptr, ctypes.POINTER(MemoryProperties)]
+    vk.vkDestroyInstance.argtypes = [_ptr, _ptr]
+    info, instance = InstanceInfo(sType=1), _ptr()  # VK_STRUCTURE_TYPE_INSTANCE_CREATE_INFO
     if vk.vkCreateInstance(ctypes.byref(info), None, ctypes.byref(instance)) != 0:
         return ()
     try:
-        count = ctypes.c_uint32(0)
+        count = _u32(0)
         if vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), None) != 0 or not count.value:
             return ()
-        handles = (vp * count.value)()
+        handles = (_ptr * count.value)()
         if vk.vkEnumeratePhysicalDevices(instance, ctypes.byref(count), handles) not in (0, 5):  # 5: INCOMPLETE
             return ()
         out = []
         for h in handles[:count.value]:
-            props, mem = ctypes.create_string_buffer(2048), ctypes.create_string_buffer(1024)  # sizes 824, 520
-            vk.vkGetPhysicalDeviceProperties(h, props)
-            vk.vkGetPhysicalDeviceMemoryProperties(h, mem)
-            raw = props.raw
-            vendor, device = int.from_bytes(raw[8:12], "little"), int.from_bytes(raw[12:16], "little")
-            dev_name = raw[_NAME_OFFSET:_NAME_OFFSET + _NAME_SIZE].split(b"\0", 1)[0].decode("utf-8", "replace")
-            local = sum(size for size, is_local in parse_heaps(mem.raw) if is_local)
-            out.append((vendor, device, dev_name, local))
+            props, mem = DeviceProperties(), MemoryProperties()
+            vk.vkGetPhysicalDeviceProperties(h, ctypes.byref(props))
+            vk.vkGetPhysicalDeviceMemoryProperties(h, ctypes.byref(mem))
+            out.append((props.vendorID, props.deviceID, props.deviceName.decode("utf-8", "replace"),
+                        device_local_bytes(mem)))
         return tuple(out)
     finally:
         vk.vkDestroyInstance(instance, None)
 
 
-def device_memory(info: dict) -> int | None:
+def device_memory(info: dict, devices: tuple | None = None) -> int | None:
     """Bytes of device-local memory of the adapter wgpu describes with `info` (adapter.info), or
-    None when it is not a Vulkan adapter or Vulkan does not list it."""
+    None when it is not a Vulkan adapter or Vulkan does not list it (devices: vulkan_devices())."""
     if info.get("backend_type") != "Vulkan":
         return None
     vendor, device, name = info.get("vendor_id"), info.get("device_id"), info.get("device") or ""
-    found = [d for d in vulkan_devices() if (d[0], d[1]) == (vendor, device)]
+    found = [d for d in (vulkan_devices() if devices is None else devices) if (d[0], d[1]) == (vendor, device)]
     if len(found) > 1:  # several cards of one model, or software drivers sharing ids: the name decides
         found = [d for d in found if d[2] == name] or found
         if len({d[3] for d in found}) > 1:

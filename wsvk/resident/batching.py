@@ -77,7 +77,8 @@ class DecodeLoop:
                 continue
             slots = sorted(active)
             self.max_active = max(self.max_active, len(slots))
-            ahead = [seq.predraw for seq, _ in active.values() if hasattr(seq, "predraw")]
+            # in the feeds' order: sequences sharing a generator draw in the same order as without
+            ahead = [active[s][0].predraw for s in slots if hasattr(active[s][0], "predraw")]
             logits = dec.step_many([(s, active[s][1][0], active[s][1][1]) for s in slots],
                                    while_waiting=lambda: [f() for f in ahead])
             t0 = time.perf_counter()

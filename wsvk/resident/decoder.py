@@ -12,10 +12,13 @@ The command buffer of a step depends only on the number of columns and on the lo
 self-attention, not on the tokens, so the likely next step (the same slots, one position on) is
 recorded while the GPU runs this one: the host's recording time hides behind the GPU's work.
 
-One thread drives a decoder at a time (its SharedLoop's). A step holds the runtime's lock only
-to write the step buffer and submit: recording ahead, the caller's while_waiting work (the
-samplers' draws) and the wait for the logits touch only this decoder's buffers, so another
-decoder's thread (S2A beside T2S in the streaming engine) submits its step meanwhile.
+One thread drives a decoder at a time (its SharedLoop's; step, logits and profile_step are not
+for use while that loop runs). A step holds the runtime's lock only to write the step buffer and
+submit: recording ahead, the caller's while_waiting work (the samplers' draws) and the wait for
+the logits touch only this decoder's buffers, so another decoder's thread (S2A beside T2S in the
+streaming engine) can submit while this one records and draws. Not while it waits: wgpu-native's
+blocking poll, which a map's wait is, holds up every other thread's submit until it returns
+(measured on lavapipe), so the two decoders' steps still take turns on the GPU.
 """
 
 from __future__ import annotations
@@ -156,8 +159,8 @@ class ResidentDecoder:
             rt.write(self.plan.step_buf, data)
             rt.submit_commands(cmd)
             rt.stats["dispatches"] += len(self.plan.dispatches)
-        # From here on only this decoder's own buffers are touched, so the runtime is free for
-        # the other decoder's thread (T2S and S2A steps of the streaming engine interleave).
+        # From here on only this decoder's own buffers are touched: the runtime is free for the
+        # other decoder's thread to submit while this one records ahead and draws.
         last = max(int(p) for _, _, p in columns)
         if self.prerecord and last + 1 < self.self_len:
             # the likely next step (the same slots, one position on) is recorded while the GPU

@@ -27,7 +27,7 @@ class Draws:
         """Draw the next sample's values now (not from torch's global generator: what else uses
         that one in between is not known)."""
         if self.generator is not None and self.q is None:
-            self.q = torch.empty(self.shape).exponential_(1, generator=self.generator)
+            self.q = torch.empty(self.shape, dtype=torch.float32).exponential_(1, generator=self.generator)
 
     def take(self) -> torch.Tensor | None:
         q, self.q = self.q, None

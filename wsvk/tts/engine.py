@@ -20,6 +20,7 @@ from __future__ import annotations
 import math
 import queue
 import threading
+import traceback
 import warnings
 
 import numpy as np
@@ -196,8 +197,9 @@ class Engine:
         self.thread.start()
 
     def close(self) -> None:
-        """Stop listening and the CPU thread; a request still open fails (its reader wakes).
-        Pipeline.engine() then starts a new engine."""
+        """Stop listening, the CPU thread and the Vocos thread; a request still open fails (its
+        reader wakes) and its sequences leave the decoders. Pipeline.engine() then starts a new
+        engine."""
         with self.lock:
             gpu, self.gpu, self.closed = self.gpu, None, True
         for mod in (gpu or ())[:2]:
@@ -227,7 +229,7 @@ class Engine:
         stream = VocosStream(settle_frames(self.pipe.vocos), gpu[2].hop, self.FIRST_FRAMES, self.EVERY_FRAMES)
 
         def fed(s, final=False):  # on the S2A loop's thread: Vocos runs on its own, beside the steps
-            if req.on_cpu[i]:  # the CPU redoes it (and a late block would be dropped anyway)
+            if req.on_cpu[i] or self.closed:  # the CPU redoes it (a late block would be dropped anyway)
                 s.cancelled = True
                 return
             window = stream.window(s, final)
@@ -240,17 +242,27 @@ class Engine:
 
     def _vocos_loop(self) -> None:
         """The Vocos thread: decodes the S2A chunks' windows in the order they came (so each
-        chunk's blocks stay in order) and delivers the blocks; the S2A loop steps meanwhile."""
+        chunk's blocks stay in order) and delivers the blocks; the S2A loop steps meanwhile. It
+        outlives any one window's failure: else every later block of every stream would hang."""
         while (item := self.vocos_q.get()) is not None:
-            req, i, vocos, (codes, lo, hi), final = item
-            if req.cancelled or req.on_cpu[i]:
-                continue
+            req, i = item[:2]
             try:
-                block = np.zeros(0, np.float32) if codes is None else self._vocos(vocos, codes)[lo:hi]
-            except Exception as e:  # noqa: BLE001 - that chunk's (or, for a GpuError, the GPU's)
-                self._chunk_failed(req, i)(e)
-                continue
-            req.deliver(i, block, final)
+                self._vocos_window(*item)
+            except Exception:  # noqa: BLE001 - e.g. a warnings filter that raises: that chunk to the CPU
+                traceback.print_exc()
+                if req.move_chunk_to_cpu(i):
+                    self.cpu_q.put((req, i))
+
+    def _vocos_window(self, req: Request, i: int, vocos, window, final: bool) -> None:
+        codes, lo, hi = window
+        if self.closed or req.cancelled or req.on_cpu[i]:
+            return
+        try:
+            block = np.zeros(0, np.float32) if codes is None else self._vocos(vocos, codes)[lo:hi]
+        except Exception as e:  # noqa: BLE001 - that chunk's (or, for a GpuError, the GPU's)
+            self._chunk_failed(req, i)(e)
+            return
+        req.deliver(i, block, final)
 
     @staticmethod
     def _vocos(vocos, codes):

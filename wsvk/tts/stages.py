@@ -50,23 +50,30 @@ class Chunk:
         return torch.Generator().manual_seed(stage_seed(self.seed, self.index, STAGE_IDS[stage]))
 
 
-CACHE_SHARE = 0.5  # of an adapter's memory for the decoders' KV caches; weights, Vocos and the rest take less
+CACHE_SHARE = 0.5  # of a discrete GPU's memory for the decoders' KV caches; weights, Vocos and the rest take less
 
 
 def default_slots(rt, slot_bytes: int = 0, fit: int | None = None) -> int:
-    """WSVK_SLOTS, else sequences per decode step by the adapter: up to 16 on a discrete GPU and
-    4 elsewhere (integrated and software adapters share the host's memory), fewer where one slot
-    of every decoder (slot_bytes) times that would pass CACHE_SHARE of the adapter's memory (known
-    on Vulkan; where it is not, 8 on a discrete GPU) or one KV-cache binding holds fewer (fit)."""
+    """WSVK_SLOTS, else sequences per decode step by the adapter: on a discrete GPU as many as fit
+    in CACHE_SHARE of its memory (slot_bytes: one slot of every decoder; memory known on Vulkan),
+    at most 16 (8 where the memory is unknown); 4 elsewhere (integrated and software adapters
+    share the host's memory, and their device-local heap is often a small carve-out). Never more
+    than one KV-cache binding holds (fit)."""
     n = config.slots()
     if n:
         return n
-    discrete, memory = rt.info["type"] == "DiscreteGPU", rt.info.get("memory")
-    if memory and slot_bytes:
-        n = min(16 if discrete else 4, int(memory * CACHE_SHARE) // slot_bytes)
+    memory = rt.info.get("memory")
+    if rt.info["type"] != "DiscreteGPU":
+        n = 4
+    elif memory and slot_bytes:
+        n = min(16, int(memory * CACHE_SHARE) // slot_bytes)
     else:
-        n = 8 if discrete else 4
+        n = 8
     return max(1, min(n, fit) if fit is not None else n)
+
+
+def _size(nbytes: float) -> str:
+    return f"{nbytes / 2**30:.1f} GiB" if nbytes >= 2**30 else f"{nbytes / 2**20:.0f} MiB"
 
 
 class Stages:
@@ -88,22 +95,26 @@ class Stages:
         return active_backend()[0] == "wgpu" and not get_runtime().lost
 
     def slots(self) -> int:
-        """Sequences per resident decode step: the pipeline's, else WSVK_SLOTS, else what the
-        adapter holds for this pair of models (default_slots)."""
+        """Sequences per resident decode step: the built decoders', else the pipeline's, else
+        WSVK_SLOTS, else what the adapter holds for this pair of models (default_slots). Raises
+        ConfigError when the number asked for cannot fit in a discrete GPU's memory."""
         from ..gpu import get_runtime
         from ..resident import ResidentS2A, ResidentT2S
 
+        built = [self.resident[s].slots for s in ("t2s", "s2a") if s in self.resident]
+        if built:
+            return built[0]
         rt = get_runtime()
         size = rt.weight_dtype.itemsize
         decoders = ((ResidentT2S, self.pipe.t2s), (ResidentS2A, self.pipe.s2a))
         per_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
-        n = self.pipe.slots or default_slots(rt, per_slot, min(cls.max_slots(m, size, rt.max_binding)
-                                                               for cls, m in decoders))
-        memory = rt.info.get("memory")
-        if memory and n * per_slot > memory:  # asked for (WSVK_SLOTS, slots=): the caches alone do not fit
-            raise ConfigError(f"{n} slots need {n * per_slot / 2**30:.1f} GiB of KV caches for these models, more "
-                              f"than the {memory / 2**30:.1f} GiB of {rt.info['name']}: use at most "
-                              f"{max(1, int(memory * CACHE_SHARE) // per_slot)} (WSVK_SLOTS, --max-batch)")
+        asked = self.pipe.slots or config.slots()
+        n = asked or default_slots(rt, per_slot, min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders))
+        memory = rt.info.get("memory") if rt.info["type"] == "DiscreteGPU" else None
+        if asked and memory and n * per_slot > memory:  # the caches alone would not fit
+            raise ConfigError(f"{n} slots need {_size(n * per_slot)} of KV caches for these models, more than the "
+                              f"{_size(memory)} of {rt.info['name']}: use at most {max(1, memory // per_slot)} "
+                              "(WSVK_SLOTS, --max-batch)")
         return n
 
     def make_resident(self, stage: str):
