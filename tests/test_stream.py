@@ -1,6 +1,9 @@
 """Pipeline.stream and its engine: blocks in order whose join equals generate(), windows of Vocos
 that are exact, early exits that free the slots, the short first chunk."""
 
+import threading
+import warnings
+
 import numpy as np
 import pytest
 
@@ -55,21 +58,28 @@ def test_generate_shares_the_decoders_with_streams_in_flight(pipe):  # noqa: F81
         assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
 
 
-def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch):  # noqa: F811
-    """A bug in one chunk's GPU path (here its first Vocos window) sends that chunk to the CPU;
-    the stream's audio stays whole and the engine stays on the GPU."""
+def fail_vocos_call(monkeypatch, n: int) -> list:
+    """The engine's n-th Vocos window raises (a bug in the GPU path); returns the list of calls."""
     from wsvk.tts.engine import Engine
 
-    ref = pipe.generate(TEXT, seed=7)
-    engine, real, calls = pipe.engine(), Engine._vocos, []
+    real, calls = Engine._vocos, []
 
     def flaky(vocos, codes):
         calls.append(1)
-        if len(calls) == 1:
+        if len(calls) == n:
             raise ValueError("a bug in a callback")
         return real(vocos, codes)
 
     monkeypatch.setattr(Engine, "_vocos", staticmethod(flaky))
+    return calls
+
+
+def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch):  # noqa: F811
+    """A bug in one chunk's GPU path (here its first Vocos window) sends that chunk to the CPU;
+    the stream's audio stays whole and the engine stays on the GPU."""
+    ref = pipe.generate(TEXT, seed=7)
+    engine = pipe.engine()
+    fail_vocos_call(monkeypatch, 1)
     with pytest.warns(RuntimeWarning, match="that chunk is redone on the CPU"):
         got = np.concatenate(list(pipe.stream(TEXT, seed=7)))
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4  # one chunk from the CPU backend
@@ -79,25 +89,13 @@ def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch): 
 def test_the_vocos_thread_outlives_a_failure_of_its_own(pipe, monkeypatch):  # noqa: F811
     """Even when handling a window's error fails (here a warnings filter turns the warning into an
     error), the Vocos thread goes on: that chunk is redone on the CPU and the stream ends whole."""
-    import warnings
-
-    from wsvk.tts.engine import Engine
-
     ref = pipe.generate(TEXT, seed=8)
-    real, calls = Engine._vocos, []
-
-    def flaky(vocos, codes):
-        calls.append(1)
-        if len(calls) == 2:
-            raise ValueError("a bug in a callback")
-        return real(vocos, codes)
-
-    monkeypatch.setattr(Engine, "_vocos", staticmethod(flaky))
+    calls = fail_vocos_call(monkeypatch, 2)
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="wsvk:")
         got = np.concatenate(list(pipe.stream(TEXT, seed=8)))
     assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4 and len(calls) > 2
-    assert any(t.name == "wsvk-vocos" for t in __import__("threading").enumerate())
+    assert any(t.name == "wsvk-vocos" for t in threading.enumerate())
 
 
 def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811

@@ -81,6 +81,12 @@ def kv_bytes(n_layers: int, width: int, self_len: int, cross_len: int, itemsize:
     return n_layers * 2 * width * (self_len + cross_len) * itemsize
 
 
+def slots_per_binding(width: int, self_len: int, cross_len: int, itemsize: int, max_binding: int) -> int:
+    """The most slots one KV-cache buffer ([slots, heads, length, head width], the longer of the
+    two lengths) holds within one binding of max_binding bytes."""
+    return max_binding // (width * max(self_len, cross_len) * itemsize)
+
+
 class DecoderPlan:
     """Weights, per-slot state and the dispatch list of one decoder (see ResidentDecoder)."""
 
@@ -127,9 +133,9 @@ class DecoderPlan:
         return kv_bytes(self.n_layers, self.W, self.self_len, self.cross_len, self.dtype.itemsize)
 
     def _check_memory(self) -> None:
-        per_buffer = self.slots * self.W * max(self.self_len, self.cross_len) * self.dtype.itemsize
-        if per_buffer > self.rt.max_binding:
-            fit = self.rt.max_binding // (per_buffer // self.slots)
+        fit = slots_per_binding(self.W, self.self_len, self.cross_len, self.dtype.itemsize, self.rt.max_binding)
+        if self.slots > fit:
+            per_buffer = self.slots * self.W * max(self.self_len, self.cross_len) * self.dtype.itemsize
             raise ValueError(f"{self.slots} slots need {per_buffer / 2**20:.0f} MiB per KV-cache buffer, over this "
                              f"adapter's {self.rt.max_binding / 2**20:.0f} MiB per binding: use at most {fit} slots")
 

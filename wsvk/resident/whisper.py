@@ -24,7 +24,7 @@ from contextlib import contextmanager
 import torch
 
 from .batching import SharedLoop
-from .plan import kv_bytes
+from .plan import kv_bytes, slots_per_binding
 
 
 def rope_tables(layer):
@@ -112,7 +112,8 @@ class Resident:
     def max_slots(cls, model, itemsize: int, max_binding: int) -> int:
         """The most slots whose KV caches one buffer binding of max_binding bytes holds (each cache
         is one buffer of [slots, heads, length, head width])."""
-        return max_binding // (int(model.decoder.layers[0].attn.n_state) * max(cls.cache_lengths(model)) * itemsize)
+        return slots_per_binding(int(model.decoder.layers[0].attn.n_state), *cls.cache_lengths(model), itemsize,
+                                 max_binding)
 
     @property
     def slots(self) -> int:
