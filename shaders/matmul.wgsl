@@ -198,9 +198,10 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // ------------------------------------------------------------------ GEMV (decode: a few columns)
 // out[c, n] (+)= act(xin_c . w[n, :] + bias[n]) for every column c of x: the decode step of B
 // sequences (the resident decoder's slots) or linear() with at most 8 rows. One 256-thread
-// workgroup owns 8 weight rows of one column; the workgroups of one row group are `groups` apart
-// in launch order, so they run together and read the same weights (from memory once, then from
-// the cache). Every thread sweeps K (thread t reads vec4 t, t + 256, ...: consecutive threads read
+// workgroup owns 8 weight rows of one column; the workgroups of one row group (one per column)
+// are next to each other in launch order (flat id = group x columns + column), so they run
+// together and read the same weights: from memory once, then from the cache, even where the
+// cache is far smaller than the weight matrix and the GPU runs only a few workgroups at once. Every thread sweeps K (thread t reads vec4 t, t + 256, ...: consecutive threads read
 // consecutive addresses) for the 8 rows and ends with 8 partial sums, reduced by wg_sums
 // (shaders/lib/wg_sums.wgsl, which declares the SUBGROUPS override).
 // Before the sweep the workgroup stages its column's input in workgroup memory when it is
@@ -338,11 +339,12 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
         @builtin(local_invocation_index) t: u32) {
     sg_inv = sg_id;  // [sg]
     let id = wid.x + wid.y * nwg.x;
-    let c = id / gp.groups;  // the column; its row groups are consecutive
-    let g = id % gp.groups;
     var cols = gp.cols;
     if (STEP) { cols = g_step[0]; }
-    if (c >= cols) { return; }  // uniform per workgroup: the barriers below stay uniform
+    if (cols == 0u) { return; }
+    let c = id % cols;  // the column; a row group's columns are consecutive
+    let g = id / cols;
+    if (g >= gp.groups) { return; }  // uniform per workgroup: the barriers below stay uniform
     let K = gp.K;
     let row0 = g * GR;
     let x0 = c * gp.x_stride;
