@@ -264,3 +264,85 @@ def test_cancelled_sequences_end_their_call_and_the_thread_ends_when_idle():
             break
         threading.Event().wait(0.01)
     assert loop._thread is None  # idle: no thread holds the decoder
+
+
+
+class SettingsSeq(Seq):
+    """Samples from logits rows made of its (slot, pos), offering its sampling to the loop
+    (batch_sample/advance, as the resident T2S and S2A sequences do) with the given settings."""
+
+    WIDTH = 200  # the decoder's logits per column
+
+    def __init__(self, n, seed, settings):
+        import torch
+
+        from wsvk.resident.sampling import Draws
+
+        super().__init__(n)
+        self.settings, self.tokens, self.generator = settings, [], torch.Generator().manual_seed(seed)
+        self.draws = Draws((1, settings.rows, self.WIDTH // settings.rows), self.generator)
+
+    def predraw(self):
+        self.draws.ahead()
+
+    def batch_sample(self):
+        return None if self.draws.q is None else (self.settings, self.draws.q)
+
+    def feed(self, row):
+        return self.advance(self.settings.tokens(np.asarray(row)[None], self.draws.take(), self.generator)[0])
+
+    def advance(self, tok):
+        self.draws.take()
+        self.tokens.append(tok.tolist())
+        return Seq.feed(self, [0, len(self.fed)])
+
+
+class LogitsDecoder(FakeDecoder):
+    """FakeDecoder whose rows are logits made from each column's [slot, pos]."""
+
+    def step_many(self, columns, while_waiting=None):
+        import torch
+
+        rows = super().step_many(columns, while_waiting)
+        return np.stack([torch.randn(SettingsSeq.WIDTH, generator=torch.Generator().manual_seed(int(s) * 1000 + int(p)))
+                         .numpy() for s, p in rows])
+
+
+def test_sequences_sampled_together_get_the_tokens_they_sample_alone(monkeypatch):
+    """feed_all samples the sequences of a step that share settings in one call per settings;
+    each gets the tokens its own feed() gives (mixed settings, top-k, several rows per sample).
+    A failing group call falls back to each sequence's feed(), and so does a sequence without
+    draws taken ahead."""
+    from wsvk.resident.sampling import Settings
+
+    kinds = [Settings(0.7, None, 0.5, 4), Settings(0.7, None, 0.5, 4), Settings(1.0, 5, 1.0, 1),
+             Settings(0.7, None, 0.5, 4), Settings(1.0, 5, 1.0, 1)]
+    real, calls = Settings.tokens, []
+
+    def counted(self, logits, q, generator=None):
+        calls.append(len(logits))
+        if fail_groups and len(logits) > 1:
+            raise RuntimeError("injected")
+        return real(self, logits, q, generator)
+
+    monkeypatch.setattr(Settings, "tokens", counted)
+    results = {}
+    for mode in ("alone", "together", "group fails"):
+        fail_groups = mode == "group fails"
+        seqs = [SettingsSeq(n, i, st) for i, (n, st) in enumerate(zip((4, 6, 5, 3, 6), kinds))]
+        if mode == "alone":
+            for s in seqs:
+                s.batch_sample = lambda: None
+        if mode == "group fails":
+            seqs[0].draws.ahead = lambda: None  # never taken ahead: its feed() draws them
+        calls.clear()
+        SharedLoop(LogitsDecoder(slots=5)).run(seqs)
+        assert all(s.done for s in seqs)
+        results[mode] = [s.tokens for s in seqs]
+        if mode == "together":  # first step: one call for the three 4-row sequences, one for the other two
+            assert calls[:2] == [3, 2] and set(calls) <= {1, 2, 3}
+        elif mode == "alone":
+            assert set(calls) == {1}
+    assert results["together"] == results["alone"] == results["group fails"]
+    assert [len(t) for t in results["alone"]] == [4, 6, 5, 3, 6] and len(results["alone"][0][0]) == 4
+    assert len({str(t) for t in results["alone"]}) == 5  # the sequences do differ

@@ -19,6 +19,11 @@ and optionally
     predraw() -> None                         host work for its next feed that does not need the
                                               logits (its sampler's random draws): done while the
                                               GPU runs the step
+    batch_sample() -> (settings, draws) or None   with advance(tokens) -> as feed: its next sample's
+                                              sampling.Settings and draws (taken ahead), so that
+                                              the loop samples every sequence with equal settings
+                                              in one call and hands each its tokens through
+                                              advance() instead of feed() (None: feed() samples)
 """
 
 from __future__ import annotations
@@ -28,6 +33,8 @@ import threading
 import time
 import traceback
 from collections import deque
+
+import numpy as np
 
 _EMPTY = object()  # take(): nothing waiting (as opposed to None: stop)
 
@@ -82,14 +89,37 @@ class DecodeLoop:
             logits = dec.step_many([(s, active[s][1][0], active[s][1][1]) for s in slots],
                                    while_waiting=lambda: [f() for f in ahead])
             t0 = time.perf_counter()
-            for row, slot in zip(logits, slots):
-                nxt = active[slot][0].feed(row)
+            for slot, nxt in zip(slots, feed_all([active[s][0] for s in slots], logits)):
                 if nxt is None:
                     del active[slot]
                     free.append(slot)
                 else:
                     active[slot][1] = nxt
             self.feed_seconds += time.perf_counter() - t0
+
+
+def feed_all(seqs, logits) -> list:
+    """Every sequence's next input (feed's result) from its row of logits, in order. Those whose
+    batch_sample() gives settings and draws are sampled in one call per settings (most of the
+    host's work between two steps; row by row the same operations, so the same tokens) and then
+    advanced; the others sample in their feed()."""
+    groups: dict = {}  # settings -> [(index, draws)]
+    for i, seq in enumerate(seqs):
+        plan = seq.batch_sample() if hasattr(seq, "batch_sample") else None
+        if plan is not None:
+            groups.setdefault(plan[0], []).append((i, plan[1]))
+    tokens: list = [None] * len(seqs)
+    for settings, members in groups.items():
+        if len(members) < 2:
+            continue  # alone: its feed() is the same call, without the grouping
+        rows = [i for i, _ in members]
+        try:
+            sampled = settings.tokens(np.stack([logits[i] for i in rows]), [q for _, q in members])
+        except Exception:  # noqa: BLE001 - each feed() samples on its own and meets its error alone
+            continue
+        for i, tok in zip(rows, sampled):
+            tokens[i] = tok
+    return [seq.feed(row) if tok is None else seq.advance(tok) for seq, row, tok in zip(seqs, logits, tokens)]
 
 
 def _dropped(seq) -> None:
@@ -156,6 +186,17 @@ class _Guarded:
 
     def feed(self, logits):
         return self._call(self.seq.feed, logits)
+
+    def batch_sample(self):
+        """The sequence's (settings, draws), or None: then feed() samples, and reports any error
+        of the sequence's own."""
+        try:
+            return None if self.early is not None or not hasattr(self.seq, "batch_sample") else self.seq.batch_sample()
+        except Exception:  # noqa: BLE001 - feed() runs instead and meets it again
+            return None
+
+    def advance(self, tokens):
+        return self._call(self.seq.advance, tokens)
 
 
 class _Tracked(_Guarded):

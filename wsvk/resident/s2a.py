@@ -9,7 +9,7 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import Draws, sample
+from .sampling import Draws, Settings
 from .whisper import Resident, rope_tables
 
 
@@ -36,6 +36,7 @@ class S2ASequence:
         self.end = min(self.N, m.ctx_n - 1)  # positions up to end - 2 are sampled from
         self.max_steps = max(0, self.end - self.first - 2)
         self.draws = Draws((1, m.quantizers, owner.resident_decoder.n_logits // m.quantizers), generator)
+        self.settings = Settings(float(self.T), top_k, owner.output_scale(), m.quantizers)
         self.result = None
         self.cancelled = False
         self.on_feed = None  # called with the sequence after every step (frames_done grows)
@@ -71,12 +72,18 @@ class S2ASequence:
         self.owner.resident_decoder.prefill(self.toks[:, :self.first].T.tolist(), slot=slot)  # the prompt
         return self.toks[:, self.first].tolist(), self.first
 
+    def batch_sample(self):
+        """(settings, draws taken ahead) for sampling beside other sequences, or None."""
+        return None if self.draws.q is None else (self.settings, self.draws.q)
+
     def feed(self, row):
+        return self.advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
+
+    def advance(self, new):
+        """The rest of feed() once the tokens [Q] of this step are sampled."""
+        self.draws.take()  # used (when sampled beside others)
         p, m = self.pos, self.owner.model
-        logits = torch.from_numpy(row).reshape(1, m.quantizers, 1, -1)
-        logits *= self.owner.output_scale()
-        new = sample(logits[:, :, -1], self.T, self.top_k, self.generator, self.draws.take())  # [1, Q, 1]
-        self.toks[:p + 1, p + 1] = new[0, :p + 1, 0]  # quantizer q joins at position q
+        self.toks[:p + 1, p + 1] = torch.from_numpy(new[:p + 1])  # quantizer q joins at position q
         if p != self.first and self.step is not None:
             self.step()
         if p + 2 < self.end:

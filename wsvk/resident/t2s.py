@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import Draws, sample
+from .sampling import Draws, Settings
 from .whisper import Resident, rope_tables
 
 
@@ -59,7 +59,8 @@ class T2SSequence:
             self.toks[1:len(stoks_prompt) + 1] = stoks_prompt
             self.first = len(stoks_prompt)
         self.max_steps = max(0, self.N - 2 - self.first)
-        self.draws = Draws((1, owner.resident_decoder.n_logits), generator)
+        self.draws = Draws((1, 1, owner.resident_decoder.n_logits), generator)
+        self.settings = Settings(float(self.T), top_k, owner.output_scale(), 1)
         self.result = None
         self.cancelled = False
         self.on_done = None  # called with the sequence once its result is set
@@ -71,11 +72,18 @@ class T2SSequence:
         self.owner.resident_decoder.prefill([[int(t)] for t in self.toks[:self.first]], slot=slot)
         return [int(self.toks[self.first])], self.first
 
+    def batch_sample(self):
+        """(settings, draws taken ahead) for sampling beside other sequences, or None."""
+        return None if self.draws.q is None else (self.settings, self.draws.q)
+
     def feed(self, row):
-        p = self.pos
-        probs = (torch.from_numpy(row).reshape(1, 1, -1) * self.owner.output_scale())[:, -1]
-        probs[self.owner.model.embeddings.embedding.codes:] = -torch.inf  # as generate_one (a no-op at bs=1)
-        tok = int(sample(probs, self.T, self.top_k, self.generator, self.draws.take())[0, 0])
+        # whisperspeech's generate_one also sets probs[codes:] = -inf: rows of the batch, a no-op at bs=1
+        return self.advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
+
+    def advance(self, new):
+        """The rest of feed() once the token [1] of this step is sampled."""
+        self.draws.take()  # used (when sampled beside others)
+        p, tok = self.pos, int(new[0])
         self.toks[p + 1] = tok
         if p != self.first:
             if tok == self.eot:
