@@ -58,6 +58,31 @@ def test_generate_shares_the_decoders_with_streams_in_flight(pipe):  # noqa: F81
         assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
 
 
+def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # noqa: F811
+    """Until the first chunk's first block is out, its S2A steps have the GPU to themselves: the
+    later chunks' T2S sequences are submitted only then (before, each S2A step took turns with a
+    T2S step). The audio is unchanged."""
+    from wsvk.tts.engine import Request
+
+    ref = pipe.generate(TEXT, seed=9)
+    events = []
+    t2s = pipe.stages.gpu_runner("t2s")
+    real_submit, real_deliver = t2s.submit, Request.deliver
+    monkeypatch.setattr(t2s, "submit", lambda seq, on_error=None: (events.append("t2s"), real_submit(seq, on_error))[1])
+
+    def deliver(self, i, block, done, gpu=True):
+        if len(block):
+            events.append(f"audio {i}")
+        return real_deliver(self, i, block, done, gpu)
+
+    monkeypatch.setattr(Request, "deliver", deliver)
+    got = np.concatenate(list(pipe.stream(TEXT, seed=9)))
+    n = len(pipe.last.chunks)
+    assert n >= 3 and events.count("t2s") == n and events[0] == "t2s"
+    assert events.index("t2s", 1) > events.index("audio 0")  # the second chunk waited for the first's audio
+    assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+
+
 def fail_vocos_call(monkeypatch, n: int) -> list:
     """The engine's n-th Vocos window raises (a bug in the GPU path); returns the list of calls."""
     from wsvk.tts.engine import Engine

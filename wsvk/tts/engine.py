@@ -4,7 +4,8 @@ On the wgpu backend the chunks of every request go to the pipeline's resident de
 slots Pipeline.generate shares (each decoder's SharedLoop thread keeps them full: continuous
 batching): a chunk that T2S finishes goes on to S2A; as the chunk's acoustic frames settle, a
 window of them goes to the engine's Vocos thread (VocosStream), so its audio leaves long before
-the chunk ends while the S2A steps go on.
+the chunk ends while the S2A steps go on. A request's later chunks start once its first chunk has
+audio out, so that its first audio does not wait on their T2S steps.
 Each request receives its audio blocks in order. Every chunk samples with its own generator
 (seeded from seed, chunk and stage, as Pipeline.generate does), so a request's audio does not
 depend on what else runs: joined, the blocks equal generate() to float32 rounding.
@@ -45,6 +46,7 @@ class Request:
         self._lock = threading.Lock()
         self.cancelled = False
         self.sequences: list = []           # live decoder sequences, cancelled with the request
+        self.after_first = None             # called once chunk 0 has audio out, is done or left the GPU
 
     def deliver(self, i: int, block, done: bool, gpu: bool = True) -> None:
         """Chunk i's next block (possibly empty); done: the chunk's last one; gpu: from the GPU
@@ -52,6 +54,7 @@ class Request:
         with self._lock:
             if self.done[i] or self.cancelled or (gpu and self.on_cpu[i]):
                 return
+            first = i == 0 and (len(block) > 0 or done)
             self.sent[i] += len(block)
             self.done[i] = done
             self._held.setdefault(i, []).append(np.asarray(block, np.float32))
@@ -65,6 +68,14 @@ class Request:
                 self._next += 1
             if self._next == n:
                 self.queue.put(None)
+        if first:
+            self._first_audio()
+
+    def _first_audio(self) -> None:
+        with self._lock:  # once, whichever thread comes first
+            hook, self.after_first = self.after_first, None
+        if hook is not None:
+            hook()
 
     def fail(self, error: BaseException) -> None:
         self.queue.put(error)
@@ -75,7 +86,9 @@ class Request:
             if self.cancelled or self.done[i] or self.on_cpu[i]:
                 return False
             self.on_cpu[i] = True
-            return True
+        if i == 0:
+            self._first_audio()
+        return True
 
     def add_sequence(self, seq) -> None:
         """A decoder sequence of this request: cancelled with it (at once if it already is)."""
@@ -178,10 +191,30 @@ class Engine:
                     req.on_cpu[i] = True
                     self.cpu_q.put((req, i))
         if gpu is not None:  # outside the lock: a fault heard meanwhile moves the request to the CPU
-            for i in range(len(chunks)):
-                if not req.on_cpu[i]:
-                    gpu[0].submit(self._t2s_sequence(gpu, req, i), on_error=self._chunk_failed(req, i))
+            # The later chunks start once the first has audio out: until then the S2A steps of
+            # the first chunk would take turns with their T2S steps on the GPU (the time to
+            # first audio grows by a T2S step per S2A step), and they have its whole audio to
+            # catch up.
+            req.after_first = lambda: self._submit_t2s(req, range(1, len(chunks)))
+            self._submit_t2s(req, [0], gpu)
         return req
+
+    def _submit_t2s(self, req: Request, chunks, gpu=None) -> None:
+        """The T2S sequences of these chunks of req, unless the GPU path is gone (their chunks then
+        are, or are about to be, on the CPU)."""
+        if gpu is None:
+            with self.lock:
+                gpu = self.gpu
+        for i in chunks:
+            if gpu is None or req.cancelled:
+                return
+            if not req.on_cpu[i]:
+                try:
+                    seq = self._t2s_sequence(gpu, req, i)
+                except Exception as e:  # noqa: BLE001 - that chunk's: the CPU makes it
+                    self._chunk_failed(req, i)(e)
+                    continue
+                gpu[0].submit(seq, on_error=self._chunk_failed(req, i))
 
     def _start(self) -> None:
         if self.thread is not None:
