@@ -8,6 +8,7 @@ import numpy as np
 import pytest
 
 from wsvk.resident import SharedLoop
+from wsvk.resident.batching import DecodeLoop
 
 
 class FakeDecoder:
@@ -203,7 +204,7 @@ def test_draws_taken_ahead_equal_draws_taken_when_sampling_even_from_a_shared_ge
     for ahead in (False, True):
         g = torch.Generator().manual_seed(3)
         seqs = [SamplingSeq(n, g, ahead) for n in (2, 6, 5, 4, 3)]
-        SharedLoop(FakeDecoder(slots=3)).run(seqs)
+        DecodeLoop(FakeDecoder(slots=3)).run(seqs)  # all there from the start: the same steps both times
         tokens[ahead] = [s.tokens for s in seqs]
         assert all(s.done for s in seqs) and [len(t) for t in tokens[ahead]] == [2, 6, 5, 4, 3]
     assert tokens[True] == tokens[False]
@@ -267,20 +268,22 @@ def test_cancelled_sequences_end_their_call_and_the_thread_ends_when_idle():
 
 
 
+
 class SettingsSeq(Seq):
     """Samples from logits rows made of its (slot, pos), offering its sampling to the loop
-    (batch_sample/advance, as the resident T2S and S2A sequences do) with the given settings."""
+    (batch_sample/advance, as the resident T2S and S2A sequences do) with the given settings;
+    advance raises at sample number `bad` if given."""
 
     WIDTH = 200  # the decoder's logits per column
 
-    def __init__(self, n, seed, settings):
+    def __init__(self, n, seed, settings, bad=None):
         import torch
 
         from wsvk.resident.sampling import Draws
 
         super().__init__(n)
         self.settings, self.tokens, self.generator = settings, [], torch.Generator().manual_seed(seed)
-        self.draws = Draws((1, settings.rows, self.WIDTH // settings.rows), self.generator)
+        self.draws, self.bad_sample = Draws((1, settings.rows, self.WIDTH // settings.rows), self.generator), bad
 
     def predraw(self):
         self.draws.ahead()
@@ -289,10 +292,15 @@ class SettingsSeq(Seq):
         return None if self.draws.q is None else (self.settings, self.draws.q)
 
     def feed(self, row):
-        return self.advance(self.settings.tokens(np.asarray(row)[None], self.draws.take(), self.generator)[0])
+        return self._advance(self.settings.tokens(np.asarray(row)[None], self.draws.take(), self.generator)[0])
 
     def advance(self, tok):
         self.draws.take()
+        return self._advance(tok)
+
+    def _advance(self, tok):
+        if len(self.tokens) == self.bad_sample:
+            raise ValueError("bad sequence")
         self.tokens.append(tok.tolist())
         return Seq.feed(self, [0, len(self.fed)])
 
@@ -312,11 +320,12 @@ def test_sequences_sampled_together_get_the_tokens_they_sample_alone(monkeypatch
     """feed_all samples the sequences of a step that share settings in one call per settings;
     each gets the tokens its own feed() gives (mixed settings, top-k, several rows per sample).
     A failing group call falls back to each sequence's feed(), and so does a sequence without
-    draws taken ahead."""
+    draws taken ahead. A sequence's own error in advance() reaches its owner alone."""
+    from wsvk.resident.batching import _Guarded
     from wsvk.resident.sampling import Settings
 
     kinds = [Settings(0.7, None, 0.5, 4), Settings(0.7, None, 0.5, 4), Settings(1.0, 5, 1.0, 1),
-             Settings(0.7, None, 0.5, 4), Settings(1.0, 5, 1.0, 1)]
+             Settings(0.7, None, 0.5, 4), Settings(1.0, 5, 1.0, 1), Settings(1.0, 5, 1.0, 1)]
     real, calls = Settings.tokens, []
 
     def counted(self, logits, q, generator=None):
@@ -329,20 +338,23 @@ def test_sequences_sampled_together_get_the_tokens_they_sample_alone(monkeypatch
     results = {}
     for mode in ("alone", "together", "group fails"):
         fail_groups = mode == "group fails"
-        seqs = [SettingsSeq(n, i, st) for i, (n, st) in enumerate(zip((4, 6, 5, 3, 6), kinds))]
+        seqs = [SettingsSeq(n, i, st, bad=2 if i == 5 else None)
+                for i, (n, st) in enumerate(zip((4, 6, 5, 3, 6, 6), kinds))]
         if mode == "alone":
             for s in seqs:
                 s.batch_sample = lambda: None
         if mode == "group fails":
             seqs[0].draws.ahead = lambda: None  # never taken ahead: its feed() draws them
         calls.clear()
-        SharedLoop(LogitsDecoder(slots=5)).run(seqs)
-        assert all(s.done for s in seqs)
+        errors = []
+        DecodeLoop(LogitsDecoder(slots=6)).run([_Guarded(s, errors.append) for s in seqs])
+        assert all(s.done for s in seqs[:5]) and not seqs[5].done
+        assert [str(e) for e in errors] == ["bad sequence"]
         results[mode] = [s.tokens for s in seqs]
-        if mode == "together":  # first step: one call for the three 4-row sequences, one for the other two
-            assert calls[:2] == [3, 2] and set(calls) <= {1, 2, 3}
+        if mode == "together":  # first step: one call for the three 4-row sequences, one for the other three
+            assert calls[:2] == [3, 3] and set(calls) <= {1, 2, 3}
         elif mode == "alone":
             assert set(calls) == {1}
     assert results["together"] == results["alone"] == results["group fails"]
-    assert [len(t) for t in results["alone"]] == [4, 6, 5, 3, 6] and len(results["alone"][0][0]) == 4
-    assert len({str(t) for t in results["alone"]}) == 5  # the sequences do differ
+    assert [len(t) for t in results["alone"]] == [4, 6, 5, 3, 6, 2] and len(results["alone"][0][0]) == 4
+    assert len({str(t) for t in results["alone"]}) == 6  # the sequences do differ

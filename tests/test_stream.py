@@ -148,3 +148,31 @@ def test_the_first_chunk_is_short_when_the_text_is_long():
     words = "word " * 40  # no clause marks: cut at a word
     first = split_text(words, 549, first_bytes=30)
     assert utf8_len(first[0]) <= 30 and " ".join(first).split() == words.split()
+
+
+def test_vocos_blocks_never_outgrow_the_audio_already_sent():
+    """A chunk's blocks: 12 frames, then at most as many frames as were already sent, up to 24
+    (a block takes as many S2A steps as it has frames; the listener plays what came before);
+    each window carries the context that makes it exact, and the blocks tile the chunk."""
+    import torch
+
+    from wsvk.tts.engine import VocosStream
+
+    class Frames:
+        frames_done = 0
+
+        def frames(self, a, b):
+            return torch.arange(a, b).repeat(1, 4, 1)
+
+    seq, hop, ctx = Frames(), 320, 32
+    stream, blocks = VocosStream(ctx, hop, 12, 24), []
+    for have in range(1, 200):
+        seq.frames_done = have
+        if (w := stream.window(seq, final=have == 199)) is not None:
+            codes, lo, hi = w
+            a = int(codes[0, 0, 0])  # the window's first frame
+            assert a == max(0, (a * hop + lo) // hop - ctx) and codes.shape[-1] * hop >= hi  # context kept
+            blocks.append(((a * hop + lo) // hop, (a * hop + hi) // hop))
+    sizes = [b - a for a, b in blocks]
+    assert sizes[:5] == [12, 12, 24, 24, 24] and max(sizes[:-1]) == 24  # the last: what is left
+    assert blocks[0][0] == 0 and blocks[-1][1] == 199 and all(p[1] == q[0] for p, q in zip(blocks, blocks[1:]))

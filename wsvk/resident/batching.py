@@ -106,8 +106,13 @@ def feed_all(seqs, logits) -> list:
     groups: dict = {}  # settings -> [(index, draws)]
     for i, seq in enumerate(seqs):
         plan = seq.batch_sample() if hasattr(seq, "batch_sample") else None
-        if plan is not None:
-            groups.setdefault(plan[0], []).append((i, plan[1]))
+        if plan is None:
+            continue
+        try:
+            settings, q = plan
+            groups.setdefault(settings, []).append((i, q))
+        except (TypeError, ValueError):  # not a (hashable settings, draws) pair: its feed() samples
+            continue
     tokens: list = [None] * len(seqs)
     for settings, members in groups.items():
         if len(members) < 2:

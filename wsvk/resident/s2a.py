@@ -77,11 +77,14 @@ class S2ASequence:
         return None if self.draws.q is None else (self.settings, self.draws.q)
 
     def feed(self, row):
-        return self.advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
+        return self._advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
 
     def advance(self, new):
         """The rest of feed() once the tokens [Q] of this step are sampled."""
-        self.draws.take()  # used (when sampled beside others)
+        self.draws.take()  # used: they were handed to the loop's sampler
+        return self._advance(new)
+
+    def _advance(self, new):
         p, m = self.pos, self.owner.model
         self.toks[:p + 1, p + 1] = torch.from_numpy(new[:p + 1])  # quantizer q joins at position q
         if p != self.first and self.step is not None:

@@ -70,11 +70,14 @@ class Settings:
     scale: float
     rows: int
 
+    def __post_init__(self):
+        object.__setattr__(self, "_T", torch.tensor(self.T, dtype=torch.float32))  # made once, not per step
+
     def tokens(self, logits: np.ndarray, q, generator: torch.Generator | None = None):
-        """Token ids [n, rows] (int64) from logits [n, rows * V] (one logits row of the decoder per
+        """Token ids [n, rows] (int32) from logits [n, rows * V] (one logits row of the decoder per
         sequence); q: the draws taken ahead, [n, rows, V] or a list of n [1, rows, V] (None:
         drawn here from `generator`)."""
         if isinstance(q, list):
             q = torch.cat(q)
         x = torch.from_numpy(logits).reshape(len(logits), self.rows, -1) * self.scale
-        return sample(x, torch.tensor(self.T, dtype=torch.float32), self.top_k, generator, q)[..., 0].numpy().astype(np.int64)
+        return sample(x, self._T, self.top_k, generator, q)[..., 0].numpy()

@@ -78,11 +78,14 @@ class T2SSequence:
 
     def feed(self, row):
         # whisperspeech's generate_one also sets probs[codes:] = -inf: rows of the batch, a no-op at bs=1
-        return self.advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
+        return self._advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
 
     def advance(self, new):
         """The rest of feed() once the token [1] of this step is sampled."""
-        self.draws.take()  # used (when sampled beside others)
+        self.draws.take()  # used: they were handed to the loop's sampler
+        return self._advance(new)
+
+    def _advance(self, new):
         p, tok = self.pos, int(new[0])
         self.toks[p + 1] = tok
         if p != self.first:

@@ -136,7 +136,11 @@ def settle_frames(vocos) -> int:
 
 class VocosStream:
     """Vocos over one chunk's frames as they settle: windows of frames with `ctx` frames of context
-    on each side, of which only the middle, whose samples no edge reaches, is sent."""
+    on each side, of which only the middle, whose samples no edge reaches, is sent. Blocks are
+    `first` frames, then never more frames than were already sent, up to `every`: a block takes
+    as many S2A steps to make as it has frames, and a listener who started playing the first
+    block must not run dry before the next one comes: 12, 12, 24, 24, ... keeps up from 1.5x real
+    time on (12 then 24 needed 2x)."""
 
     def __init__(self, ctx: int, hop: int, first: int, every: int):
         self.ctx, self.hop, self.first, self.every = ctx, hop, first, every
@@ -148,7 +152,7 @@ class VocosStream:
         enough new frames yet. The codes are a copy: decode them on any thread."""
         have = seq.frames_done
         end = have * self.hop if final else (have - self.ctx) * self.hop  # settled samples
-        step = self.first if self.sent == 0 else self.every
+        step = min(self.every, max(self.first, self.sent // self.hop))
         if not final and end - self.sent < step * self.hop:
             return None
         if end <= self.sent:
