@@ -83,6 +83,33 @@ def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # 
     assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
 
 
+def test_a_later_chunk_that_cannot_start_on_the_gpu_is_made_on_the_cpu(pipe, monkeypatch):  # noqa: F811
+    """The later chunks are submitted from whichever thread delivered the first audio; one whose
+    sequence cannot be made there goes to the CPU (even with warnings as errors) and the stream
+    ends whole."""
+    from wsvk.tts.engine import Engine
+
+    ref = pipe.generate(TEXT, seed=10)
+    real = Engine._t2s_sequence
+
+    def flaky(self, gpu, req, i):
+        if i == 1:
+            raise ValueError("cannot make this sequence")
+        return real(self, gpu, req, i)
+
+    monkeypatch.setattr(Engine, "_t2s_sequence", flaky)
+    blocks = []
+    with warnings.catch_warnings():
+        warnings.filterwarnings("error", message="wsvk:")
+        listener = threading.Thread(target=lambda: blocks.extend(pipe.stream(TEXT, seed=10)), daemon=True)
+        listener.start()
+        listener.join(300)
+    assert not listener.is_alive(), "the stream hung"
+    got = np.concatenate(blocks)
+    assert got.shape == ref.shape and np.abs(got - ref).max() < 1e-4
+    assert any("cannot make this sequence" in f for f in pipe.engine().faults) and pipe.engine().gpu is not None
+
+
 def fail_vocos_call(monkeypatch, n: int) -> list:
     """The engine's n-th Vocos window raises (a bug in the GPU path); returns the list of calls."""
     from wsvk.tts.engine import Engine

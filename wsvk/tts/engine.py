@@ -75,7 +75,10 @@ class Request:
         with self._lock:  # once, whichever thread comes first
             hook, self.after_first = self.after_first, None
         if hook is not None:
-            hook()
+            try:
+                hook()
+            except Exception:  # noqa: BLE001 - the hook sends its own failures to the CPU; never the caller's
+                traceback.print_exc()
 
     def fail(self, error: BaseException) -> None:
         self.queue.put(error)
@@ -194,31 +197,30 @@ class Engine:
                 for i in range(len(chunks)):
                     req.on_cpu[i] = True
                     self.cpu_q.put((req, i))
-        if gpu is not None:  # outside the lock: a fault heard meanwhile moves the request to the CPU
+        if gpu is not None:
             # The later chunks start once the first has audio out: until then the S2A steps of
             # the first chunk would take turns with their T2S steps on the GPU (the time to
-            # first audio grows by a T2S step per S2A step), and they have its whole audio to
-            # catch up.
+            # first audio grows by a T2S step per S2A step).
             req.after_first = lambda: self._submit_t2s(req, range(1, len(chunks)))
-            self._submit_t2s(req, [0], gpu)
+            self._submit_t2s(req, [0])
         return req
 
-    def _submit_t2s(self, req: Request, chunks, gpu=None) -> None:
+    def _submit_t2s(self, req: Request, chunks) -> None:
         """The T2S sequences of these chunks of req, unless the GPU path is gone (their chunks then
-        are, or are about to be, on the CPU)."""
-        if gpu is None:
-            with self.lock:
-                gpu = self.gpu
+        are, or are about to be, on the CPU). Never raises (it runs on whichever thread delivered
+        the first audio): a chunk that cannot go to the GPU goes to the CPU."""
         for i in chunks:
-            if gpu is None or req.cancelled:
-                return
-            if not req.on_cpu[i]:
-                try:
-                    seq = self._t2s_sequence(gpu, req, i)
-                except Exception as e:  # noqa: BLE001 - that chunk's: the CPU makes it
-                    self._chunk_failed(req, i)(e)
-                    continue
-                gpu[0].submit(seq, on_error=self._chunk_failed(req, i))
+            try:
+                with self.lock:  # so that a GPU failure comes wholly before or wholly after
+                    if self.gpu is None or req.cancelled:
+                        return
+                    if not req.on_cpu[i]:
+                        self.gpu[0].submit(self._t2s_sequence(self.gpu, req, i), on_error=self._chunk_failed(req, i))
+            except Exception as e:  # noqa: BLE001 - that chunk's: the CPU makes it
+                with self.lock:
+                    self.faults.append(f"chunk {i}: {type(e).__name__}: {e}")
+                if req.move_chunk_to_cpu(i):
+                    self.cpu_q.put((req, i))
 
     def _start(self) -> None:
         if self.thread is not None:
