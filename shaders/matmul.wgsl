@@ -201,7 +201,8 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // workgroup owns 8 weight rows of one column; the workgroups of one row group (one per column)
 // are next to each other in launch order (flat id = group x columns + column), so they run
 // together and read the same weights: from memory once, then from the cache, even where the
-// cache is far smaller than the weight matrix and the GPU runs only a few workgroups at once. Every thread sweeps K (thread t reads vec4 t, t + 256, ...: consecutive threads read
+// cache is far smaller than the weight matrix and the GPU runs only a few workgroups at once.
+// Every thread sweeps K (thread t reads vec4 t, t + 256, ...: consecutive threads read
 // consecutive addresses) for the 8 rows and ends with 8 partial sums, reduced by wg_sums
 // (shaders/lib/wg_sums.wgsl, which declares the SUBGROUPS override).
 // Before the sweep the workgroup stages its column's input in workgroup memory when it is

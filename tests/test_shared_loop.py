@@ -9,6 +9,7 @@ import pytest
 
 from wsvk.resident import SharedLoop
 from wsvk.resident.batching import DecodeLoop
+from wsvk.resident.sampling import SampledSequence
 
 
 class FakeDecoder:
@@ -269,10 +270,10 @@ def test_cancelled_sequences_end_their_call_and_the_thread_ends_when_idle():
 
 
 
-class SettingsSeq(Seq):
+class SettingsSeq(SampledSequence, Seq):
     """Samples from logits rows made of its (slot, pos), offering its sampling to the loop
-    (batch_sample/advance, as the resident T2S and S2A sequences do) with the given settings;
-    advance raises at sample number `bad` if given."""
+    (batch_sample/advance) with the given settings, as the resident T2S and S2A sequences do;
+    it raises at sample number `bad` if given."""
 
     WIDTH = 200  # the decoder's logits per column
 
@@ -284,19 +285,6 @@ class SettingsSeq(Seq):
         super().__init__(n)
         self.settings, self.tokens, self.generator = settings, [], torch.Generator().manual_seed(seed)
         self.draws, self.bad_sample = Draws((1, settings.rows, self.WIDTH // settings.rows), self.generator), bad
-
-    def predraw(self):
-        self.draws.ahead()
-
-    def batch_sample(self):
-        return None if self.draws.q is None else (self.settings, self.draws.q)
-
-    def feed(self, row):
-        return self._advance(self.settings.tokens(np.asarray(row)[None], self.draws.take(), self.generator)[0])
-
-    def advance(self, tok):
-        self.draws.take()
-        return self._advance(tok)
 
     def _advance(self, tok):
         if len(self.tokens) == self.bad_sample:

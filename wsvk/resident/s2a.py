@@ -9,11 +9,11 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import Draws, Settings
+from .sampling import Draws, SampledSequence, Settings
 from .whisper import Resident, rope_tables
 
 
-class S2ASequence:
+class S2ASequence(SampledSequence):
     """One chunk's semantic tokens through S2A, step by step: SADelARTransformer.generate's loop
     at bs=1 (the delay pattern: quantizer q starts q steps late). result: [1, Q, N - 4] tokens."""
 
@@ -63,28 +63,14 @@ class S2ASequence:
         Q = self.owner.model.quantizers
         return torch.stack([self.toks[j, 1 + a + j:1 + b + j] for j in range(Q)])[None]
 
-    def predraw(self):
-        self.draws.ahead()
-
     def start(self, slot: int):
         self.slot, self.pos = slot, self.first
         self.owner.start_chunk(self.stoks, self.speakers, slot=slot)
         self.owner.resident_decoder.prefill(self.toks[:, :self.first].T.tolist(), slot=slot)  # the prompt
         return self.toks[:, self.first].tolist(), self.first
 
-    def batch_sample(self):
-        """(settings, draws taken ahead) for sampling beside other sequences, or None."""
-        return None if self.draws.q is None else (self.settings, self.draws.q)
-
-    def feed(self, row):
-        return self._advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
-
-    def advance(self, new):
-        """The rest of feed() once the tokens [Q] of this step are sampled."""
-        self.draws.take()  # used: they were handed to the loop's sampler
-        return self._advance(new)
-
     def _advance(self, new):
+        # the tokens [Q] sampled from this step's logits
         p, m = self.pos, self.owner.model
         self.toks[:p + 1, p + 1] = torch.from_numpy(new[:p + 1])  # quantizer q joins at position q
         if p != self.first and self.step is not None:

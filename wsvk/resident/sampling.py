@@ -81,3 +81,25 @@ class Settings:
             q = torch.cat(q)
         x = torch.from_numpy(logits).reshape(len(logits), self.rows, -1) * self.scale
         return sample(x, self._T, self.top_k, generator, q)[..., 0].numpy()
+
+
+class SampledSequence:
+    """The sampling half of a resident decoder sequence (T2S, S2A): the loop's predraw(), feed()
+    and its grouped form batch_sample()/advance() (wsvk/resident/batching.py). The sequence sets
+    self.settings, self.draws and self.generator, and defines _advance(tokens): what its feed
+    does with the tokens [rows] it sampled."""
+
+    def predraw(self):
+        self.draws.ahead()
+
+    def batch_sample(self):
+        """(settings, draws taken ahead) for sampling beside other sequences, or None."""
+        return None if self.draws.q is None else (self.settings, self.draws.q)
+
+    def feed(self, row):
+        return self._advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
+
+    def advance(self, tokens):
+        """feed() with the tokens the loop sampled from batch_sample()'s settings and draws."""
+        self.draws.take()  # used: they were handed to the loop's sampler
+        return self._advance(tokens)

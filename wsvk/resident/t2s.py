@@ -8,7 +8,7 @@ import torch.nn.functional as F
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
-from .sampling import Draws, Settings
+from .sampling import Draws, SampledSequence, Settings
 from .whisper import Resident, rope_tables
 
 
@@ -38,7 +38,7 @@ def t2s_inputs(m, txt, lang, cps):
     return ttoks[None], langs, torch.tensor([cps])
 
 
-class T2SSequence:
+class T2SSequence(SampledSequence):
     """One text through T2S, step by step: TSARTransformer.generate's loop at bs=1. The first
     sampled token is not checked for the end token (as whisperspeech); result: [1, n] tokens."""
 
@@ -72,20 +72,9 @@ class T2SSequence:
         self.owner.resident_decoder.prefill([[int(t)] for t in self.toks[:self.first]], slot=slot)
         return [int(self.toks[self.first])], self.first
 
-    def batch_sample(self):
-        """(settings, draws taken ahead) for sampling beside other sequences, or None."""
-        return None if self.draws.q is None else (self.settings, self.draws.q)
-
-    def feed(self, row):
-        # whisperspeech's generate_one also sets probs[codes:] = -inf: rows of the batch, a no-op at bs=1
-        return self._advance(self.settings.tokens(row[None], self.draws.take(), self.generator)[0])
-
-    def advance(self, new):
-        """The rest of feed() once the token [1] of this step is sampled."""
-        self.draws.take()  # used: they were handed to the loop's sampler
-        return self._advance(new)
-
     def _advance(self, new):
+        # the token [1] sampled from this step's logits (whisperspeech's generate_one also sets
+        # probs[codes:] = -inf: rows of the batch, a no-op at bs=1)
         p, tok = self.pos, int(new[0])
         self.toks[p + 1] = tok
         if p != self.first:
@@ -97,9 +86,6 @@ class T2SSequence:
             self.pos = p + 1
             return [tok], p + 1
         return self._finish(self.toks[1:][None])
-
-    def predraw(self):
-        self.draws.ahead()
 
     def _finish(self, result):
         self.result = result
