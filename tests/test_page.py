@@ -71,7 +71,7 @@ class Browser:
         self.proc.wait(timeout=30)
 
 
-@pytest.mark.parametrize("fmt", ["wav", "mp3"])  # streamed as it arrives; played once downloaded
+@pytest.mark.parametrize("fmt", ["wav", "mp3", "opus"])  # Web Audio, MediaSource, once downloaded
 def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt):  # noqa: F811
     server = Server(pipe, slots=2, queue=2, voices={"default": pipe.default_speaker(), "anna": pipe.default_speaker()})
     browser = Browser(tmp_path / "profile")
@@ -84,6 +84,7 @@ def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt)
         browser.js("document.getElementById('speak').click()")
         browser.until("window.wsvk.done || window.wsvk.error")
         assert browser.js("window.wsvk.error") is None
+        assert browser.js("window.wsvk.streamed") == (fmt != "opus")  # played while it arrived
         assert browser.js("window.wsvk.bytes") > 1000 and browser.js("window.wsvk.firstAudioMs") is not None
         duration = browser.js("""new Promise(done => {
             const a = document.getElementById('player');

@@ -119,13 +119,14 @@ def test_every_format_through_the_openai_client(server, pipe, fmt):
         assert abs(audio.size - ref.size) < 4096, (audio.size, ref.size)
 
 
-def test_the_response_streams_before_the_audio_is_done(server):
+@pytest.mark.parametrize("fmt", ["pcm", "mp3"])
+def test_the_response_streams_before_the_audio_is_done(server, fmt):
     """The first bytes arrive while the request is still being synthesized (it is still counted
-    as active), in several pieces."""
+    as active), in several pieces: raw samples, and mp3 (OpenAI's default format) too."""
     pieces, active_at_first = [], None
     with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
-                      json={"input": LONG, "response_format": "pcm", "seed": 1}) as r:
-        assert r.status_code == 200 and r.headers["content-type"] == "audio/pcm"
+                      json={"input": LONG, "response_format": fmt, "seed": 1}) as r:
+        assert r.status_code == 200 and r.headers["content-type"] == {"pcm": "audio/pcm", "mp3": "audio/mpeg"}[fmt]
         for piece in r.iter_raw():
             if active_at_first is None:
                 active_at_first = httpx.get(f"{server.url}/health").json()["active"]

@@ -4,8 +4,17 @@ Formats: wav (16-bit PCM), pcm (raw 16-bit little-endian mono), flac, mp3, opus 
 written to a temporary name beside its target and renamed, with the usual permissions (0666 less
 the umask), so a failed run leaves nothing and a finished file is never partial. StreamEncoder
 turns blocks of samples into bytes as they come: wav (the unknown-length header convention: RIFF
-and data sizes 0xFFFFFFFF), pcm and opus truly stream; flac and mp3 come out at close (their
-encoders rewrite the file's header at the end).
+and data sizes 0xFFFFFFFF), pcm, opus and mp3 stream; flac comes out at close.
+
+Both mp3 and flac rewrite the file's first bytes at close (mp3 its Info frame: frame count and
+seek table; flac its STREAMINFO: length, frame sizes, MD5). A stream cannot take that back, so it
+keeps what was first written:
+- mp3: an Info frame of zeros, which decoders play as one silent frame, and no gapless trim:
+  70 ms in front (the frame and the encoder's delay). MP3 is constant 64 kbit/s because
+  libsndfile estimates a stream's length from its bitrate when the Info frame is empty: a VBR
+  stream then read back as a quarter of its samples (measured); mpg123 read both whole.
+- flac: a length of 0 ("unknown", valid FLAC), which libsndfile, so soundfile, reads as a huge
+  frame count and fails: flac is sent whole, at close.
 """
 
 from __future__ import annotations
@@ -21,12 +30,14 @@ import numpy as np
 from ..errors import InputError
 
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
-SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
-             "opus": ("OGG", "OPUS")}
+MP3_LEVEL = 0.6  # libsndfile's compression level: 160 - 0.6 * 152 kbit/s, rounded by LAME to 64
+SOUNDFILE = {"wav": ("WAV", "PCM_16", {}), "flac": ("FLAC", "PCM_16", {}),
+             "mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": MP3_LEVEL}),
+             "opus": ("OGG", "OPUS", {})}
 EXTENSIONS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "opus", ".opus": "opus"}
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg",
                "opus": "audio/ogg; codecs=opus"}
-STREAMING = ("wav", "pcm", "opus")  # formats whose bytes leave as the samples come
+STREAMING = ("wav", "pcm", "opus", "mp3")  # formats whose bytes leave as the samples come
 
 
 def format_for_path(path: str) -> str:
@@ -58,25 +69,27 @@ def wav_header(rate: int, n_samples: int | None = None) -> bytes:
 
 
 def encode(audio, rate: int, fmt: str) -> bytes:
-    """The whole file's bytes."""
-    enc = StreamEncoder(fmt, rate)
+    """The whole file's bytes (its header rewritten at the end where the format does that)."""
+    enc = StreamEncoder(fmt, rate, live=False)
     return enc.push(audio) + enc.close()
 
 
 class StreamEncoder:
-    """push(block) -> the bytes ready so far; close() -> the rest."""
+    """push(block) -> the bytes ready so far; close() -> the rest. live=False: everything at close
+    (a file: mp3's and flac's headers as rewritten at the end)."""
 
-    def __init__(self, fmt: str, rate: int):
+    def __init__(self, fmt: str, rate: int, live: bool = True):
         self.fmt, self.rate = check_format(fmt), int(rate)
+        self.live = live and fmt in STREAMING
         self._started = False
         self._file = self._buf = None
         if fmt in SOUNDFILE and fmt != "wav":
             import soundfile as sf
 
             self._buf = io.BytesIO()
-            container, subtype = SOUNDFILE[fmt]
+            container, subtype, options = SOUNDFILE[fmt]
             self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
-                                      subtype=subtype)
+                                      subtype=subtype, **options)
             self._sent = 0
 
     def push(self, block) -> bytes:
@@ -88,10 +101,11 @@ class StreamEncoder:
         if self._file is None:
             return head + pcm16(block)
         self._file.write(np.clip(block, -1.0, 1.0))
-        return head + self._drain() if self.fmt in STREAMING else head
+        return head + self._drain() if self.live else head
 
     def _drain(self) -> bytes:
-        data = self._buf.getvalue()[self._sent:]
+        with self._buf.getbuffer() as view:  # no copy of what was sent before
+            data = bytes(view[self._sent:])
         self._sent += len(data)
         return data
 
@@ -100,7 +114,7 @@ class StreamEncoder:
         self._started = True
         if self._file is None:
             return head
-        self._file.close()
+        self._file.close()  # rewrites mp3's / flac's first bytes: a live stream already sent them
         return self._drain()
 
 
