@@ -174,6 +174,7 @@ def bench_wsvk(t2s, s2a, vocos, args) -> dict:
                     f"{name}_submits_per_step": clock.submits_per_step(),
                     f"{name}_record_ms_per_step": 1e3 * c["record_s_per_step"],
                     f"{name}_wait_ms_per_step": 1e3 * c["wait_s_per_step"],
+                    f"{name}_gap_ms_per_step": 1e3 * c["gap_s_per_step"],
                     f"{name}_inline_ms_per_{unit}": inline})
         out.update(gpu_profile(name, mod.resident_decoder, min(args.steps, mod.resident_decoder.self_len - 1)))
     out["vocos_ms"] = time_vocos(lambda: r_voc.decode_codes(codes, bandwidth_id=1), args.reps, lambda: None)
@@ -218,6 +219,7 @@ def bench_batch(args, save=lambda res: None) -> dict:
             c = mod.counters()
             row[f"{name}_step_ms"] = 1e3 * c["step_s_per_step"]
             row[f"{name}_feed_ms"] = 1e3 * c["feed_s_per_step"]  # host sampling between steps
+            row[f"{name}_gap_ms"] = 1e3 * c["gap_s_per_step"]  # all the host's time between steps
             row[f"{name}_tokens_per_s"] = c["columns_per_step"] / (c["step_s_per_step"] + c["feed_s_per_step"])
             if rt.has_timestamps:
                 dec = mod.resident_decoder
@@ -256,14 +258,17 @@ def bench_batch(args, save=lambda res: None) -> dict:
 
 def print_batch(res: dict) -> None:
     print(f"batched decode; adapter: {res['adapter']}")
-    print(f"{'B':>4} {'T2S ms/step':>12} {'feed ms':>8} {'T2S tok/s':>10} {'S2A ms/step':>12} {'feed ms':>8}"
+    print("(feed ms: sampling between two steps; gap ms: all the host's time between them, the GPU idle)")
+    print(f"{'B':>4} {'T2S ms/step':>12} {'feed ms':>8} {'gap ms':>7} {'T2S tok/s':>10} {'S2A ms/step':>12} {'feed ms':>8}"
+          f" {'gap ms':>7}"
           f" {'S2A tok/s':>10} {'T2S GPU ms':>11} {'S2A GPU ms':>11} {'CUDA T2S ms':>12} {'CUDA S2A ms':>12}")
     cuda = res.get("torch_cuda_per_batch", {})
     fmt = lambda v, w: f"{'-':>{w}}" if v is None else f"{v:>{w}.2f}"  # noqa: E731
     for B, r in res["per_batch"].items():
         c = cuda.get(B, {})
-        print(f"{B:>4} {fmt(r['t2s_step_ms'], 12)} {fmt(r.get('t2s_feed_ms'), 8)} {fmt(r['t2s_tokens_per_s'], 10)}"
-              f" {fmt(r['s2a_step_ms'], 12)} {fmt(r.get('s2a_feed_ms'), 8)}"
+        print(f"{B:>4} {fmt(r['t2s_step_ms'], 12)} {fmt(r.get('t2s_feed_ms'), 8)} {fmt(r.get('t2s_gap_ms'), 7)}"
+              f" {fmt(r['t2s_tokens_per_s'], 10)} {fmt(r['s2a_step_ms'], 12)} {fmt(r.get('s2a_feed_ms'), 8)}"
+              f" {fmt(r.get('s2a_gap_ms'), 7)}"
               f" {fmt(r['s2a_tokens_per_s'], 10)} {fmt(r.get('t2s_gpu_ms_per_step'), 11)}"
               f" {fmt(r.get('s2a_gpu_ms_per_step'), 11)} {fmt(c.get('t2s_step_ms'), 12)} {fmt(c.get('s2a_step_ms'), 12)}")
     for B, r in res["per_batch"].items():
@@ -332,6 +337,7 @@ def main(argv=None) -> int:
         S = st.upper()
         keys += [(f"{st}_dispatches_per_step", f"{S} dispatches/step"), (f"{st}_submits_per_step", f"{S} submits/step"),
                  (f"{st}_record_ms_per_step", f"{S} record ms/step"), (f"{st}_wait_ms_per_step", f"{S} wait ms/step"),
+                 (f"{st}_gap_ms_per_step", f"{S} gap ms/step"),
                  (f"{st}_inline_ms_per_{unit}", f"{S} ms/{unit} inline"), (f"{st}_gpu_ms_per_step", f"{S} GPU ms/step")]
     names = list(results)
     print(f"{'':<22}" + "".join(f"{n:>13}" for n in names))

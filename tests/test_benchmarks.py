@@ -40,7 +40,7 @@ def test_bench_e2e_tiny(rt, tmp_path):
     w = res["wsvk"]
     assert w["t2s_submits_per_step"] == 1 and w["s2a_submits_per_step"] == 1  # one submit per decode step
     assert w["t2s_dispatches_per_step"] > 0 and w["t2s_record_ms_per_step"] > 0
-    assert w["s2a_wait_ms_per_step"] > 0 and w["s2a_inline_ms_per_step"] > 0
+    assert w["s2a_wait_ms_per_step"] > 0 and w["s2a_inline_ms_per_step"] > 0 and w["t2s_gap_ms_per_step"] > 0
     if rt.has_timestamps:  # per-kind GPU times of one step add up to the step's GPU time
         kinds = w["s2a_gpu_ms_by_kernel"]
         assert w["s2a_gpu_ms_per_step"] > 0 and abs(sum(kinds.values()) - w["s2a_gpu_ms_per_step"]) < 1e-9
@@ -56,6 +56,7 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
     assert set(res["per_batch"]) == {"1", "2"}
     for row in res["per_batch"].values():
         assert row["t2s_step_ms"] > 0 and row["s2a_tokens_per_s"] > 0 and row["s2a_feed_ms"] > 0
+        assert row["t2s_gap_ms"] > 0 and row["s2a_gap_ms"] > 0
         assert (row.get("t2s_gpu_ms_per_step", 0) > 0) == rt.has_timestamps
     if rt.has_timestamps:
         assert "B=2 T2S GPU ms by kind" in r.stdout

@@ -166,6 +166,37 @@ def test_released_decode_codes(rt, released):
             assert rel_err(got.numpy(), released.rv.decode(feats, bw).numpy()) <= 1e-6
 
 
+def test_counts_are_the_calls_own_while_another_thread_submits(rt, released):
+    """The streaming engine decodes Vocos on its own thread while the decoders step on theirs:
+    a call's counts (last_call, stats) are its own thread's, not whatever ran meanwhile."""
+    import threading
+
+    from wsvk import ops
+
+    stop, a, w = threading.Event(), np.ones((2, 8), np.float32), np.ones((4, 8), np.float32)
+
+    def busy():
+        while not stop.is_set():
+            ops.linear(a, w)  # a submit, a dispatch and a readback each
+
+    codes = _codes(4, 9, 7)
+    thread = threading.Thread(target=busy)
+    thread.start()
+    try:
+        calls0, stats0 = released.rv.stats["calls"], dict(released.rv.stats)
+        submits0 = rt.stats["submits"]
+        for _ in range(3):
+            released.rv.decode_codes(codes, bandwidth_id=1)
+            assert released.rv.last_call == {"dispatches": released.rv.dispatches_per_call,
+                                             "submits": released.rv.submits_per_call, "uploads": 1, "readbacks": 1}
+    finally:
+        stop.set()
+        thread.join()
+    assert rt.stats["submits"] - submits0 > 3 * released.rv.submits_per_call  # the other thread did submit
+    assert released.rv.stats["calls"] - calls0 == 3
+    assert released.rv.stats["submits"] - stats0["submits"] == 3 * released.rv.submits_per_call
+
+
 def test_padding_code_as_vocos(rt, released):
     """WhisperSpeech's S2A may sample its padding code 1024: vocos then reads the next codebook's
     first row (one flat table), and so must we, for the same audio as the CPU backend."""

@@ -67,7 +67,7 @@ class Recorder:
             self._pass.set_pipeline(pipeline)
             self._pass.set_bind_group(0, group)
             self._pass.dispatch_workgroups(*groups)
-        self.rt.stats["dispatches"] += 1
+        self.rt.count("dispatches")
 
     def copy(self, src: GpuArray, dst: GpuArray, nbytes: int | None = None, src_offset=0, dst_offset=0) -> None:
         self._end_pass()
@@ -162,7 +162,7 @@ class Readback:
         with rt.guard("reading back"):
             rt.check_fault()
             raw = read_mapped(buf, self.nbytes)
-        rt.stats["readbacks"] += 1
+        rt.count("readbacks")
         self.buffer = None
         rt.staging.give(buf)
         return raw.view(self.dtype).reshape(self.shape)

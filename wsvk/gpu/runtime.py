@@ -65,7 +65,8 @@ class Runtime:
         self.pool = BufferPool(self.device, gpu_errors)
         self.staging = StagingCache(self.device)
         self.lock = threading.RLock()
-        self.stats = {"submits": 0, "dispatches": 0, "readbacks": 0, "uploads": 0}
+        self.stats = {"submits": 0, "dispatches": 0, "readbacks": 0, "uploads": 0}  # count() adds to them
+        self._stats_lock = threading.Lock()
         self._local = threading.local()  # the recorder open in each thread
         self.fault_after = config.fault_after()
         self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
@@ -80,6 +81,22 @@ class Runtime:
         if self.fault_after is not None and self.stats["submits"] >= self.fault_after:
             self.lost = f"injected fault after {self.fault_after} submits (WSVK_FAULT_AFTER)"
             raise GpuError(f"GPU device lost: {self.lost}")
+
+    def count(self, key: str, n: int = 1) -> None:
+        """Add n to stats[key], and to the calling thread's own counts (thread_stats): decoders,
+        Vocos and the router's ops run on several threads at once."""
+        with self._stats_lock:
+            self.stats[key] += n
+        mine = self.thread_stats()
+        mine[key] += n
+
+    def thread_stats(self) -> dict:
+        """The calling thread's counts of stats' keys (what one module's call did, whatever other
+        threads submit meanwhile)."""
+        mine = getattr(self._local, "stats", None)
+        if mine is None:
+            mine = self._local.stats = dict.fromkeys(self.stats, 0)
+        return mine
 
     # -- capabilities
     @property
@@ -164,7 +181,7 @@ class Runtime:
             raw = np.concatenate([raw, np.zeros(4 - raw.size % 4, np.uint8)])
         with self.lock, gpu_errors("uploading"):
             self.queue.write_buffer(arr.buffer, offset, raw)
-            self.stats["uploads"] += 1
+            self.count("uploads")
 
     def read(self, arr: GpuArray) -> np.ndarray:
         if self.recording:
@@ -173,7 +190,7 @@ class Runtime:
         with self.lock, gpu_errors("reading back"):
             self.check_fault()
             raw = self.queue.read_buffer(arr.buffer, 0, max(4, -(-nbytes // 4) * 4))
-            self.stats["readbacks"] += 1
+            self.count("readbacks")
         return np.frombuffer(raw, dtype=np.uint8)[:nbytes].view(arr.dtype).reshape(arr.shape).copy()
 
     def uniform_buffer(self, layout: Layout, **values):
@@ -253,7 +270,7 @@ class Runtime:
         except GpuError as e:
             self.lost = self.lost or str(e)
             raise
-        self.stats["submits"] += 1
+        self.count("submits")
 
     @property
     def recording(self) -> bool:

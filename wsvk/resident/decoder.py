@@ -83,6 +83,7 @@ class ResidentDecoder:
 
         rt, W, plan = self.rt, self.W, self.plan
         self._check_slot(slot)
+        self._ready_at = None  # a join, not a gap between two steps
         if isinstance(xenc, GpuArray):
             if xenc.dtype != self.dtype or xenc.shape != (self.cross_len, W):
                 raise ValueError(f"encoder output {xenc.dtype} {xenc.shape} is not {np.dtype(self.dtype)} "
@@ -113,6 +114,7 @@ class ResidentDecoder:
         rows = [list(r) for r in rows]
         if not rows:
             return
+        self._ready_at = None
         data = np.stack([self._step_data([(slot, r, start + i)]) for i, r in enumerate(rows)])
         row_bytes = 4 * data.shape[1]
         t0 = time.perf_counter()
@@ -129,7 +131,7 @@ class ResidentDecoder:
                         dispatches += self._encode_pass(enc, 1, self.plan.splits(start + i), self.plan.prefill_n)
                     cmd = enc.finish()
                 rt.submit_commands(cmd)
-                rt.stats["dispatches"] += dispatches
+                rt.count("dispatches", dispatches)
         self.prefill_seconds += time.perf_counter() - t0
         self.prefilled_steps += len(rows)
 
@@ -157,8 +159,11 @@ class ResidentDecoder:
             cmd = self._record(key, parity)
         with rt.lock:
             rt.write(self.plan.step_buf, data)
+            if self._ready_at is not None:  # the GPU has idled since the last step's logits were ready
+                self.gap_seconds += time.perf_counter() - self._ready_at
+                self.gaps += 1
             rt.submit_commands(cmd)
-            rt.stats["dispatches"] += len(self.plan.dispatches)
+            rt.count("dispatches", len(self.plan.dispatches))
         # From here on only this decoder's own buffers are touched: the runtime is free for the
         # other decoder's thread to submit while this one records ahead and draws.
         last = max(int(p) for _, _, p in columns)
@@ -176,9 +181,10 @@ class ResidentDecoder:
                 buf.map_async("READ_NOSYNC").sync_wait()  # what queue.read_buffer does
             except AttributeError:
                 buf.map_sync(1)
+            self._ready_at = time.perf_counter()
             raw = buf.read_mapped(0, 4 * n * self.n_logits)
             buf.unmap()
-        rt.stats["readbacks"] += 1
+        rt.count("readbacks")
         self.steps += 1
         self.columns_stepped += n
         t2 = time.perf_counter()
@@ -192,28 +198,38 @@ class ResidentDecoder:
         return int(slot)
 
     def _step_data(self, columns) -> np.ndarray:
-        """The checked step buffer words: [n, splits, 0, 0, then per column slot, pos, token ids]."""
-        if not 1 <= len(columns) <= self.slots:
-            raise ValueError(f"a step takes 1 to {self.slots} columns, got {len(columns)}")
+        """The checked step buffer words: [n, splits, 0, 0, then per column slot, pos, token ids].
+        Checked and packed for all columns at once: at 16 columns this runs between two steps."""
+        n = len(columns)
+        if not 1 <= n <= self.slots:
+            raise ValueError(f"a step takes 1 to {self.slots} columns, got {n}")
         if self.rt.recording:
             raise RuntimeError("a resident decode step reads its results back: call it outside a recorder")
-        words, last, seen = [len(columns), 0, 0, 0], 0, set()
-        for slot, tokens, pos in columns:
-            slot, pos = self._check_slot(slot), int(pos)
-            if slot in seen:
-                raise ValueError(f"slot {slot} appears twice in one step")
-            seen.add(slot)
-            toks = np.asarray(tokens, dtype=np.int64).reshape(-1)
-            if toks.size != self.NQ:
-                raise ValueError(f"step needs {self.NQ} token ids, got {toks.size}")
-            if toks.min() < 0 or toks.max() >= self.V:
-                raise ValueError(f"token ids {toks.tolist()} outside [0, {self.V})")
-            if not 0 <= pos < self.self_len or (self.plan.P_pos and pos >= self.plan.P_pos):
-                raise ValueError(f"position {pos} outside the decoder's {self.self_len} positions")
-            words += [slot, pos, *toks.tolist()]
-            last = max(last, pos)
-        words[1] = self.plan.splits(last)
-        return np.asarray(words, np.uint32)
+        slots = [self._check_slot(slot) for slot, _, _ in columns]
+        if len(set(slots)) != n:
+            raise ValueError(f"slot {next(x for x in slots if slots.count(x) > 1)} appears twice in one step")
+        pos = [int(p) for _, _, p in columns]
+        try:
+            toks = np.array([tokens for _, tokens, _ in columns], dtype=np.int64).reshape(n, -1)
+        except (ValueError, TypeError):
+            toks = None  # ragged: the column at fault is named below
+        if toks is None or toks.shape[1] != self.NQ:
+            for _, tokens, _ in columns:
+                if np.size(tokens) != self.NQ:
+                    raise ValueError(f"step needs {self.NQ} token ids, got {np.size(tokens)}")
+            toks = np.array([np.asarray(t, np.int64).reshape(-1) for _, t, _ in columns])
+        if toks.min() < 0 or toks.max() >= self.V:
+            bad = next(row for row in toks if row.min() < 0 or row.max() >= self.V)
+            raise ValueError(f"token ids {bad.tolist()} outside [0, {self.V})")
+        limit = min(self.self_len, self.plan.P_pos or self.self_len)
+        if min(pos) < 0 or max(pos) >= limit:
+            raise ValueError(f"position {next(p for p in pos if not 0 <= p < limit)} outside the decoder's "
+                             f"{self.self_len} positions")
+        words = np.zeros(4 + n * self.plan.ss, np.uint32)
+        words[:2] = n, self.plan.splits(max(pos))
+        body = words[4:].reshape(n, self.plan.ss)
+        body[:, 0], body[:, 1], body[:, 2:] = slots, pos, toks
+        return words
 
     def _record(self, key, parity: int):
         """The finished command buffer of a step with key = (columns, self-attention splits): the
@@ -264,7 +280,7 @@ class ResidentDecoder:
         if not rt.has_timestamps:
             raise RuntimeError(f"{rt.info['name']} has no timestamp-query: GPU times are not available")
         with rt.lock:
-            self._next = None
+            self._next = self._ready_at = None
             rt.write(self.plan.step_buf, data)
             with rt.recorder("wsvk.resident.profile", timestamps=True) as rec:
                 for d in self.plan.dispatches:
@@ -275,16 +291,20 @@ class ResidentDecoder:
     def counters(self) -> dict:
         """dispatches per step, steps run (and the columns they advanced) and host seconds so far:
         recording (hidden behind the GPU when recorded ahead), waiting for the logits, whole
-        steps; totals and per step."""
+        steps (submit to logits); totals and per step. gap_s: from one step's logits being ready
+        to the next step's submit (reading them, sampling, the next input: the GPU idles), over
+        consecutive steps only (not across a join), per gap."""
         n = max(self.steps, 1)
         out = {"dispatches_per_step": self.dispatches_per_step, "slots": self.slots, "steps": self.steps,
                "columns_per_step": self.columns_stepped / n, "prerecorded_steps": self.prerecorded_steps,
-               "prefilled_steps": self.prefilled_steps, "prefill_s": self.prefill_seconds}
+               "prefilled_steps": self.prefilled_steps, "prefill_s": self.prefill_seconds,
+               "gap_s": self.gap_seconds, "gap_s_per_step": self.gap_seconds / max(self.gaps, 1)}
         for name, v in (("record_s", self.record_seconds), ("wait_s", self.wait_seconds),
                         ("step_s", self.step_seconds)):
             out[name], out[name + "_per_step"] = v, v / n
         return out
 
     def reset_counters(self) -> None:
-        self.steps = self.prerecorded_steps = self.prefilled_steps = self.columns_stepped = 0
+        self.steps = self.prerecorded_steps = self.prefilled_steps = self.columns_stepped = self.gaps = 0
         self.record_seconds, self.wait_seconds, self.step_seconds, self.prefill_seconds = 0.0, 0.0, 0.0, 0.0
+        self.gap_seconds, self._ready_at = 0.0, None

@@ -29,6 +29,7 @@ folded in), final residual add + norm 1, head linear 1, spectrum 1, irfft 1, ove
 from __future__ import annotations
 
 import operator
+import threading
 from dataclasses import dataclass
 
 import numpy as np
@@ -141,7 +142,8 @@ class ResidentVocos:
                 self.codebooks = up(f32(cbw))
                 self.n_codebooks = int(cbw.shape[0]) // self.bins
 
-        self.last_call: dict | None = None  # rt.stats deltas of the latest call
+        self.last_call: dict | None = None  # what the latest call did (its thread's rt.thread_stats deltas)
+        self._stats_lock = threading.Lock()
         self.stats = {"calls": 0, "dispatches": 0, "submits": 0, "uploads": 0, "readbacks": 0,
                       "dispatches_per_call": self.dispatches_per_call}
 
@@ -245,7 +247,7 @@ class ResidentVocos:
         """vocos.decode(features, bandwidth_id=...): features [1, Cin, T] -> waveform [1, samples]."""
         bw = self._bandwidth(bandwidth_id)
         x = self._features(features)
-        before = dict(self.rt.stats)
+        before = dict(self.rt.thread_stats())
         return self._run(before, bw, self.rt.upload(x), None, x.shape[1])
 
     def decode_codes(self, codes, bandwidth_id=None) -> torch.Tensor:
@@ -254,7 +256,7 @@ class ResidentVocos:
         codes: [q, 1, t] (vocos' layout), [1, q, t] (WhisperSpeech's atoks) or [q, t]."""
         bw = self._bandwidth(bandwidth_id)
         c = self._codes(codes)
-        before = dict(self.rt.stats)
+        before = dict(self.rt.thread_stats())
         return self._run(before, bw, self.codebooks, self.rt.upload(c), c.shape[1])
 
     def profile_codes(self, codes, bandwidth_id=None) -> list[tuple[str, float]]:
@@ -275,7 +277,7 @@ class ResidentVocos:
 
     def _run(self, before: dict, bw: int, x: GpuArray, codes: GpuArray | None, T: int) -> torch.Tensor:
         """Record and submit segment by segment (no waits), read back the waveform; `before`:
-        rt.stats at the upload."""
+        rt.thread_stats() before the upload."""
         rt = self.rt
         segments = self._record(bw, x, codes, T)
         wave = None
@@ -286,10 +288,12 @@ class ResidentVocos:
                 except StopIteration as end:
                     wave = rec.read_after(end.value)  # the readback copy rides in the last submit
         out = wave.numpy()
-        self.stats["calls"] += 1
-        for k in ("dispatches", "submits", "uploads", "readbacks"):
-            self.stats[k] += rt.stats[k] - before[k]
-        self.last_call = {k: rt.stats[k] - before[k] for k in ("dispatches", "submits", "uploads", "readbacks")}
+        now = rt.thread_stats()
+        self.last_call = {k: now[k] - before[k] for k in ("dispatches", "submits", "uploads", "readbacks")}
+        with self._stats_lock:  # generate() and the streaming engine's thread may both decode
+            self.stats["calls"] += 1
+            for k, v in self.last_call.items():
+                self.stats[k] += v
         return torch.from_numpy(out)[None]
 
     def _record(self, bw: int, x: GpuArray, codes: GpuArray | None, T: int):
