@@ -15,6 +15,8 @@ keeps what was first written:
   stream then read back as a quarter of its samples (measured); mpg123 read both whole.
 - flac: a length of 0 ("unknown", valid FLAC), which libsndfile, so soundfile, reads as a huge
   frame count and fails: flac is sent whole, at close.
+A streamed opus asks for Ogg pages of 0.1 s of audio: libsndfile's default, ~1 s per page, held
+the first audio back by a second (measured); a file keeps the default.
 """
 
 from __future__ import annotations
@@ -38,6 +40,8 @@ EXTENSIONS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "opus", ".o
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg",
                "opus": "audio/ogg; codecs=opus"}
 STREAMING = ("wav", "pcm", "opus", "mp3")  # formats whose bytes leave as the samples come
+OPUS_PAGE_MS = 100.0  # a streamed Ogg page per 0.1 s of audio: every block leaves at once
+SFC_SET_OGG_PAGE_LATENCY_MS = 0x1302  # sndfile.h (libsndfile >= 1.1)
 
 
 def format_for_path(path: str) -> str:
@@ -91,6 +95,8 @@ class StreamEncoder:
             self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
                                       subtype=subtype, **options)
             self._sent = 0
+            if self.live and fmt == "opus":
+                _ogg_page_ms(self._file, OPUS_PAGE_MS)
 
     def push(self, block) -> bytes:
         block = np.asarray(block, np.float32).reshape(-1)
@@ -116,6 +122,18 @@ class StreamEncoder:
             return head
         self._file.close()  # rewrites mp3's / flac's first bytes: a live stream already sent them
         return self._drain()
+
+
+def _ogg_page_ms(f, ms: float) -> None:
+    """Ask libsndfile for Ogg pages of at most `ms` of audio (SFC_SET_OGG_PAGE_LATENCY_MS, which
+    soundfile does not wrap: through its cffi handles). Its default, ~1 s, holds a stream's first
+    audio back by that much; where the handles are missing, the pages stay ~1 s."""
+    try:
+        from soundfile import _ffi, _snd
+
+        _snd.sf_command(f._file, SFC_SET_OGG_PAGE_LATENCY_MS, _ffi.new("double *", float(ms)), _ffi.sizeof("double"))
+    except Exception:  # noqa: BLE001 - a soundfile without these private handles: the default pages
+        pass
 
 
 _UMASK = None
