@@ -258,7 +258,7 @@ def bench_batch(args, save=lambda res: None) -> dict:
 
 def print_batch(res: dict) -> None:
     print(f"batched decode; adapter: {res['adapter']}")
-    print("(feed ms: sampling between two steps; gap ms: all the host's time between them, the GPU idle)")
+    print("(feed ms: sampling between two steps; gap ms: all the host's time between them, the decoder's GPU work idle)")
     print(f"{'B':>4} {'T2S ms/step':>12} {'feed ms':>8} {'gap ms':>7} {'T2S tok/s':>10} {'S2A ms/step':>12} {'feed ms':>8}"
           f" {'gap ms':>7}"
           f" {'S2A tok/s':>10} {'T2S GPU ms':>11} {'S2A GPU ms':>11} {'CUDA T2S ms':>12} {'CUDA S2A ms':>12}")

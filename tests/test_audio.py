@@ -58,8 +58,8 @@ def test_an_mp3_file_gets_its_header_rewritten_and_decodes_to_its_length():
     data = encode(x, RATE, "mp3")
     decoded, _ = sf.read(io.BytesIO(data), dtype="float32")
     assert decoded.size == x.size  # the Info frame's gapless trim, written at close
-    assert data[:4] == b"".join(streamed("mp3", x)[0])[:4]  # the same stream otherwise
     assert aligned_snr_db(decoded, x)[1] > 20
+    assert len(data) < len(b"".join(streamed("mp3", x)[0]))  # libsndfile's VBR: smaller than the stream
 
 
 def test_flac_is_sent_whole_at_close():

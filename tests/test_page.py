@@ -85,6 +85,9 @@ def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt)
         browser.until("window.wsvk.done || window.wsvk.error")
         assert browser.js("window.wsvk.error") is None
         assert browser.js("window.wsvk.streamed") == (fmt != "opus")  # played while it arrived
+        assert browser.js("window.wsvk.streamError") is None  # ... and the stream player kept it
+        link = browser.js("const a = document.getElementById('download'); [a.hidden, a.download, a.href]")
+        assert link[0] is False and link[1] == f"speech.{'ogg' if fmt == 'opus' else fmt}" and link[2].startswith("blob:")
         assert browser.js("window.wsvk.bytes") > 1000 and browser.js("window.wsvk.firstAudioMs") is not None
         duration = browser.js("""new Promise(done => {
             const a = document.getElementById('player');
@@ -95,6 +98,32 @@ def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt)
         })""", wait=True)
         assert duration > 0.1, duration  # the browser decoded the audio it got
         assert "done:" in browser.js("document.getElementById('status').textContent")
+    finally:
+        browser.close()
+        server.close()
+
+
+def test_the_stream_player_settles_and_says_why_when_the_browser_cannot_play(pipe, tmp_path):  # noqa: F811
+    """Bytes the browser cannot decode: end() still settles, with the reason (the page then
+    plays the downloaded copy); a clean short stream settles without one."""
+    server = Server(pipe, slots=1, queue=1, voices={"default": pipe.default_speaker()})
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.call("Page.navigate", url=server.url + "/")
+        browser.until("window.wsvk && window.wsvk.voices.length")
+        garbage = browser.js("""(async () => {
+            const p = new StreamPlayer(new Audio(), "audio/mpeg");
+            p.push(new Uint8Array(6000).fill(7));
+            await Promise.race([p.end(), new Promise(r => setTimeout(r, 20000))]);
+            return p.failed;
+        })()""", wait=True)
+        assert garbage, garbage
+        empty = browser.js("""(async () => {
+            const p = new StreamPlayer(new Audio(), "audio/mpeg");
+            const t = await Promise.race([p.end().then(() => "settled"), new Promise(r => setTimeout(() => r("hung"), 20000))]);
+            return [t, p.failed];
+        })()""", wait=True)
+        assert empty == ["settled", None], empty
     finally:
         browser.close()
         server.close()

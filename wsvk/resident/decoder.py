@@ -159,7 +159,7 @@ class ResidentDecoder:
             cmd = self._record(key, parity)
         with rt.lock:
             rt.write(self.plan.step_buf, data)
-            if self._ready_at is not None:  # the GPU has idled since the last step's logits were ready
+            if self._ready_at is not None:  # nothing of this decoder's has run since the logits were ready
                 self.gap_seconds += time.perf_counter() - self._ready_at
                 self.gaps += 1
             rt.submit_commands(cmd)
@@ -207,7 +207,8 @@ class ResidentDecoder:
             raise RuntimeError("a resident decode step reads its results back: call it outside a recorder")
         slots = [self._check_slot(slot) for slot, _, _ in columns]
         if len(set(slots)) != n:
-            raise ValueError(f"slot {next(x for x in slots if slots.count(x) > 1)} appears twice in one step")
+            seen = set()
+            raise ValueError(f"slot {next(x for x in slots if x in seen or seen.add(x))} appears twice in one step")
         pos = [int(p) for _, _, p in columns]
         try:
             toks = np.array([tokens for _, tokens, _ in columns], dtype=np.int64).reshape(n, -1)
@@ -292,8 +293,9 @@ class ResidentDecoder:
         """dispatches per step, steps run (and the columns they advanced) and host seconds so far:
         recording (hidden behind the GPU when recorded ahead), waiting for the logits, whole
         steps (submit to logits); totals and per step. gap_s: from one step's logits being ready
-        to the next step's submit (reading them, sampling, the next input: the GPU idles), over
-        consecutive steps only (not across a join), per gap."""
+        to the next step's submit (reading them, sampling, the next input: this decoder has no
+        work on the GPU), over consecutive steps only (not across a join); gap_s_per_step is per
+        such gap."""
         n = max(self.steps, 1)
         out = {"dispatches_per_step": self.dispatches_per_step, "slots": self.slots, "steps": self.steps,
                "columns_per_step": self.columns_stepped / n, "prerecorded_steps": self.prerecorded_steps,

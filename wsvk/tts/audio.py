@@ -10,9 +10,10 @@ Both mp3 and flac rewrite the file's first bytes at close (mp3 its Info frame: f
 seek table; flac its STREAMINFO: length, frame sizes, MD5). A stream cannot take that back, so it
 keeps what was first written:
 - mp3: an Info frame of zeros, which decoders play as one silent frame, and no gapless trim:
-  70 ms in front (the frame and the encoder's delay). MP3 is constant 64 kbit/s because
-  libsndfile estimates a stream's length from its bitrate when the Info frame is empty: a VBR
-  stream then read back as a quarter of its samples (measured); mpg123 read both whole.
+  70 ms in front (the frame and the encoder's delay). A streamed mp3 is constant 64 kbit/s
+  because libsndfile estimates a stream's length from its bitrate when the Info frame is empty:
+  a VBR stream then read back as a quarter of its samples (measured); mpg123 read both whole. A
+  file keeps libsndfile's VBR default (smaller) with its rewritten Info frame.
 - flac: a length of 0 ("unknown", valid FLAC), which libsndfile, so soundfile, reads as a huge
   frame count and fails: flac is sent whole, at close.
 A streamed opus asks for Ogg pages of 0.1 s of audio: libsndfile's default, ~1 s per page, held
@@ -32,10 +33,10 @@ import numpy as np
 from ..errors import InputError
 
 FORMATS = ("wav", "pcm", "flac", "mp3", "opus")
-MP3_LEVEL = 0.6  # libsndfile's compression level: 160 - 0.6 * 152 kbit/s, rounded by LAME to 64
-SOUNDFILE = {"wav": ("WAV", "PCM_16", {}), "flac": ("FLAC", "PCM_16", {}),
-             "mp3": ("MP3", "MPEG_LAYER_III", {"bitrate_mode": "CONSTANT", "compression_level": MP3_LEVEL}),
-             "opus": ("OGG", "OPUS", {})}
+SOUNDFILE = {"wav": ("WAV", "PCM_16"), "flac": ("FLAC", "PCM_16"), "mp3": ("MP3", "MPEG_LAYER_III"),
+             "opus": ("OGG", "OPUS")}
+# a streamed mp3: constant 64 kbit/s (compression level 0.6: 160 - 0.6 * 152, rounded by LAME)
+LIVE_MP3 = {"bitrate_mode": "CONSTANT", "compression_level": 0.6}
 EXTENSIONS = {".wav": "wav", ".flac": "flac", ".mp3": "mp3", ".ogg": "opus", ".opus": "opus"}
 MEDIA_TYPES = {"wav": "audio/wav", "pcm": "audio/pcm", "flac": "audio/flac", "mp3": "audio/mpeg",
                "opus": "audio/ogg; codecs=opus"}
@@ -91,9 +92,14 @@ class StreamEncoder:
             import soundfile as sf
 
             self._buf = io.BytesIO()
-            container, subtype, options = SOUNDFILE[fmt]
-            self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
-                                      subtype=subtype, **options)
+            container, subtype = SOUNDFILE[fmt]
+            options = LIVE_MP3 if self.live and fmt == "mp3" else {}
+            try:
+                self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
+                                          subtype=subtype, **options)
+            except TypeError:  # a soundfile older than 0.13 takes no bitrate options: libsndfile's VBR
+                self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
+                                          subtype=subtype)
             self._sent = 0
             if self.live and fmt == "opus":
                 _ogg_page_ms(self._file, OPUS_PAGE_MS)
