@@ -94,12 +94,11 @@ class StreamEncoder:
             self._buf = io.BytesIO()
             container, subtype = SOUNDFILE[fmt]
             options = LIVE_MP3 if self.live and fmt == "mp3" else {}
+            spec = dict(samplerate=self.rate, channels=1, format=container, subtype=subtype)
             try:
-                self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
-                                          subtype=subtype, **options)
+                self._file = sf.SoundFile(self._buf, "w", **spec, **options)
             except TypeError:  # a soundfile older than 0.13 takes no bitrate options: libsndfile's VBR
-                self._file = sf.SoundFile(self._buf, "w", samplerate=self.rate, channels=1, format=container,
-                                          subtype=subtype)
+                self._file = sf.SoundFile(self._buf, "w", **spec)
             self._sent = 0
             if self.live and fmt == "opus":
                 _ogg_page_ms(self._file, OPUS_PAGE_MS)
