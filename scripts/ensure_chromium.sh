@@ -5,6 +5,5 @@ set -euo pipefail
 [ "${WSVK_NO_BROWSER:-0}" = 1 ] && exit 0
 command -v chromium >/dev/null 2>&1 && exit 0
 echo "wsvk: installing Debian's chromium for the web page test"
-if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi
-$sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq chromium >/dev/null
+"$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" chromium
 command -v chromium >/dev/null 2>&1 || { echo "error: chromium is still missing after apt-get install chromium" >&2; exit 1; }

@@ -12,7 +12,6 @@ PY
 }
 if ! has_adapter; then
   echo "wsvk: no Vulkan adapter found; installing mesa-vulkan-drivers (lavapipe)"
-  if [ "$(id -u)" = 0 ]; then sudo=""; else sudo=sudo; fi
-  $sudo apt-get update -qq && DEBIAN_FRONTEND=noninteractive $sudo apt-get install -y -qq mesa-vulkan-drivers >/dev/null
+  "$(dirname "${BASH_SOURCE[0]}")/apt_install.sh" mesa-vulkan-drivers
   has_adapter || { echo "error: still no Vulkan adapter after installing mesa-vulkan-drivers" >&2; exit 1; }
 fi

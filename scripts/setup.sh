@@ -15,7 +15,6 @@ lock=$root/requirements.lock
 torch_mode=${WSVK_TORCH:-auto}
 cpu_index=https://download.pytorch.org/whl/cpu
 
-as_root() { if [ "$(id -u)" = 0 ]; then "$@"; else sudo "$@"; fi; }
 
 case "$torch_mode" in auto|cpu|pypi) ;; *) echo "error: WSVK_TORCH must be auto, cpu or pypi (got '$torch_mode')" >&2; exit 2 ;; esac
 if ! "$py" -c 'import sys; assert sys.version_info >= (3, 11)' 2>/dev/null; then
@@ -25,7 +24,7 @@ if [ ! -x "$venv/bin/python" ]; then
   echo "wsvk: creating the virtual environment $venv"
   if ! "$py" -m venv "$venv" 2>/dev/null; then
     rm -rf "$venv"  # Debian/Ubuntu ship venv separately
-    as_root apt-get update -qq && as_root apt-get install -y -qq "python3-venv" >/dev/null
+    "$root/scripts/apt_install.sh" python3-venv
     "$py" -m venv "$venv"
   fi
 fi
