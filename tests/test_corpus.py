@@ -195,8 +195,9 @@ def test_a_full_disk_stops_the_job_and_loses_no_finished_row(models, tmp_path, m
     err = capsys.readouterr().err
     assert "error: cannot write" in err and "No space left on device" in err
     kept = manifest(tmp_path / "out")
-    assert [e["id"] for e in kept] == ["r0", "r1"] or len(kept) == 2  # the finished batch is recorded
+    assert len(kept) == 3  # every row written before the failure is recorded, the half-done batch's too
     assert all((tmp_path / "out" / e["file"]).is_file() for e in kept)
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.flac")) == sorted(e["file"] for e in kept)
     monkeypatch.setattr(job, "write_file", real)
     assert cli.main(argv) == 0 and len(manifest(tmp_path / "out")) == 6
 
@@ -209,3 +210,108 @@ def test_an_unwritable_output_is_a_clear_error(models, tmp_path):
     assert r.returncode == 2 and "exists and is not a folder" in r.stderr and "Traceback" not in r.stderr
     r = batch(inp, "--out", tmp_path / "file" / "sub", *model_args(paths))
     assert r.returncode == 2 and "cannot write to" in r.stderr
+
+
+def test_awkward_input_files_are_read_as_written(tmp_path):
+    """An Excel CSV (byte-order mark, CRLF), a quoted text with line breaks, an unquoted comma,
+    Unicode line separators inside texts, ids that are not file names anywhere."""
+    from wsvk.corpus.rows import check_rows, read_rows
+
+    csv_file = tmp_path / "rows.csv"
+    csv_file.write_bytes("\ufeffid,text,seed\r\na,\"Hello, there\",1\r\n\r\nb,Hello, world,2\r\n"
+                         "c,\"two\nlines\u2028and a separator\",3\r\nd,Last\u2028one\r\n".encode())
+    rows, problems = check_rows(read_rows(csv_file), tmp_path, lambda code: code)
+    assert [(r.line, r.id, r.text, r.seed) for r in rows] == [
+        (2, "a", "Hello, there", 1), (5, "c", "two\nlines\u2028and a separator", 3), (7, "d", "Last\u2028one", 0)]
+    assert problems == ["line 4: 4 values for 3 columns (quote a text that holds a comma)"]
+
+    jsonl = tmp_path / "rows.jsonl"
+    lines = [{"id": "x", "text": "one\u2028two\x85three\x0cfour"}, {"id": "abc\n", "text": "t"},
+             {"id": "CON", "text": "t"}, {"id": "nul.txt", "text": "t"}, {"id": "com1", "text": "t"},
+             {"id": "console", "text": "fine"}]
+    jsonl.write_text("\ufeff" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in lines), encoding="utf-8")
+    rows, problems = check_rows(read_rows(jsonl), tmp_path, lambda code: code)
+    assert [(r.line, r.id, r.text) for r in rows] == [(1, "x", lines[0]["text"]), (6, "console", "fine")]
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5"]
+    assert all("not a safe file name" in p for p in problems)
+
+
+def test_a_row_whose_inputs_changed_is_made_again(models, tmp_path, monkeypatch, capsys):
+    from wsvk.corpus import cli
+
+    paths, _ = models
+    monkeypatch.setenv("WSVK_BACKEND", "cpu")
+    rows = [{"id": "a", "text": "First text.", "seed": 1}, {"id": "b", "text": "Second text.", "seed": 2}]
+    inp = write_jsonl(tmp_path / "rows.jsonl", rows)
+    argv = [str(inp), "--out", str(tmp_path / "out"), *model_args(paths)]
+    assert cli.main(argv) == 0
+    before = {e["id"]: e for e in manifest(tmp_path / "out")}
+    assert all(len(e["inputs"]) == 16 for e in before.values())
+    capsys.readouterr()
+    assert cli.main(argv) == 0 and "2 already done, 0 to synthesize" in capsys.readouterr().err
+    rows[1]["seed"] = 5  # b's audio would differ: b is made again, a is not
+    write_jsonl(inp, rows)
+    assert cli.main(argv) == 0 and "1 already done, 1 to synthesize" in capsys.readouterr().err
+    after = {e["id"]: e for e in manifest(tmp_path / "out")}
+    assert after["a"] == before["a"] and after["b"]["inputs"] != before["b"]["inputs"]
+    assert cli.main(argv + ["--random-weights", "tiny"]) == 0  # other models: everything again
+    assert "0 already done, 2 to synthesize" in capsys.readouterr().err
+
+
+def test_one_output_folder_one_run_and_no_valid_rows(models, tmp_path, capsys):
+    import fcntl
+
+    from wsvk.corpus import cli
+
+    paths, _ = models
+    inp = write_jsonl(tmp_path / "rows.jsonl", [{"id": "a", "text": "Hi."}])
+    (tmp_path / "out").mkdir()
+    held = os.open(tmp_path / "out", os.O_RDONLY)  # as a run in progress holds it
+    try:
+        fcntl.flock(held, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        (tmp_path / "out" / ".wsvk-row.flac.part").write_bytes(b"the other run's")
+        assert cli.main([str(inp), "--out", str(tmp_path / "out"), *model_args(paths)]) == 2
+        assert "another run is writing to" in capsys.readouterr().err
+        assert (tmp_path / "out" / ".wsvk-row.flac.part").exists()  # its temporary file left alone
+    finally:
+        os.close(held)
+    assert cli.main([str(inp), "--out", str(tmp_path / "out"), *model_args(paths)]) == 0  # free again
+    bad = write_jsonl(tmp_path / "bad.jsonl", [{"id": "../x", "text": "Hi."}])
+    assert cli.main([str(bad), "--out", str(tmp_path / "out2"), *model_args(paths)]) == 2
+    assert "no valid rows in" in capsys.readouterr().err
+    (tmp_path / "empty.csv").write_text("id,text\n")
+    assert cli.main([str(tmp_path / "empty.csv"), "--out", str(tmp_path / "out2"), *model_args(paths)]) == 2
+    assert "(it is empty)" in capsys.readouterr().err
+
+
+def test_rows_without_audio_fail_and_other_errors_are_one_line(models, tmp_path, monkeypatch, capsys):
+    import numpy as np
+
+    from wsvk.corpus import cli
+    from wsvk.tts.pipeline import Pipeline
+
+    paths, _ = models
+    monkeypatch.setenv("WSVK_BACKEND", "cpu")
+    inp = write_jsonl(tmp_path / "rows.jsonl", [{"id": "quiet", "text": "Hi."}, {"id": "nan", "text": "Ho."},
+                                                {"id": "fine", "text": "Hey."}])
+    real = Pipeline.generate_batch
+
+    def some_broken(self, texts, **kw):
+        audios = real(self, texts, **kw)
+        return [np.zeros(0, np.float32) if t == "Hi." else np.full(100, np.nan, np.float32) if t == "Ho." else a
+                for t, a in zip(texts, audios)]
+
+    monkeypatch.setattr(Pipeline, "generate_batch", some_broken)
+    argv = [str(inp), "--out", str(tmp_path / "out"), "--format", "wav", *model_args(paths)]
+    assert cli.main(argv) == 1
+    entries = {e["id"]: e for e in manifest(tmp_path / "out")}
+    assert entries["quiet"]["status"] == "failed" and "no audio" in entries["quiet"]["error"]
+    assert entries["nan"]["status"] == "failed" and "non-finite" in entries["nan"]["error"]
+    assert entries["fine"]["status"] == "done"
+    assert sorted(p.name for p in (tmp_path / "out").glob("*.wav")) == ["fine.wav"]
+
+    capsys.readouterr()
+    monkeypatch.setattr(cli, "run", lambda args: (_ for _ in ()).throw(KeyError("surprise")))
+    assert cli.main(argv) == 1
+    err = capsys.readouterr().err
+    assert err.strip() == "error: KeyError: 'surprise'" and "Traceback" not in err

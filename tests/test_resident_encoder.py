@@ -98,8 +98,10 @@ def test_errors(rt):
         ResidentEncoder(model.decoder.layers, model.n_head, model.encoder.ln_post, causal=False)
 
 
-def test_capture_from_two_wrappers_in_threads_leaves_the_model_whole(rt):
-    """The encoder-input capture edits the model for a moment: wrappers share one lock."""
+def test_capture_in_threads_leaves_the_model_whole_for_a_cpu_thread(rt):
+    """The encoder-input capture runs on a view of the model: two wrappers capturing in threads
+    while a third thread runs the model's own encoder (as the CPU path does) all get their own
+    results, every time, and the model is left as it was."""
     import sys
     import threading
 
@@ -107,17 +109,23 @@ def test_capture_from_two_wrappers_in_threads_leaves_the_model_whole(rt):
     wrappers = [ResidentT2S(model), ResidentT2S(model)]
     tt, langs, cpss = t2s_inputs(model)
     n_layers = len(model.encoder.layers)
-    x0s = []
+    with torch.no_grad():
+        whole = model.run_encoder(tt, langs, cpss)[0]
+    x0s, outs = [], []
 
-    def work(res):
+    def capture(res):
         for _ in range(100):
-            x0, _ = res.encoder_input(model.encoder, "layers", model.encoder.ln_post,
-                                       lambda: model.run_encoder(tt, langs, cpss))
+            x0, _ = res.encoder_input(lambda view: view.run_encoder(tt, langs, cpss), "encoder", "layers")
             x0s.append(x0)
 
-    threads = [threading.Thread(target=work, args=(w,)) for w in wrappers]
+    def cpu():
+        with torch.no_grad():
+            for _ in range(100):
+                outs.append(model.run_encoder(tt, langs, cpss)[0])
+
+    threads = [threading.Thread(target=capture, args=(w,)) for w in wrappers] + [threading.Thread(target=cpu)]
     interval = sys.getswitchinterval()
-    sys.setswitchinterval(1e-6)  # switch threads often: without a shared lock the edits interleave
+    sys.setswitchinterval(1e-6)  # switch threads often: an edit of the shared model would show
     try:
         for t in threads:
             t.start()
@@ -127,3 +135,4 @@ def test_capture_from_two_wrappers_in_threads_leaves_the_model_whole(rt):
         sys.setswitchinterval(interval)
     assert len(model.encoder.layers) == n_layers and not model.encoder.ln_post._forward_hooks
     assert len(x0s) == 200 and all(torch.equal(x, x0s[0]) for x in x0s)
+    assert len(outs) == 100 and all(torch.equal(o, whole) for o in outs) and whole.abs().sum() > 0

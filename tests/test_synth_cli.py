@@ -212,3 +212,18 @@ def test_dash_streams_a_wav_to_stdout(tiny, tmp_path, backend):
     want = (sf.read(tmp_path / "x.wav", dtype="int16")[0]).astype(np.int32)
     assert samples.size == want.size and np.abs(samples.astype(np.int32) - want).max() <= 1
     assert "first audio after" in res.stderr.decode()
+
+
+def test_dash_stops_quietly_when_the_reader_leaves(tiny):
+    """-o - into a reader that stops early (a player closed, `| head`): synthesis stops, exit 0,
+    one line saying so, no traceback."""
+    env = dict(os.environ, WSVK_BACKEND="cpu", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
+               XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    text = "One sentence here. " * 12  # several chunks: several writes
+    proc = subprocess.Popen([sys.executable, str(SYNTH), text, "-o", "-", *map(str, model_args(tiny))],
+                            stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)
+    assert proc.stdout.read(100)[:4] == b"RIFF"
+    proc.stdout.close()
+    err = proc.stderr.read().decode()
+    assert proc.wait(timeout=300) == 0, err
+    assert "stdout was closed by its reader" in err and "Traceback" not in err and "Exception" not in err

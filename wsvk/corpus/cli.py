@@ -1,7 +1,7 @@
 """`python -m wsvk batch INPUT --out DIR`: a corpus of texts to audio files, resumable.
 
 Exit codes: 0 every valid row done, 1 some failed (or the job stopped: full disk), 2 bad arguments
-or input (with --strict, any bad row).
+or input (no valid row; with --strict, any bad row; the folder in use by another run).
 """
 
 from __future__ import annotations
@@ -11,7 +11,7 @@ import sys
 from pathlib import Path
 
 from ..errors import InputError, WsvkError
-from ..tts.cli import add_model_args
+from ..tts.cli import add_model_args, report
 
 FORMATS = ("flac", "wav", "opus")
 
@@ -38,15 +38,11 @@ def main(argv=None) -> int:
     args = build_parser().parse_args(argv)
     try:
         return run(args)
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    except WsvkError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 1
     except KeyboardInterrupt:
         print("error: interrupted (run the same command again to resume)", file=sys.stderr)
         return 130
+    except Exception as e:  # one line, as synth.py: 2 for bad input, 1 otherwise
+        return report(e, verbose=False)
 
 
 def run(args) -> int:
@@ -58,13 +54,19 @@ def run(args) -> int:
     if args.batch_rows is not None and args.batch_rows < 1:
         raise InputError("--batch-rows must be at least 1")
     records = read_rows(args.input)
-    rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language)
+    model_args = {k: getattr(args, k) for k in ("t2s", "s2a", "vocoder", "speaker_model", "seed", "random_weights",
+                                                 "no_resident")}
+    made_from = {k: v for k, v in model_args.items() if k != "no_resident"}  # what changes the audio
+    rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language, made_from)
     for p in problems:
         print(f"bad row: {p}", file=sys.stderr)
     if problems and args.strict:
         raise InputError(f"{len(problems)} bad row(s) and --strict: nothing synthesized")
-    folder = Path(args.out)
-    prepare_folder(folder)
+    if not rows:
+        raise InputError(f"no valid rows in {args.input}" + (f" ({len(problems)} bad)" if problems else
+                                                             " (it is empty)"))
+    folder = Path(args.out).resolve()  # Ray's actors on other nodes see the same absolute path
+    lock = prepare_folder(folder)  # held until the job ends
     manifest = Manifest(folder)
     pending = [r for r in rows if not manifest.done(r, args.format, folder)]
     skipped = len(rows) - len(pending)
@@ -74,7 +76,7 @@ def run(args) -> int:
     progress = Progress(len(pending))
     order = [r.id for r in rows]
 
-    def record(entries):
+    def record(entries):  # as rows finish: a stopped job keeps every row written so far
         for e in entries:
             manifest.append(e)
             if e["status"] != "done":
@@ -85,8 +87,6 @@ def run(args) -> int:
         if pending and args.ray is not None:
             from .scaleout import run_on_ray
 
-            model_args = {k: getattr(args, k) for k in ("t2s", "s2a", "vocoder", "speaker_model", "seed",
-                                                         "random_weights", "no_resident")}
             try:
                 run_on_ray(args.ray or None, args.gpus_per_node, pending, model_args, folder, args.format,
                            args.batch_rows or 8, record)
@@ -104,10 +104,13 @@ def run(args) -> int:
             backend = backend if backend == "cpu" else f"{backend} ({adapter})"
             size = args.batch_rows or 2 * _slots(pipe)
             for i in range(0, len(pending), size):
-                record(synthesize(pipe, pending[i:i + size], folder, args.format, backend))
+                synthesize(pipe, pending[i:i + size], folder, args.format, backend, record)
     finally:
         progress.close()
-        manifest.compact(order)
+        try:
+            manifest.compact(order)
+        finally:
+            lock.close()
     failed = [r.id for r in rows if manifest.entries.get(r.id, {}).get("status") != "done"]
     print(f"done: {len(rows) - len(failed)} of {len(rows)} valid rows" + (f"; failed: {', '.join(failed)}"
                                                                           if failed else ""), file=sys.stderr)

@@ -1,7 +1,8 @@
 """A corpus job: rows to DIR/<id>.<format> files and DIR/manifest.jsonl, resumable.
 
 Each row's audio is written to a temporary file and renamed, then its manifest entry is appended
-(flushed and synced): a file never exists half-written, and a row is done when both exist. A run
+(flushed and synced): a file never exists half-written, and a row is done when both exist and
+the entry's `inputs` (rows.fingerprint) match the row's. A run
 first reads the manifest (the last entry of an id wins, a line cut short by a crash is ignored),
 drops temporary files a killed run left, and skips the rows that are done; at the end it rewrites
 the manifest with exactly one entry per row, in input order. So a rerun after `kill -9` at any
@@ -36,7 +37,7 @@ class Manifest:
         self.path = folder / MANIFEST
         self.entries: dict[str, dict] = {}
         if self.path.exists():
-            for line in self.path.read_text(encoding="utf-8", errors="replace").splitlines():
+            for line in self.path.read_text(encoding="utf-8", errors="replace").split("\n"):
                 try:
                     entry = json.loads(line)
                 except ValueError:
@@ -45,9 +46,11 @@ class Manifest:
                     self.entries[str(entry["id"])] = entry
 
     def done(self, row: Row, fmt: str, folder: Path) -> bool:
+        """Done: recorded as done, its file present, made from the row's inputs as they are now
+        (entries written before wsvk recorded inputs count as made from them)."""
         e = self.entries.get(row.id)
         return bool(e and e.get("status") == "done" and (folder / e.get("file", "")).is_file()
-                    and e.get("file") == f"{row.id}.{fmt}")
+                    and e.get("file") == f"{row.id}.{fmt}" and e.get("inputs", row.key) == row.key)
 
     def append(self, entry: dict) -> None:
         self.entries[entry["id"]] = entry
@@ -82,9 +85,10 @@ class Manifest:
             raise JobError(f"cannot write {self.path}: {e.strerror or e}") from None
 
 
-def prepare_folder(folder: Path) -> None:
-    """The output folder, made if missing and checked writable (InputError otherwise); temporary
-    files of a killed run removed."""
+def prepare_folder(folder: Path):
+    """The output folder, made if missing and checked writable (InputError otherwise), locked for
+    this run (another run on it is refused: it would delete this one's temporary files), with the
+    temporary files of a killed run removed. Returns the lock: hold it while the job runs."""
     if folder.exists() and not folder.is_dir():
         raise InputError(f"output {folder} exists and is not a folder")
     try:
@@ -94,14 +98,42 @@ def prepare_folder(folder: Path) -> None:
         os.unlink(probe)
     except OSError as e:
         raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
+    lock = FolderLock(folder)
     for stale in list(folder.glob(".wsvk-*.part")) + list(folder.glob(".manifest-*.part")):
         stale.unlink(missing_ok=True)
+    return lock
 
 
-def synthesize(pipe, rows: list[Row], folder: Path, fmt: str, backend: str) -> list[dict]:
-    """Audio files for `rows` (decoded together: generate_batch) and their manifest entries. A batch
-    that fails is retried row by row, so one bad row fails alone. A write failure (full disk)
-    raises JobError: the job stops."""
+class FolderLock:
+    """An exclusive lock on the output folder itself (flock on the directory: no lock file to
+    leave behind), released by close() or when the process ends, however it ends."""
+
+    def __init__(self, folder: Path):
+        self.fd = None
+        try:
+            import fcntl
+        except ImportError:  # Windows: no advisory lock, nothing to check
+            return
+        self.fd = os.open(folder, os.O_RDONLY)
+        try:
+            fcntl.flock(self.fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            self.close()
+            raise InputError(f"another run is writing to {folder}; wait for it to end or use another --out") from None
+
+    def close(self) -> None:
+        if self.fd is not None:
+            os.close(self.fd)
+            self.fd = None
+
+    __del__ = close
+
+
+def synthesize(pipe, rows: list[Row], folder: Path, fmt: str, backend: str, record) -> None:
+    """Audio files for `rows` (decoded together: generate_batch); record([entry]) is called for
+    each row as soon as its file is in place (or it failed). A batch that fails is retried row by
+    row, so one bad row fails alone. A write failure (full disk) raises JobError, after the rows
+    written before it are recorded: the job stops."""
     t0 = time.perf_counter()
     try:
         audios = pipe.generate_batch([r.text for r in rows], speaker=[r.voice for r in rows],
@@ -109,25 +141,32 @@ def synthesize(pipe, rows: list[Row], folder: Path, fmt: str, backend: str) -> l
                                      seed=[r.seed for r in rows])
     except Exception as e:  # noqa: BLE001 - isolate the bad row
         if len(rows) == 1:
-            return [_entry(rows[0], fmt, backend, error=f"{type(e).__name__}: {e}")]
-        return [e for r in rows for e in synthesize(pipe, [r], folder, fmt, backend)]
+            record([_entry(rows[0], fmt, backend, error=f"{type(e).__name__}: {e}")])
+            return
+        for r in rows:
+            synthesize(pipe, [r], folder, fmt, backend, record)
+        return
     seconds = time.perf_counter() - t0
     total = sum(a.size for a in audios) or 1
-    entries = []
     for row, audio in zip(rows, audios):
+        if audio.size == 0:
+            record([_entry(row, fmt, backend, error="no audio: the models ended every chunk at once")])
+            continue
         try:
             write_file(folder / f"{row.id}.{fmt}", audio, SAMPLE_RATE, fmt)
         except OSError as e:
             raise JobError(f"cannot write {folder / f'{row.id}.{fmt}'}: {e.strerror or e}") from None
+        except ValueError as e:  # audio that cannot be written (non-finite samples)
+            record([_entry(row, fmt, backend, error=str(e))])
+            continue
         # the batch's time, shared by the rows in proportion to their audio
-        entries.append(_entry(row, fmt, backend, audio.size / SAMPLE_RATE, seconds * audio.size / total))
-    return entries
+        record([_entry(row, fmt, backend, audio.size / SAMPLE_RATE, seconds * audio.size / total)])
 
 
 def _entry(row: Row, fmt: str, backend: str, audio_s: float = 0.0, synth_s: float = 0.0, error=None) -> dict:
     entry = {"id": row.id, "status": "failed" if error else "done", "file": None if error else f"{row.id}.{fmt}",
              "audio_seconds": round(audio_s, 4), "sample_rate": SAMPLE_RATE, "synthesis_seconds": round(synth_s, 4),
-             "backend": backend}
+             "backend": backend, "inputs": row.key}
     if error:
         entry["error"] = error
     return entry

@@ -8,6 +8,8 @@ with its line number, and the valid rows still run (unless the job is --strict).
 from __future__ import annotations
 
 import csv
+import hashlib
+import io
 import json
 import math
 import re
@@ -16,7 +18,10 @@ from pathlib import Path
 
 from ..errors import InputError
 
-SAFE_ID = re.compile(r"^[A-Za-z0-9][A-Za-z0-9._-]{0,199}$")  # a file name on every system, no path
+SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # fullmatch: a file name on every system, no path
+# names Windows reserves for devices, with any extension ("con.flac" cannot be created there)
+RESERVED = {"con", "prn", "aux", "nul"} | {f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10)}
+LINE_BREAKS = re.compile(r"\r\n|\r|\n")  # only these end a JSONL line (not U+2028, U+0085, form feed)
 FIELDS = ("id", "text", "voice", "lang", "cps", "seed")
 
 
@@ -29,6 +34,22 @@ class Row:
     lang: str = "en"
     cps: float = 15.0
     seed: int = 0
+    key: str = ""  # what the audio is made from (fingerprint()): a row whose inputs changed is made again
+
+
+def fingerprint(row: Row, models: dict, voices: dict) -> str:
+    """A hash of everything the row's audio is made from: its text, voice (the file's bytes), lang,
+    cps, seed, and the model options. voices: the voice files' hashes so far, by path."""
+    voice = None
+    if row.voice is not None:
+        if row.voice not in voices:
+            try:
+                voices[row.voice] = hashlib.sha256(Path(row.voice).read_bytes()).hexdigest()
+            except OSError as e:
+                raise InputError(f"row {row.id}: cannot read the voice file {row.voice}: {e.strerror or e}") from None
+        voice = voices[row.voice]
+    what = [row.text, voice, row.lang, row.cps, row.seed, sorted(models.items())]
+    return hashlib.sha256(json.dumps(what, ensure_ascii=False).encode()).hexdigest()[:16]
 
 
 def read_rows(path: str | Path) -> list[tuple[int, dict]]:
@@ -37,16 +58,13 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     if not path.is_file():
         raise InputError(f"input file not found: {path}")
     try:
-        text = path.read_text(encoding="utf-8")
+        text = path.read_text(encoding="utf-8-sig")  # a byte-order mark (Excel's CSV) is not data
     except (OSError, UnicodeDecodeError) as e:
         raise InputError(f"cannot read {path}: {e}") from None
     if path.suffix.lower() == ".csv":
-        reader = csv.DictReader(text.splitlines(keepends=True))
-        if not reader.fieldnames or "id" not in reader.fieldnames or "text" not in reader.fieldnames:
-            raise InputError(f"{path}: a CSV needs a header with at least id and text")
-        return [(reader.line_num, dict(r)) for r in reader]
+        return _csv_records(path, text)
     out = []
-    for n, line in enumerate(text.splitlines(), start=1):
+    for n, line in enumerate(LINE_BREAKS.split(text), start=1):
         if not line.strip():
             continue
         try:
@@ -58,15 +76,39 @@ def read_rows(path: str | Path) -> list[tuple[int, dict]]:
     return out
 
 
-def check_rows(records, base: Path, check_lang) -> tuple[list[Row], list[str]]:
-    """The valid rows and one message per bad one ('line N: ...'), in input order. check_lang(code)
-    returns the language code or raises InputError."""
-    rows, problems, seen = [], [], set()
+def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
+    """(first line, fields) per CSV record: quoted fields may hold line breaks; a record with more
+    values than the header is a bad row (an unquoted comma in a text), one with fewer leaves the
+    rest empty."""
+    reader = csv.reader(io.StringIO(text, newline=""))
+    header = next(reader, None)
+    if not header or "id" not in header or "text" not in header:
+        raise InputError(f"{path}: a CSV needs a header with at least id and text")
+    out, end = [], reader.line_num
+    for values in reader:
+        first, end = end + 1, reader.line_num
+        if not values or not any(v.strip() for v in values):
+            continue  # an empty line
+        if len(values) > len(header):
+            out.append((first, {"__error__": f"{len(values)} values for {len(header)} columns "
+                                             "(quote a text that holds a comma)"}))
+            continue
+        out.append((first, dict(zip(header, values + [None] * (len(header) - len(values))))))
+    return out
+
+
+def check_rows(records, base: Path, check_lang, models: dict | None = None) -> tuple[list[Row], list[str]]:
+    """The valid rows, each with its fingerprint over `models` (the model options), and one message
+    per bad one ('line N: ...'), in input order. check_lang(code) returns the language code or
+    raises InputError."""
+    rows, problems, seen, voices = [], [], set(), {}
     for line, raw in records:
         try:
             if "__error__" in raw:
                 raise InputError(raw["__error__"])
-            rows.append(_check(line, raw, base, check_lang, seen))
+            row = _check(line, raw, base, check_lang, seen)
+            row.key = fingerprint(row, models or {}, voices)
+            rows.append(row)
         except InputError as e:
             problems.append(f"line {line}: {e}")
     return rows, problems
@@ -78,9 +120,9 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set) -> Row:
         raise InputError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(FIELDS)}")
     rid = raw.get("id")
     rid = str(rid) if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
-    if not rid or not SAFE_ID.match(rid) or rid in (".", ".."):
+    if not rid or not SAFE_ID.fullmatch(rid) or rid.split(".")[0].lower() in RESERVED:
         raise InputError(f"id {raw.get('id')!r} is not a safe file name (letters, digits, '.', '_', '-'; "
-                         "at most 200, not starting with '.')")
+                         "at most 200, not starting with '.'; not a Windows device name such as CON or NUL)")
     if rid.lower() in seen:  # case-insensitive file systems would give both one file
         raise InputError(f"id {rid!r} appears twice (ids that differ only in case count as one)")
     text = raw.get("text")

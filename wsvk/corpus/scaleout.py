@@ -11,12 +11,12 @@ from dataclasses import asdict
 from pathlib import Path
 
 from ..errors import InputError
-from .job import synthesize
+from .job import JobError, synthesize
 from .rows import Row
 
 RESOURCE = "wsvk_gpu"
-ENV = ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION", "WSVK_SLOTS", "XDG_RUNTIME_DIR",
-       "HF_HUB_OFFLINE", "HF_HOME")  # passed on to the actors
+ENV_PREFIXES = ("WSVK_", "HF_", "XDG_RUNTIME_DIR")  # the driver's settings that travel to the actors
+STOP = "__stop__"  # an actor's entry that stops the job (its write failed: a full disk)
 
 
 class Synthesizer:
@@ -36,7 +36,11 @@ class Synthesizer:
                 for rec in batch.to_dict("records")]
         for r in rows:
             r.line, r.seed, r.cps = int(r.line), int(r.seed), float(r.cps)
-        entries = synthesize(self.pipe, rows, self.folder, self.fmt, self.backend)
+        entries = []
+        try:
+            synthesize(self.pipe, rows, self.folder, self.fmt, self.backend, entries.extend)
+        except JobError as e:  # the driver records the rows written before it, then stops
+            entries.append({STOP: str(e)})
         import pandas as pd
 
         return pd.DataFrame({"entry": [json.dumps(e) for e in entries]})
@@ -50,7 +54,7 @@ def run_on_ray(address: str | None, gpus_per_node: int, rows: list[Row], model_a
 
     import ray
 
-    env = {k: os.environ[k] for k in ENV if k in os.environ}
+    env = {k: v for k, v in os.environ.items() if k.startswith(ENV_PREFIXES)}
     if not ray.is_initialized():
         opts = dict(runtime_env={"env_vars": env}, include_dashboard=False, log_to_driver=False,
                     logging_level=logging.WARNING)
@@ -70,4 +74,8 @@ def run_on_ray(address: str | None, gpus_per_node: int, rows: list[Row], model_a
                          batch_size=batch_rows, batch_format="pandas",
                          compute=ray.data.ActorPoolStrategy(size=actors), resources={RESOURCE: 1}, num_cpus=0)
     for batch in out.iter_batches(batch_size=None, batch_format="pandas"):
-        on_entries([json.loads(s) for s in batch["entry"]])
+        entries = [json.loads(s) for s in batch["entry"]]
+        on_entries([e for e in entries if STOP not in e])
+        for e in entries:
+            if STOP in e:
+                raise JobError(e[STOP])

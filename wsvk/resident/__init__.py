@@ -18,7 +18,6 @@ from .encoder import ResidentEncoder
 from .s2a import ResidentS2A
 from .t2s import ResidentT2S
 from .vocos import ResidentVocos
-from .whisper import model_lock
 
 __all__ = ["DecodeLoop", "SharedLoop", "HeadStage", "ResidentDecoder", "ResidentEncoder", "ResidentS2A", "ResidentT2S",
-           "ResidentVocos", "model_lock"]
+           "ResidentVocos"]

@@ -131,10 +131,10 @@ class ResidentS2A(Resident):
         [1, stoks_len] padded as generate pads them, speakers [1, D]."""
         m = self.model
         if hasattr(m, "cond_embeddings"):  # s2a_delar_mup_wds_mlang_cond
-            run = lambda: m.run_encoder(stoks, [dict(speaker=s, snr=60, c50=60) for s in speakers])  # noqa: E731
+            run = lambda v: v.run_encoder(stoks, [dict(speaker=s, snr=60, c50=60) for s in speakers])  # noqa: E731
         else:
-            run = lambda: m.run_encoder(stoks, speakers)  # noqa: E731
-        x0, (extra, _, _) = self.encoder_input(m, "encoder", m.ln_post, run)
+            run = lambda v: v.run_encoder(stoks, speakers)  # noqa: E731
+        x0, (extra, _, _) = self.encoder_input(run, "", "encoder")
         dec = self.resident_decoder
         with dec.rt.recorder("wsvk.resident.chunk"):
             dec.set_cross(self.resident_encoder.run(x0, extra[0, 0], out_dtype=dec.dtype), slot=slot)

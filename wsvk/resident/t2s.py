@@ -124,9 +124,8 @@ class ResidentT2S(Resident):
     def start_chunk(self, ttoks, langs, cpss, slot: int = 0) -> None:
         """One submit per chunk: the encoder (resident) and the cross-attention K/V of every
         decoder layer into `slot`; the inputs as TSARTransformer.generate builds them."""
-        m = self.model
-        x0, (_, _, cps_emb) = self.encoder_input(m.encoder, "layers", m.encoder.ln_post,
-                                                 lambda: m.run_encoder(ttoks, langs, cpss))
+        x0, (_, _, cps_emb) = self.encoder_input(lambda view: view.run_encoder(ttoks, langs, cpss), "encoder",
+                                                 "layers")
         dec = self.resident_decoder
         with dec.rt.recorder("wsvk.resident.chunk"):
             xenc = self.resident_encoder.run(x0, out_dtype=dec.dtype)

@@ -18,8 +18,7 @@ CPU (wsvk.resident.sampling), each sequence with its own generator (or torch's g
 
 from __future__ import annotations
 
-import threading
-from contextlib import contextmanager
+import copy
 
 import torch
 
@@ -36,37 +35,24 @@ def rope_tables(layer):
     return cos[0, :, 0, :], sin[0, :, 0, :]
 
 
-# The capture below edits the wrapped model for one run_encoder call: one lock for every wrapper
-# (two wrappers of one model must not interleave their edits), which code running the same torch
-# models on the CPU takes too (model_lock), so it never sees a model mid-edit.
-_CAPTURE_LOCK = threading.RLock()
+class _Capture(torch.nn.Module):
+    """Stands in for a final layer norm: records its input (the embedded input x0), returns zeros."""
+
+    def __init__(self):
+        super().__init__()
+        self.seen = []
+
+    def forward(self, x):
+        self.seen.append(x)
+        return torch.zeros_like(x)
 
 
-def model_lock():
-    """Held while running a wrapped whisperspeech model on the CPU: the resident modules' encoder
-    capture edits those models for a moment."""
-    return _CAPTURE_LOCK
-
-
-@contextmanager
-def _layers_bypassed(owner, attr: str, ln_post, captured: list):
-    """Run the model's own run_encoder without its encoder layers: `owner.attr` (the layer list)
-    is emptied and ln_post records its input (the embedded input x0) and returns zeros, so
-    run_encoder returns just the per-chunk terms it adds after ln_post. The embeddings, language
-    / cps / speaker / condition terms thus come from whisperspeech's code, whatever the variant."""
-    layers = getattr(owner, attr)
-
-    def hook(module, args, out):
-        captured.append(args[0])
-        return torch.zeros_like(out)
-
-    handle = ln_post.register_forward_hook(hook)
-    setattr(owner, attr, type(layers)())
-    try:
-        yield
-    finally:
-        setattr(owner, attr, layers)
-        handle.remove()
+def _view(module, **children):
+    """A shallow copy of `module` whose child modules named in `children` are replaced: the
+    original is not touched (other threads may be running it), the rest is shared."""
+    view = copy.copy(module)
+    view.__dict__["_modules"] = {**module._modules, **children}
+    return view
 
 
 class Resident:
@@ -78,19 +64,29 @@ class Resident:
             raise ValueError("the model must be in eval mode (wsvk.tts.models.for_cpu(model))")
         self.model = model
 
-    def encoder_input(self, owner, attr: str, ln_post, run_encoder):
+    def encoder_input(self, run_encoder, holder: str, layers: str):
         """(x0 [L, W], run_encoder's outputs with zeros in place of the encoder's own output).
-        The embeddings are small CPU work: kept off the op router, so a chunk stays one submit."""
+        run_encoder(model) is whisperspeech's own run_encoder, called on a view of the model in
+        which the module `holder` ("" for the model itself) has no `layers` and its `ln_post`
+        records its input and returns zeros: so run_encoder returns just the per-chunk terms it
+        adds after ln_post, and the embeddings, language / cps / speaker / condition terms come
+        from whisperspeech's code, whatever the variant. The view shares every weight and leaves
+        the model untouched: a CPU thread may be running it meanwhile. The embeddings are small
+        CPU work: kept off the op router, so a chunk stays one submit."""
         from ..router import offload
 
-        captured = []
-        with _CAPTURE_LOCK, _layers_bypassed(owner, attr, ln_post, captured), offload(enabled=False):
-            outs = run_encoder()
-        if len(captured) != 1:
-            raise RuntimeError(f"{type(self.model).__name__}.run_encoder called its final layer norm "
-                               f"{len(captured)} times (expected once): a whisperspeech variant the "
+        m, capture = self.model, _Capture()
+        owner = getattr(m, holder) if holder else m
+        view = _view(owner, **{layers: type(getattr(owner, layers))(), "ln_post": capture})
+        if holder:
+            view = _view(m, **{holder: view})
+        with offload(enabled=False):
+            outs = run_encoder(view)
+        if len(capture.seen) != 1:
+            raise RuntimeError(f"{type(m).__name__}.run_encoder called its final layer norm "
+                               f"{len(capture.seen)} times (expected once): a whisperspeech variant the "
                                "resident encoder does not know; use resident=False")
-        return captured[0][0], outs
+        return capture.seen[0][0], outs
 
     def __getattr__(self, name):  # stoks_len, tunables, ... of the wrapped model
         if name == "model":

@@ -157,8 +157,11 @@ def file_mode() -> int:
 
 def write_file(path, audio, rate: int, fmt: str | None = None) -> None:
     """Write `audio` to `path` in `fmt` (default: by the extension) through a temporary file in
-    the same folder, renamed at the end with the usual permissions."""
+    the same folder, renamed at the end with the usual permissions. ValueError for non-finite audio."""
     fmt = check_format(fmt) if fmt is not None else format_for_path(path)
+    bad = np.size(audio) - np.count_nonzero(np.isfinite(audio))
+    if bad:  # an encoder would fail on them (flac) or write noise (wav): say what broke instead
+        raise ValueError(f"the audio has {bad} non-finite samples (NaN or inf): the models' output is broken")
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".wsvk-", suffix=".part")
     try:

@@ -270,14 +270,21 @@ def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
     enc, out = StreamEncoder("wav", SAMPLE_RATE), sys.stdout.buffer
     t0 = time.perf_counter()
     first, samples = None, 0
-    for block in pipe.stream(text, speaker=speaker, lang=lang, cps=args.cps, seed=args.seed):
-        out.write(enc.push(block))
+    blocks = pipe.stream(text, speaker=speaker, lang=lang, cps=args.cps, seed=args.seed)
+    try:
+        for block in blocks:
+            out.write(enc.push(block))
+            out.flush()
+            if first is None:
+                first = time.perf_counter() - t0
+            samples += block.size
+        out.write(enc.close())
         out.flush()
-        if first is None:
-            first = time.perf_counter() - t0
-        samples += block.size
-    out.write(enc.close())
-    out.flush()
+    except BrokenPipeError:  # the reader left (a player stopped, `| head`): stop synthesizing, quietly
+        blocks.close()
+        os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
+        note(f"stdout was closed by its reader after {samples / SAMPLE_RATE:.2f} s of audio: stopped")
+        return 0
     total = time.perf_counter() - t0
     if samples == 0:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")

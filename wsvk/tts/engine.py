@@ -367,10 +367,8 @@ class Engine:
 
         from ..router import offload
 
-        from ..resident import model_lock
-
         pipe, stages = self.pipe, self.pipe.stages
-        with pipe.lock, model_lock(), torch.random.fork_rng(devices=[]), offload(warn=False):
+        with pipe.lock, torch.random.fork_rng(devices=[]), offload(warn=False):
             torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["t2s"]))
             c.stoks = stages.until_end(pipe.t2s.generate(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c),
                                                          show_progress_bar=False)[0])

@@ -258,7 +258,7 @@ class Pipeline:
         joined, they equal generate() for the same seed (to float32 rounding). The inputs are
         checked here (InputError before any work); closing the iterator early frees the GPU
         slots the text held. Many streams (from many threads) share the decode steps."""
-        return _blocks(self.engine().submit(self.prepare(text, speaker, lang, cps, seed)))
+        return AudioStream(self.engine().submit(self.prepare(text, speaker, lang, cps, seed)))
 
     def prepare(self, text: str, speaker=None, lang: str = "en", cps: float = 15, seed: int | None = None) -> list:
         """The checked chunks of one text, ready for engine().submit (InputError on a bad input)."""
@@ -323,11 +323,35 @@ class Pipeline:
         self.last.atoks = [c.atoks for c in chunks]
 
 
-def _blocks(request):
-    try:
-        yield from request.blocks()
-    finally:
-        request.cancel()  # a consumer that stops early frees its slots
+class AudioStream:
+    """What Pipeline.stream returns: an iterator over the audio blocks, in order. Ending it early
+    (close(), leaving a `with` block, or dropping it, even before the first block) cancels the
+    request, which frees the GPU slots it held at the next step."""
+
+    def __init__(self, request):
+        self.request, self._blocks = request, request.blocks()
+
+    def __iter__(self):
+        return self
+
+    def __next__(self) -> np.ndarray:
+        try:
+            return next(self._blocks)
+        except BaseException:
+            self.close()
+            raise
+
+    def close(self) -> None:
+        self.request.cancel()
+
+    def __enter__(self):
+        return self
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
+    def __del__(self):
+        self.close()
 
 
 def _is_embedding(value) -> bool:

@@ -172,10 +172,8 @@ class Stages:
                 stats.faults.append(str(e))
                 runner = None  # rerun the stage on the CPU: same seeds, same tokens
         if runner is None:
-            from ..resident import model_lock
-
             for chunk in chunks:
-                with model_lock(), torch.random.fork_rng(devices=[]), offload(stats, warn=False):
+                with torch.random.fork_rng(devices=[]), offload(stats, warn=False):
                     if stage in STAGE_IDS:
                         torch.manual_seed(stage_seed(chunk.seed, chunk.index, STAGE_IDS[stage]))
                     on_cpu(cpu_model, chunk, step)
