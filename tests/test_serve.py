@@ -173,7 +173,17 @@ def test_lists(server):
     models = server.client().models.list()
     assert {m.id for m in models.data} >= {"wsvk", "tts-1"}
     health = httpx.get(f"{server.url}/health").json()
-    assert health["status"] == "ok" and health["backend"] == "wgpu"
+    assert health["status"] == "ok" and health["backend"] == "wgpu" and health["path"] == "gpu"
+
+
+def test_voice_names():
+    """A --voices file may take an OpenAI voice name (then it is that voice, not the default);
+    OpenAI's other names mean the default; OpenAI's voice object {"id": ...} names a voice too."""
+    from wsvk.serve.app import check_request
+
+    opts = Options(voices={"default": 0, "alloy": 1, "anna": 2})
+    for voice, want in (("alloy", "alloy"), ("nova", "default"), ({"id": "anna"}, "anna"), ("anna", "anna")):
+        assert check_request({"input": "hi", "voice": voice}, opts)["voice"] == want, voice
 
 
 @pytest.mark.parametrize("body,status,param,words", [
@@ -189,6 +199,8 @@ def test_lists(server):
     ({"input": "hi", "seed": "7"}, 400, "seed", "non-negative integer"),
     ({"input": "hi", "model": "gpt-5"}, 400, "model", "unknown model"),
     ({"input": "hi", "stream_format": "chunks"}, 400, "stream_format", "audio or sse"),
+    ({"input": "hi", "voice": ["anna"]}, 400, "voice", "voice must be a voice name"),
+    ({"input": "hi", "voice": {"id": 3}}, 400, "voice", "voice must be a voice name"),
 ])
 def test_bad_requests(server, body, status, param, words):
     r = httpx.post(f"{server.url}/v1/audio/speech", json=body, timeout=60)
@@ -235,6 +247,51 @@ def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe):
             time.sleep(0.1)
         assert httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "response_format": "wav"},
                           timeout=300).status_code == 200
+    finally:
+        s.close()
+
+
+def test_a_client_that_leaves_before_the_first_byte_gives_up_its_place(pipe, monkeypatch):
+    """A request still waiting for its first audio when its client disconnects (a timeout in the
+    queue) leaves at once: its place and its decoder work are freed, without waiting for audio."""
+    from wsvk.tts.engine import Request
+
+    s = Server(pipe, slots=1, queue=1)
+    waiting = []
+    try:
+        def never(chunks):  # a request whose audio never comes (as if queued behind long ones)
+            waiting.append(Request(chunks))
+            return waiting[-1]
+
+        monkeypatch.setattr(pipe.engine(), "submit", never)
+        with pytest.raises(httpx.ReadTimeout):
+            httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=httpx.Timeout(60, read=1.0))
+        deadline = time.time() + 10
+        while httpx.get(f"{s.url}/health").json()["active"]:
+            assert time.time() < deadline, "a client that left kept its place"
+            time.sleep(0.05)
+        assert len(waiting) == 1 and waiting[0].cancelled
+    finally:
+        s.close()
+
+
+def test_a_failure_mid_stream_ends_sse_with_an_error_event(pipe, monkeypatch):
+    from wsvk.tts.engine import Request
+
+    s = Server(pipe, slots=2, queue=2)
+    try:
+        def half(chunks):
+            req = Request(chunks)
+            req.deliver(0, np.full(2400, 0.1, np.float32), False)
+            req.fail(RuntimeError("the vocoder exploded"))
+            return req
+
+        monkeypatch.setattr(pipe.engine(), "submit", half)
+        r = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "stream_format": "sse",
+                                                         "response_format": "pcm"}, timeout=60)
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+        assert r.status_code == 200 and [e["type"] for e in events] == ["speech.audio.delta", "error"]
+        assert "vocoder exploded" in events[1]["error"]["message"] and events[1]["error"]["type"] == "server_error"
     finally:
         s.close()
 
@@ -287,12 +344,14 @@ def test_gpu_fault_mid_batch_gives_every_request_complete_audio(files, rt, monke
                 t.start()
             for t in threads:
                 t.join()
+        health = httpx.get(f"{s.url}/health").json()
     finally:
         rt.fault_after, rt.lost = None, None
         s.close()
         engine = gpu.engine()
         engine.close()
-    assert engine.faults
+    assert engine.faults and health["status"] == "degraded" and health["path"] == "cpu"
+    assert health["last_fault"]
     for data, ref in zip(got, refs):
         audio = np.frombuffer(data, "<i2").astype(np.float64) / 32767
         assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 2.5 / 32767

@@ -346,3 +346,27 @@ def test_sequences_sampled_together_get_the_tokens_they_sample_alone(monkeypatch
     assert results["together"] == results["alone"] == results["group fails"]
     assert [len(t) for t in results["alone"]] == [4, 6, 5, 3, 6, 2] and len(results["alone"][0][0]) == 4
     assert len({str(t) for t in results["alone"]}) == 6  # the sequences do differ
+
+
+def test_a_lower_priority_number_joins_first():
+    """A sequence submitted with priority 0 (a listener's first chunk) takes the next free slot
+    ahead of sequences queued before it with the default priority."""
+    dec = FakeDecoder(slots=1)
+    loop = SharedLoop(dec)
+    first, queued, urgent = Seq(2), [Seq(1), Seq(1)], Seq(1)
+    order = []
+    for s, name in ((queued[0], "q0"), (queued[1], "q1"), (urgent, "urgent")):
+        s.start = (lambda name: lambda slot: (order.append(name), ([0], 0))[1])(name)
+    errors = []
+    t = hold_first_step(dec, loop, [first], errors)  # the one slot is taken
+    loop.submit(queued[0])
+    loop.submit(queued[1])
+    loop.submit(urgent, priority=0)
+    wait_queued(loop, 3)
+    dec.gate.set()
+    t.join(10)
+    for _ in range(200):
+        if all(s.done for s in queued):
+            break
+        threading.Event().wait(0.01)
+    assert not errors and order == ["urgent", "q0", "q1"]

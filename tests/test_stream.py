@@ -68,7 +68,8 @@ def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # 
     events = []
     t2s = pipe.stages.gpu_runner("t2s")
     real_submit, real_deliver = t2s.submit, Request.deliver
-    monkeypatch.setattr(t2s, "submit", lambda seq, on_error=None: (events.append("t2s"), real_submit(seq, on_error))[1])
+    monkeypatch.setattr(t2s, "submit", lambda seq, on_error=None, **kw: (events.append("t2s"),
+                                                                          real_submit(seq, on_error, **kw))[1])
 
     def deliver(self, i, block, done, gpu=True):
         if len(block):
@@ -158,6 +159,24 @@ def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
     assert np.concatenate(list(pipe.stream("Still served.", seed=2))).size > 0
 
 
+def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):  # noqa: F811
+    import gc
+
+    for end in ("close", "with", "drop"):
+        it = pipe.stream(TEXT * 3, seed=1)
+        req = it.request
+        if end == "close":
+            it.close()
+        elif end == "with":
+            with it:
+                pass
+        else:
+            del it
+            gc.collect()
+        assert req.cancelled, end
+    assert [r for r in pipe.engine().requests if not r.cancelled and not all(r.done)] == []
+
+
 def test_bad_input_is_raised_before_any_work(pipe):  # noqa: F811
     from wsvk.errors import InputError
 
@@ -203,3 +222,34 @@ def test_vocos_blocks_never_outgrow_the_audio_already_sent():
     sizes = [b - a for a, b in blocks]
     assert sizes[:5] == [12, 12, 24, 24, 24] and max(sizes[:-1]) == 24  # the last: what is left
     assert blocks[0][0] == 0 and blocks[-1][1] == 199 and all(p[1] == q[0] for p, q in zip(blocks, blocks[1:]))
+
+
+def test_a_long_text_leaves_slots_for_the_requests_after_it():
+    """The engine's policy, with the decoders replaced by a record of what it starts: a request's
+    first chunk at once, its later ones after its first audio and at most a fair share at a
+    time, one slot kept for a newcomer; on the CPU, every request's first chunks first."""
+    from wsvk.tts.engine import Engine
+
+    engine = Engine(pipe=None)
+    engine.thread, engine.gpu, engine.slots = object(), ("t2s", "s2a", "vocos"), 4  # as if started
+    started = []
+    engine._submit_t2s = lambda req, i: started.append(("A" if req.chunks[0] == "a" else "B", i))
+    a = engine.submit(list("abcdefgh"))
+    assert started == [("A", 0)]
+    a.deliver(0, np.ones(10, np.float32), False)  # A's first audio: two more (3 of 4 slots)
+    assert started == [("A", 0), ("A", 1), ("A", 2)]
+    b = engine.submit(list("xyz"))
+    assert started[-1] == ("B", 0)  # the kept slot: at once
+    a.deliver(0, np.ones(10, np.float32), True)  # A's share is now 2, and it has 2 in flight
+    assert started[-1] == ("B", 0)
+    b.deliver(0, np.ones(10, np.float32), False)
+    assert started[-1] == ("B", 1)
+    b.cancel()  # B leaves: A may use three slots again
+    assert started[-2:] == [("B", 1), ("A", 3)] and a.in_flight() == 3
+
+    cpu = Engine(pipe=None)
+    cpu.thread = object()  # no GPU path: every chunk is queued for the CPU thread at once
+    cpu.submit(list("abcd"))
+    cpu.submit(list("xy"))
+    order = [cpu.cpu_q.get_nowait()[2][1] for _ in range(6)]
+    assert order == [0, 0, 1, 1, 2, 3]

@@ -28,6 +28,7 @@ and optionally
 
 from __future__ import annotations
 
+import itertools
 import queue
 import threading
 import time
@@ -238,14 +239,17 @@ class SharedLoop:
         self.loop = DecodeLoop(decoder)
         self.name = name
         self.listeners: list = []  # called with the error when the loop fails (from its thread)
-        self._queue: queue.Queue = queue.Queue()
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()  # (priority, arrival, sequence)
+        self._arrivals = itertools.count()
         self._thread: threading.Thread | None = None
         self._batches: set = set()
         self._lock = threading.Lock()
 
-    def submit(self, seq, on_error=None) -> None:
-        """Queue one sequence (see the module docstring); it joins at a step boundary. on_error(e):
-        what to do when its start/feed raises (None: the loop fails)."""
+    def submit(self, seq, on_error=None, priority: int = 1) -> None:
+        """Queue one sequence (see the module docstring); it joins at a step boundary, the lowest
+        priority first, then in arrival order (the engine gives a request's first chunk 0, so a
+        new listener goes ahead of queued work). on_error(e): what to do when its start/feed
+        raises (None: the loop fails)."""
         if on_error is not None:
             seq = _Guarded(seq, on_error)
         with self._lock:
@@ -253,7 +257,7 @@ class SharedLoop:
                 thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 thread.start()  # it waits for the lock before it looks at anything
                 self._thread = thread
-            self._queue.put(seq)
+            self._queue.put((priority, next(self._arrivals), seq))
 
     def run(self, sequences) -> None:
         """Decode the sequences together (beside whatever else is submitted) and wait for their
@@ -280,7 +284,7 @@ class SharedLoop:
         with self._lock:
             thread = self._thread
             if thread is not None:
-                self._queue.put(None)
+                self._queue.put((-1, next(self._arrivals), None))  # before anything queued
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
@@ -291,7 +295,7 @@ class SharedLoop:
                     self._thread = None  # the next submit starts another
                     return _EMPTY
         try:
-            return self._queue.get_nowait()
+            return self._queue.get_nowait()[2]
         except queue.Empty:
             return _EMPTY
 

@@ -130,10 +130,10 @@ class Resident:
         whatever else runs there (the streaming engine's sequences), and wait for their end."""
         self.loop.run(sequences)
 
-    def submit(self, seq, on_error=None) -> None:
-        """Queue one sequence without waiting: it joins at the next step boundary (on_error: see
-        SharedLoop.submit)."""
-        self.loop.submit(seq, on_error)
+    def submit(self, seq, on_error=None, priority: int = 1) -> None:
+        """Queue one sequence without waiting: it joins at a step boundary (on_error, priority:
+        see SharedLoop.submit)."""
+        self.loop.submit(seq, on_error, priority)
 
     def run_one(self, seq, bs: int):
         """generate()'s tail: batch 1, one sequence (whisperspeech's progress bar is not drawn:

@@ -24,7 +24,7 @@ from pathlib import Path
 
 import anyio
 from fastapi import FastAPI, Request
-from fastapi.responses import FileResponse, JSONResponse, StreamingResponse
+from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 
 from ..errors import InputError
 from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
@@ -72,7 +72,11 @@ def check_request(body, opts: Options) -> dict:
     if model not in MODELS:
         raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(MODELS)}", "model", "model_not_found")
     voice = body.get("voice", "default")
-    if voice in OPENAI_VOICES:
+    if isinstance(voice, dict) and isinstance(voice.get("id"), str):  # OpenAI's custom voice object
+        voice = voice["id"]
+    if not isinstance(voice, str):
+        raise ApiError(400, f"voice must be a voice name, got {voice!r}", "voice", "invalid_value")
+    if voice not in opts.voices and voice in OPENAI_VOICES:  # a --voices file may take an OpenAI name
         voice = "default"
     if voice not in opts.voices:
         raise ApiError(400, f"unknown voice {voice!r}; valid: {', '.join(opts.voices)}", "voice", "invalid_value")
@@ -112,26 +116,16 @@ def create_app(pipe, opts: Options):
     async def api_error(request: Request, e: ApiError):
         return JSONResponse(error_body(e), status_code=e.status, headers=e.headers)
 
-    @app.middleware("http")
-    async def guard(request: Request, call_next):
-        """API key and body size, before any route."""
-        try:
-            if opts.api_key and request.url.path.startswith("/v1/"):
-                if request.headers.get("authorization", "") != f"Bearer {opts.api_key}":
-                    raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
-                                   kind="authentication_error")
-            size = request.headers.get("content-length")
-            if size is not None and size.isdigit() and int(size) > opts.max_body:
-                raise ApiError(413, f"the request body has {size} bytes, more than the {opts.max_body} allowed",
-                               code="request_too_large")
-        except ApiError as e:
-            return JSONResponse(error_body(e), status_code=e.status)
-        return await call_next(request)
+    app.add_middleware(Guard, opts=opts)
 
     @app.get("/health")
     async def health():
-        return {"status": "ok", "backend": backend, "adapter": adapter, "active": state["active"],
-                "slots": opts.slots, "queue": opts.queue}
+        """"degraded": the GPU failed and requests are made on the CPU (slowly) until a restart."""
+        engine = pipe.engine().health()
+        degraded = backend != "cpu" and engine["path"] == "cpu" and engine["faults"] > 0
+        return {"status": "degraded" if degraded else "ok", "backend": backend, "adapter": adapter,
+                "path": engine["path"], "faults": engine["faults"], "last_fault": engine["last_fault"],
+                "active": state["active"], "slots": opts.slots, "queue": opts.queue}
 
     @app.get("/v1/models")
     async def models():
@@ -180,18 +174,88 @@ def create_app(pipe, opts: Options):
         state[rid] = True
         try:  # the first block before the response starts: a failure is still a clean 500
             job = pipe.engine().submit(chunks)
-            first = await anyio.to_thread.run_sync(job.next, abandon_on_cancel=True)
+            first = await _first_block(job, request, next_block)
         except BaseException as e:
             release()
+            if isinstance(e, ClientGone):  # it waited in the queue or for its first audio, then left
+                log.info("request %s: %d chars, the client left before the first byte (%.2f s)", rid,
+                         len(req["text"]), time.perf_counter() - t0)
+                return Response(status_code=499)  # nobody reads it; nginx's code for the log
             if not isinstance(e, Exception):
-                raise  # cancelled: the client went away
+                raise  # cancelled: the server is stopping
             log.warning("request %s failed: %s", rid, e)
             raise ApiError(500, f"synthesis failed: {e}", code="synthesis_failed", kind="server_error") from None
         media = "text/event-stream" if req["sse"] else MEDIA_TYPES[req["fmt"]]
-        return Releasing(_body(job, first, req, rid, t0, SAMPLE_RATE), release, media_type=media,
+        return Releasing(_body(job, first, req, rid, t0, SAMPLE_RATE, next_block), release, media_type=media,
                          headers={"X-Request-Id": rid})
 
+    async def next_block(job):
+        """job.next in a worker thread; every request waiting at once has a thread (anyio's default
+        pool of 40 would make streams wait for one when --max-batch and --queue allow more)."""
+        if "threads" not in state:  # made on the event loop, on first use
+            state["threads"] = anyio.CapacityLimiter(opts.slots + opts.queue + 8)
+        return await anyio.to_thread.run_sync(job.next, abandon_on_cancel=True, limiter=state["threads"])
+
     return app
+
+
+class Guard:
+    """The API key and the body size, checked before any route. A plain ASGI middleware:
+    Starlette's BaseHTTPMiddleware hides a client's disconnect from the routes (its receive
+    wrapper loses the message when polled), and a waiting request must see it."""
+
+    def __init__(self, app, opts: Options):
+        self.app, self.opts = app, opts
+
+    async def __call__(self, scope, receive, send):
+        if scope["type"] == "http":
+            try:
+                self.check(scope)
+            except ApiError as e:
+                await JSONResponse(error_body(e), status_code=e.status)(scope, receive, send)
+                return
+        await self.app(scope, receive, send)
+
+    def check(self, scope) -> None:
+        headers = {k.decode("latin-1").lower(): v.decode("latin-1") for k, v in scope["headers"]}
+        if self.opts.api_key and scope["path"].startswith("/v1/"):
+            if headers.get("authorization", "") != f"Bearer {self.opts.api_key}":
+                raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
+                               kind="authentication_error")
+        size = headers.get("content-length")
+        if size is not None and size.isdigit() and int(size) > self.opts.max_body:
+            raise ApiError(413, f"the request body has {size} bytes, more than the {self.opts.max_body} allowed",
+                           code="request_too_large")
+
+
+class ClientGone(Exception):
+    """The client closed the connection before the response started."""
+
+
+async def _first_block(job, request: Request, next_block):
+    """The request's first audio block, or ClientGone as soon as its client disconnects while it
+    waits (queued behind other requests, or for its first chunk): its place is given up at once."""
+    got = {}
+    async with anyio.create_task_group() as tg:
+        async def wait():
+            try:
+                got["block"] = await next_block(job)
+            except Exception as e:  # noqa: BLE001 - raised below, outside the task group
+                got["error"] = e
+            tg.cancel_scope.cancel()
+
+        async def watch():  # the body is read: what the server sends next is the disconnect
+            while (await request.receive())["type"] != "http.disconnect":
+                await anyio.sleep(0.1)  # (uvicorn sends nothing else here; another server might)
+            tg.cancel_scope.cancel()
+
+        tg.start_soon(wait)
+        tg.start_soon(watch)
+    if "error" in got:
+        raise got["error"]
+    if "block" not in got:
+        raise ClientGone()
+    return got["block"]
 
 
 class Releasing(StreamingResponse):
@@ -209,9 +273,10 @@ class Releasing(StreamingResponse):
             self.release()
 
 
-async def _body(job, block, req: dict, rid: str, t0: float, rate: int):
-    """The response body as it is made: encoded audio, or SSE events of it. The request leaves
-    the engine (its slots freed) when the client goes away: Releasing cancels it."""
+async def _body(job, block, req: dict, rid: str, t0: float, rate: int, next_block):
+    """The response body as it is made: encoded audio, or SSE events of it (a failure after the
+    first byte ends an SSE stream with an error event; an audio stream can only be cut short). The
+    request leaves the engine (its slots freed) when the client goes away: Releasing cancels it."""
     enc = StreamEncoder(req["fmt"], rate)
     first, samples, status = None, 0, "ok"
     try:
@@ -232,7 +297,16 @@ async def _body(job, block, req: dict, rid: str, t0: float, rate: int):
                     yield data
             if block is None:
                 return
-            block = await anyio.to_thread.run_sync(job.next, abandon_on_cancel=True)
+            try:
+                block = await next_block(job)
+            except Exception as e:
+                if not req["sse"]:
+                    raise
+                status = f"failed: {e}"  # the SSE stream ends cleanly, with OpenAI's error shape
+                log.warning("request %s failed: %s", rid, e)
+                yield _sse({"type": "error", "error": {"message": f"synthesis failed: {e}", "type": "server_error",
+                                                       "param": None, "code": "synthesis_failed"}})
+                return
     except BaseException as e:
         status = "disconnected" if isinstance(e, (GeneratorExit, anyio.get_cancelled_exc_class())) else f"failed: {e}"
         raise

@@ -5,7 +5,10 @@ slots Pipeline.generate shares (each decoder's SharedLoop thread keeps them full
 batching): a chunk that T2S finishes goes on to S2A; as the chunk's acoustic frames settle, a
 window of them goes to the engine's Vocos thread (VocosStream), so its audio leaves long before
 the chunk ends while the S2A steps go on. A request's later chunks start once its first chunk has
-audio out, so that its first audio does not wait on their T2S steps.
+audio out, so that its first audio does not wait on their T2S steps, and then a fair share of
+the slots at a time (Engine.share), so that a long text does not hold up the requests after it:
+their first chunks also go ahead of queued later chunks in the decoders' queues, and the CPU
+thread takes every request's first chunks before anyone's second ones.
 Each request receives its audio blocks in order. Every chunk samples with its own generator
 (seeded from seed, chunk and stage, as Pipeline.generate does), so a request's audio does not
 depend on what else runs: joined, the blocks equal generate() to float32 rounding.
@@ -18,6 +21,7 @@ the GPU path would still deliver for such a chunk is dropped).
 
 from __future__ import annotations
 
+import itertools
 import math
 import queue
 import threading
@@ -46,7 +50,11 @@ class Request:
         self._lock = threading.Lock()
         self.cancelled = False
         self.sequences: list = []           # live decoder sequences, cancelled with the request
-        self.after_first = None             # called once chunk 0 has audio out, is done or left the GPU
+        self.started = 0                    # chunks handed to the decoders (or the CPU) so far, in order
+        self.first_out = False              # chunk 0 has audio out, is done or left the GPU
+        self.after_first = None             # called once, when first_out becomes true
+        self.on_progress = None             # called (outside the lock) when a chunk ends or the
+                                            # request is cancelled: slots free up for more chunks
 
     def deliver(self, i: int, block, done: bool, gpu: bool = True) -> None:
         """Chunk i's next block (possibly empty); done: the chunk's last one; gpu: from the GPU
@@ -55,6 +63,7 @@ class Request:
             if self.done[i] or self.cancelled or (gpu and self.on_cpu[i]):
                 return
             first = i == 0 and (len(block) > 0 or done)
+            ended = done
             self.sent[i] += len(block)
             self.done[i] = done
             self._held.setdefault(i, []).append(np.asarray(block, np.float32))
@@ -70,14 +79,25 @@ class Request:
                 self.queue.put(None)
         if first:
             self._first_audio()
+        if ended:
+            self._call(self.on_progress)
+
+    def in_flight(self) -> int:
+        """Chunks started and not done."""
+        return self.started - sum(self.done[:self.started])
 
     def _first_audio(self) -> None:
         with self._lock:  # once, whichever thread comes first
+            self.first_out = True
             hook, self.after_first = self.after_first, None
+        self._call(hook)
+
+    @staticmethod
+    def _call(hook) -> None:
         if hook is not None:
             try:
                 hook()
-            except Exception:  # noqa: BLE001 - the hook sends its own failures to the CPU; never the caller's
+            except Exception:  # noqa: BLE001 - the hooks send their own failures to the CPU; never the caller's
                 traceback.print_exc()
 
     def fail(self, error: BaseException) -> None:
@@ -108,9 +128,11 @@ class Request:
     def cancel(self) -> None:
         """Leave the engine (and the decoders' slots, at the next step)."""
         with self._lock:
-            self.cancelled = True  # a sequence added from now on starts cancelled
+            was, self.cancelled = self.cancelled, True  # a sequence added from now on starts cancelled
         self.stop_sequences()
         self.queue.put(None)  # wakes a reader waiting in next()
+        if not was:
+            self._call(self.on_progress)
 
     def next(self, timeout: float | None = None):
         """The next audio block, None at the end (or once cancelled); raises what failed the
@@ -179,7 +201,9 @@ class Engine:
         self.requests: list[Request] = []
         self.gpu = None        # the pipeline's (t2s, s2a, vocos) resident modules while on the GPU
         self.thread: threading.Thread | None = None
-        self.cpu_q: queue.Queue = queue.Queue()
+        self.cpu_q: queue.PriorityQueue = queue.PriorityQueue()  # (chunk index, arrival, (req, i)): round robin
+        self._arrivals = itertools.count()
+        self.slots = 1         # the decoders' slots (the fewer of T2S's and S2A's), once started
         self.vocos_q: queue.Queue = queue.Queue()  # windows for the Vocos thread, in order per chunk
         self.faults: list[str] = []
         self.closed = False
@@ -194,33 +218,62 @@ class Engine:
             self.requests = [r for r in self.requests if not (r.cancelled or all(r.done))] + [req]
             gpu = self.gpu
             if gpu is None:
+                req.started = len(chunks)
                 for i in range(len(chunks)):
                     req.on_cpu[i] = True
-                    self.cpu_q.put((req, i))
+                    self._to_cpu(req, i)
         if gpu is not None:
-            # The later chunks start once the first has audio out: until then the S2A steps of
-            # the first chunk would take turns with their T2S steps on the GPU (the time to
-            # first audio grows by a T2S step per S2A step).
-            req.after_first = lambda: self._submit_t2s(req, range(1, len(chunks)))
-            self._submit_t2s(req, [0])
+            req.after_first = req.on_progress = self._feed
+            self._feed()
         return req
 
-    def _submit_t2s(self, req: Request, chunks) -> None:
-        """The T2S sequences of these chunks of req, unless the GPU path is gone (their chunks then
-        are, or are about to be, on the CPU). Never raises (it runs on whichever thread delivered
-        the first audio): a chunk that cannot go to the GPU goes to the CPU."""
-        for i in chunks:
-            try:
-                with self.lock:  # so that a GPU failure comes wholly before or wholly after
-                    if self.gpu is None or req.cancelled:
-                        return
-                    if not req.on_cpu[i]:
-                        self.gpu[0].submit(self._t2s_sequence(self.gpu, req, i), on_error=self._chunk_failed(req, i))
-            except Exception as e:  # noqa: BLE001 - that chunk's: the CPU makes it
-                with self.lock:
-                    self.faults.append(f"chunk {i}: {type(e).__name__}: {e}")
-                if req.move_chunk_to_cpu(i):
-                    self.cpu_q.put((req, i))
+    def share(self, active: int) -> int:
+        """Chunks one request may have in flight beside `active` requests: a fair part of the
+        slots but one (kept for a newcomer's first chunk), and never fewer than two (the chunk
+        being heard and the next)."""
+        return max(2, (self.slots - 1) // max(active, 1))
+
+    def _feed(self) -> None:
+        """Start the requests' next chunks, in arrival order. A request's first chunk starts at
+        once; its later ones once the first has audio out (before, the first chunk's S2A steps
+        would take turns on the GPU with their T2S steps: the time to first audio would grow by
+        a T2S step per S2A step), and then at most share() at a time: a long text alone uses the
+        slots, but leaves room for the requests that come after it, whose first chunks go ahead
+        of queued later chunks in the decoders. Never raises (it runs on whichever thread ended
+        a chunk)."""
+        with self.lock:
+            if self.gpu is None:
+                return
+            active = [r for r in self.requests if not (r.cancelled or all(r.done))]
+            share, start = self.share(len(active)), []
+            for req in active:
+                limit = share if req.first_out else 1
+                while req.started < len(req.chunks) and req.in_flight() < limit:
+                    start.append((req, req.started))
+                    req.started += 1
+        for req, i in start:
+            self._submit_t2s(req, i)
+
+    def _submit_t2s(self, req: Request, i: int) -> None:
+        """Chunk i's T2S sequence, unless the GPU path is gone (the chunk then is, or is about to
+        be, on the CPU). Never raises: a chunk that cannot go to the GPU goes to the CPU."""
+        try:
+            with self.lock:  # so that a GPU failure comes wholly before or wholly after
+                if self.gpu is None or req.cancelled:
+                    return
+                if not req.on_cpu[i]:
+                    self.gpu[0].submit(self._t2s_sequence(self.gpu, req, i), on_error=self._chunk_failed(req, i),
+                                       priority=min(i, 1))
+        except Exception as e:  # noqa: BLE001 - that chunk's: the CPU makes it
+            with self.lock:
+                self.faults.append(f"chunk {i}: {type(e).__name__}: {e}")
+            if req.move_chunk_to_cpu(i):
+                self._to_cpu(req, i)
+
+    def _to_cpu(self, req: Request, i: int) -> None:
+        """Chunk i for the CPU thread, which takes every request's first chunks first, then their
+        second ones, ...: a long text does not hold up the requests after it."""
+        self.cpu_q.put((i, next(self._arrivals), (req, i)))
 
     def _start(self) -> None:
         if self.thread is not None:
@@ -229,11 +282,21 @@ class Engine:
         gpu = tuple(stages.gpu_runner(s) for s in ("t2s", "s2a", "vocos"))  # generate() shares them
         if all(m is not None for m in gpu):  # else: cpu backend, resident off, or after a fault
             self.gpu = gpu
+            self.slots = min(gpu[0].slots, gpu[1].slots)
             for mod in gpu[:2]:
                 mod.loop.listeners.append(self._gpu_failed)
             threading.Thread(target=self._vocos_loop, daemon=True, name="wsvk-vocos").start()
         self.thread = threading.Thread(target=self._cpu_loop, daemon=True, name="wsvk-cpu")
         self.thread.start()
+
+    def health(self) -> dict:
+        """Where new requests go now ("gpu", or "cpu": the CPU backend, resident modules off, or
+        after a GPU failure) and the faults so far (a GPU failure, or one chunk's own error)."""
+        with self.lock:
+            if not self.closed:
+                self._start()
+            return {"path": "cpu" if self.gpu is None else "gpu", "faults": len(self.faults),
+                    "last_fault": self.faults[-1] if self.faults else None}
 
     def close(self) -> None:
         """Stop listening, the CPU thread and the Vocos thread; a request still open fails (its
@@ -244,7 +307,7 @@ class Engine:
         for mod in (gpu or ())[:2]:
             if self._gpu_failed in mod.loop.listeners:
                 mod.loop.listeners.remove(self._gpu_failed)
-        self.cpu_q.put(None)
+        self.cpu_q.put((-1, next(self._arrivals), None))
         self.vocos_q.put(None)
         self._fail_all(RuntimeError("the engine was closed"))
 
@@ -277,7 +340,7 @@ class Engine:
 
         s2a.on_feed, s2a.on_done = fed, lambda s: fed(s, True)
         req.add_sequence(s2a)
-        gpu[1].submit(s2a, on_error=self._chunk_failed(req, i))
+        gpu[1].submit(s2a, on_error=self._chunk_failed(req, i), priority=min(i, 1))
 
     def _vocos_loop(self) -> None:
         """The Vocos thread: decodes the S2A chunks' windows in the order they came (so each
@@ -290,7 +353,7 @@ class Engine:
             except Exception:  # noqa: BLE001 - e.g. a warnings filter that raises: that chunk to the CPU
                 traceback.print_exc()
                 if req.move_chunk_to_cpu(i):
-                    self.cpu_q.put((req, i))
+                    self._to_cpu(req, i)
 
     def _vocos_window(self, req: Request, i: int, vocos, window, final: bool) -> None:
         codes, lo, hi = window
@@ -324,7 +387,7 @@ class Engine:
             req.stop_sequences()  # the other decoder drops them too
             for i in range(len(req.chunks)):
                 if req.move_chunk_to_cpu(i):
-                    self.cpu_q.put((req, i))
+                    self._to_cpu(req, i)
         what = str(error) if isinstance(error, GpuError) else f"{type(error).__name__} in the GPU path: {error}"
         warnings.warn(f"wsvk: {what}; the engine goes on on the CPU", RuntimeWarning, stacklevel=2)
 
@@ -339,7 +402,7 @@ class Engine:
             with self.lock:
                 self.faults.append(f"chunk {i}: {type(error).__name__}: {error}")
             if req.move_chunk_to_cpu(i):
-                self.cpu_q.put((req, i))
+                self._to_cpu(req, i)
                 warnings.warn(f"wsvk: {type(error).__name__} in the GPU path: {error}; that chunk is redone on "
                               "the CPU", RuntimeWarning, stacklevel=2)
         return failed
@@ -347,7 +410,7 @@ class Engine:
     # -- the CPU path
     def _cpu_loop(self) -> None:
         while True:
-            item = self.cpu_q.get()
+            item = self.cpu_q.get()[2]
             if item is None:
                 return
             req, i = item
