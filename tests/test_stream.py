@@ -253,3 +253,14 @@ def test_a_long_text_leaves_slots_for_the_requests_after_it():
     cpu.submit(list("xy"))
     order = [cpu.cpu_q.get_nowait()[2][1] for _ in range(6)]
     assert order == [0, 0, 1, 1, 2, 3]
+
+
+def test_a_chunk_redone_on_the_cpu_keeps_the_gpus_semantic_tokens(pipe, monkeypatch):  # noqa: F811
+    """After a failure, a chunk whose T2S ended on the GPU goes on from those tokens (at f16 the
+    CPU's would be other words than the audio already sent)."""
+    ref = pipe.generate("Hello there.", seed=3)
+    chunk = pipe.prepare("Hello there.", seed=3)[0]
+    chunk.stoks = pipe.last.stoks[0]
+    monkeypatch.setattr(pipe.t2s, "generate", lambda *a, **k: pytest.fail("T2S ran again"))
+    audio = pipe.engine()._cpu_chunk(chunk)
+    assert audio.shape == ref.shape and np.abs(audio - ref).max() < 1e-4

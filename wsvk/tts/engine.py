@@ -425,16 +425,19 @@ class Engine:
 
     def _cpu_chunk(self, c) -> np.ndarray:
         """One chunk, whole, with whisperspeech's generate on the global generator seeded for it
-        (under the pipeline's lock: generate() uses that generator too)."""
+        (under the pipeline's lock: generate() uses that generator too); its semantic tokens are
+        the GPU's where its T2S ended there."""
         import torch
 
         from ..router import offload
 
         pipe, stages = self.pipe, self.pipe.stages
         with pipe.lock, torch.random.fork_rng(devices=[]), offload(warn=False):
-            torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["t2s"]))
-            c.stoks = stages.until_end(pipe.t2s.generate(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c),
-                                                         show_progress_bar=False)[0])
+            if c.stoks is None:  # else the GPU's T2S finished it: keep its tokens (the same in f32; at
+                # f16 the CPU's would differ, and the audio already sent says the GPU's words)
+                torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["t2s"]))
+                c.stoks = stages.until_end(pipe.t2s.generate(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c),
+                                                             show_progress_bar=False)[0])
             if len(c.stoks) < 2:
                 return np.zeros(0, np.float32)
             torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["s2a"]))
