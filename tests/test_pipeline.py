@@ -414,6 +414,21 @@ def test_generate_rejects_bad_arguments(tiny, backend):
         pipe.generate("hi", speaker=np.zeros(10, np.float32))
 
 
+def test_silent_voice_files_are_refused(tmp_path):
+    import soundfile as sf
+
+    t = np.arange(16000) / 16000
+    tone = 0.3 * np.sin(2 * np.pi * 220 * t)
+    sf.write(tmp_path / "silent.wav", np.zeros(16000), 16000)
+    sf.write(tmp_path / "opposed.wav", np.stack([tone, -tone], axis=1), 16000)
+    sf.write(tmp_path / "quiet.wav", tone * 0.01, 16000)  # -50 dBFS: quiet, not silent
+    with pytest.raises(InputError, match="silent.wav is silent$"):
+        read_speaker_audio(tmp_path / "silent.wav")
+    with pytest.raises(InputError, match="silent once its channels are mixed to mono"):
+        read_speaker_audio(tmp_path / "opposed.wav")
+    assert read_speaker_audio(tmp_path / "quiet.wav").abs().max() > 1e-3
+
+
 def test_conditioned_s2a_variant_is_picked_by_its_keys(tmp_path):
     """Checkpoints with cond_embeddings.* (the v1.95 S2A) load into whisperspeech's _cond class."""
     import dataclasses

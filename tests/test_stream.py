@@ -264,3 +264,19 @@ def test_a_chunk_redone_on_the_cpu_keeps_the_gpus_semantic_tokens(pipe, monkeypa
     monkeypatch.setattr(pipe.t2s, "generate", lambda *a, **k: pytest.fail("T2S ran again"))
     audio = pipe.engine()._cpu_chunk(chunk)
     assert audio.shape == ref.shape and np.abs(audio - ref).max() < 1e-4
+
+
+def test_a_cancelled_request_stops_its_cpu_chunk_within_a_step(pipe):  # noqa: F811
+    """On the CPU path (CPU backend, or after a GPU failure) a listener who leaves stops the chunk
+    being made at its next decode step, not at its end (seconds of CPU time with real models)."""
+    from wsvk.tts.engine import Request, _Cancelled
+
+    pipe.generate(TEXT, seed=1)
+    made = pipe.last.stoks[0]
+    chunks = pipe.prepare(TEXT, seed=1)
+    req = Request(chunks)
+    req.cancel()
+    for stoks in (None, made):  # stopped in T2S; in S2A
+        chunks[0].stoks = stoks
+        with pytest.raises(_Cancelled):
+            pipe.engine()._cpu_chunk(chunks[0], req)

@@ -214,10 +214,11 @@ def test_dash_streams_a_wav_to_stdout(tiny, tmp_path, backend):
     assert "first audio after" in res.stderr.decode()
 
 
-def test_dash_stops_quietly_when_the_reader_leaves(tiny):
+@pytest.mark.parametrize("backend", ["cpu", "wgpu"])
+def test_dash_stops_quietly_when_the_reader_leaves(tiny, backend):
     """-o - into a reader that stops early (a player closed, `| head`): synthesis stops, exit 0,
-    one line saying so, no traceback."""
-    env = dict(os.environ, WSVK_BACKEND="cpu", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
+    one line saying so, no traceback (and no crash as the process ends beside stopping threads)."""
+    env = dict(os.environ, WSVK_BACKEND=backend, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
                XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
     text = "One sentence here. " * 12  # several chunks: several writes
     proc = subprocess.Popen([sys.executable, str(SYNTH), text, "-o", "-", *map(str, model_args(tiny))],
@@ -227,3 +228,18 @@ def test_dash_stops_quietly_when_the_reader_leaves(tiny):
     err = proc.stderr.read().decode()
     assert proc.wait(timeout=300) == 0, err
     assert "stdout was closed by its reader" in err and "Traceback" not in err and "Exception" not in err
+
+
+def test_dash_refuses_a_terminal(tiny, tmp_path):
+    """-o - with stdout on a terminal: WAV bytes would garble it; exit 2 before loading anything."""
+    import pty
+
+    leader, follower = pty.openpty()
+    env = dict(os.environ, WSVK_BACKEND="cpu", PYTHONPATH=str(ROOT))
+    try:
+        res = subprocess.run([sys.executable, str(SYNTH), "hi", "-o", "-", *map(str, model_args(tiny))],
+                             stdout=follower, stderr=subprocess.PIPE, text=True, env=env, cwd=ROOT, timeout=120)
+    finally:
+        os.close(leader)
+        os.close(follower)
+    assert res.returncode == 2 and "stdout, which is a terminal" in res.stderr

@@ -288,6 +288,13 @@ class SharedLoop:
         if thread is not None and thread is not threading.current_thread():
             thread.join()
 
+    def wait_idle(self, timeout: float) -> None:
+        """Wait (at most `timeout` s) for the loop's thread to end: nothing queued or active."""
+        with self._lock:
+            thread = self._thread
+        if thread is not None and thread is not threading.current_thread():
+            thread.join(timeout)
+
     def _take(self, block: bool):
         if block:  # nothing active: end the thread if nothing is queued either
             with self._lock:

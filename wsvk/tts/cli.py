@@ -134,6 +134,8 @@ def cheap_checks(args):
     lang = check_language(args.lang)
     config.backend()  # raises ConfigError for a bad WSVK_BACKEND
     out = check_output(args.output)
+    if out == "-" and sys.stdout.isatty():
+        raise BadInput("-o - writes WAV bytes to stdout, which is a terminal: pipe it (| aplay) or give a file name")
     if args.speaker is not None:
         from .speaker import check_speaker_file
 
@@ -282,6 +284,7 @@ def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
         out.flush()
     except BrokenPipeError:  # the reader left (a player stopped, `| head`): stop synthesizing, quietly
         blocks.close()
+        pipe.engine().close(wait=30)  # the process ends next: not while a thread is inside torch
         os.dup2(os.open(os.devnull, os.O_WRONLY), sys.stdout.fileno())  # so the exit's flush cannot fail again
         note(f"stdout was closed by its reader after {samples / SAMPLE_RATE:.2f} s of audio: stopped")
         return 0

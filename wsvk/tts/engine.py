@@ -36,6 +36,10 @@ from .stages import STAGE_IDS, stage_seed
 BANDWIDTHS = {2: 0, 4: 1, 8: 2}  # Vocos' bandwidth id by the number of codebooks
 
 
+class _Cancelled(Exception):
+    """Raised in a CPU chunk's decode steps once its request is cancelled."""
+
+
 class Request:
     """One text in the engine: audio blocks (float32, in order) from blocks(); cancel() stops it."""
 
@@ -298,10 +302,11 @@ class Engine:
             return {"path": "cpu" if self.gpu is None else "gpu", "faults": len(self.faults),
                     "last_fault": self.faults[-1] if self.faults else None}
 
-    def close(self) -> None:
+    def close(self, wait: float = 0.0) -> None:
         """Stop listening, the CPU thread and the Vocos thread; a request still open fails (its
         reader wakes) and its sequences leave the decoders. Pipeline.engine() then starts a new
-        engine."""
+        engine. wait: seconds to wait for the CPU thread to leave the chunk it is making and for the
+        decoders' loops to go idle (a process about to exit must not end inside torch or wgpu)."""
         with self.lock:
             gpu, self.gpu, self.closed = self.gpu, None, True
         for mod in (gpu or ())[:2]:
@@ -310,6 +315,10 @@ class Engine:
         self.cpu_q.put((-1, next(self._arrivals), None))
         self.vocos_q.put(None)
         self._fail_all(RuntimeError("the engine was closed"))
+        if wait and self.thread is not None and self.thread is not threading.current_thread():
+            self.thread.join(wait)
+        for mod in (gpu or ())[:2] if wait else ():  # their cancelled sequences leave at the next step
+            mod.loop.wait_idle(wait)
 
     # -- the GPU path
     def _t2s_sequence(self, gpu, req: Request, i: int):
@@ -417,13 +426,15 @@ class Engine:
             if req.cancelled or req.done[i]:
                 continue
             try:
-                audio = self._cpu_chunk(req.chunks[i])
+                audio = self._cpu_chunk(req.chunks[i], req)
+            except _Cancelled:
+                continue
             except BaseException as e:  # noqa: BLE001 - the request hears of it
                 req.fail(e)
                 continue
             req.deliver(i, audio[req.sent[i]:], True, gpu=False)
 
-    def _cpu_chunk(self, c) -> np.ndarray:
+    def _cpu_chunk(self, c, req: Request | None = None) -> np.ndarray:
         """One chunk, whole, with whisperspeech's generate on the global generator seeded for it
         (under the pipeline's lock: generate() uses that generator too); its semantic tokens are
         the GPU's where its T2S ended there."""
@@ -432,16 +443,21 @@ class Engine:
         from ..router import offload
 
         pipe, stages = self.pipe, self.pipe.stages
+
+        def step():  # a cancelled request (a listener gone, the engine closed) stops within a step
+            if req is not None and (req.cancelled or self.closed):
+                raise _Cancelled()
+
         with pipe.lock, torch.random.fork_rng(devices=[]), offload(warn=False):
             if c.stoks is None:  # else the GPU's T2S finished it: keep its tokens (the same in f32; at
                 # f16 the CPU's would differ, and the audio already sent says the GPU's words)
                 torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["t2s"]))
                 c.stoks = stages.until_end(pipe.t2s.generate(c.text, cps=c.cps, lang=c.lang, N=stages.token_cap(c),
-                                                             show_progress_bar=False)[0])
+                                                             step=step, show_progress_bar=False)[0])
             if len(c.stoks) < 2:
                 return np.zeros(0, np.float32)
             torch.manual_seed(stage_seed(c.seed, c.index, STAGE_IDS["s2a"]))
-            c.atoks = pipe.s2a.generate(c.stoks, c.speaker.unsqueeze(0), show_progress_bar=False)
+            c.atoks = pipe.s2a.generate(c.stoks, c.speaker.unsqueeze(0), step=step, show_progress_bar=False)
             with torch.inference_mode():
                 feats = pipe.vocos.codes_to_features(c.atoks.permute(1, 0, 2))
                 return pipe.vocos.decode(feats, bandwidth_id=torch.tensor(BANDWIDTHS[c.atoks.shape[1]]))[0].numpy()

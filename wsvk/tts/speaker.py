@@ -159,6 +159,11 @@ def read_speaker_audio(path, seconds: float = MAX_SECONDS, rate: int = SPEAKER_R
     if data.shape[0] == 0:
         raise InputError(f"speaker file {path} holds no audio samples")
     wav = torch.from_numpy(data.mean(axis=1))  # [frames, channels] -> mono [frames]
+    if not torch.isfinite(wav).all():
+        raise InputError(f"speaker file {path} holds samples that are not numbers (NaN or inf)")
+    if wav.abs().max() < 1e-4:  # -80 dBFS: nothing to clone (or channels in opposite phase)
+        raise InputError(f"speaker file {path} is silent" + (" once its channels are mixed to mono"
+                                                              if data.shape[1] > 1 and abs(data).max() >= 1e-4 else ""))
     if sr != rate:
         wav = AF.resample(wav, sr, rate)
     if wav.numel() < rate // 10:
