@@ -145,6 +145,8 @@ def test_sse_events(server):
     plain = httpx.post(f"{server.url}/v1/audio/speech", timeout=300,
                        json={"input": TEXT, "response_format": "pcm", "seed": 3}).content
     assert pcm == plain
+    usage = events[-1]["usage"]
+    assert usage == {"input_tokens": len(TEXT), "output_tokens": len(pcm) // 2, "total_tokens": len(TEXT) + len(pcm) // 2}
 
 
 def test_four_concurrent_requests_equal_their_solo_outputs(server, pipe):

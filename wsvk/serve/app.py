@@ -291,8 +291,9 @@ async def _body(job, block, req: dict, rid: str, t0: float, rate: int, next_bloc
                     if data:
                         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
                     if block is None:
-                        yield _sse({"type": "speech.audio.done", "usage": {"input_tokens": len(req["text"]),
-                                                                          "output_tokens": samples}})
+                        usage = {"input_tokens": len(req["text"]), "output_tokens": samples}  # characters, samples
+                        yield _sse({"type": "speech.audio.done",
+                                    "usage": {**usage, "total_tokens": sum(usage.values())}})
                 elif data:
                     yield data
             if block is None:
