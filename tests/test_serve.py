@@ -277,34 +277,17 @@ def test_a_client_that_leaves_before_the_first_byte_gives_up_its_place(pipe, mon
         s.close()
 
 
-def test_a_failure_mid_stream_ends_sse_with_an_error_event(pipe, monkeypatch):
+def test_a_failed_synthesis_is_a_clean_500_or_an_sse_error_event(pipe, monkeypatch):
+    """Before the first byte: a 500 in OpenAI's shape. After it, an SSE stream ends with an error
+    event (an audio stream can only be cut short)."""
     from wsvk.tts.engine import Request
 
     s = Server(pipe, slots=2, queue=2)
     try:
-        def half(chunks):
+        def failing(chunks, after_a_block=False):
             req = Request(chunks)
-            req.deliver(0, np.full(2400, 0.1, np.float32), False)
-            req.fail(RuntimeError("the vocoder exploded"))
-            return req
-
-        monkeypatch.setattr(pipe.engine(), "submit", half)
-        r = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "stream_format": "sse",
-                                                         "response_format": "pcm"}, timeout=60)
-        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
-        assert r.status_code == 200 and [e["type"] for e in events] == ["speech.audio.delta", "error"]
-        assert "vocoder exploded" in events[1]["error"]["message"] and events[1]["error"]["type"] == "server_error"
-    finally:
-        s.close()
-
-
-def test_a_failed_synthesis_is_a_clean_500(pipe, monkeypatch):
-    from wsvk.tts.engine import Request
-
-    s = Server(pipe, slots=2, queue=2)
-    try:
-        def failing(chunks):
-            req = Request(chunks)
+            if after_a_block:
+                req.deliver(0, np.full(2400, 0.1, np.float32), False)
             req.fail(RuntimeError("the vocoder exploded"))
             return req
 
@@ -312,6 +295,13 @@ def test_a_failed_synthesis_is_a_clean_500(pipe, monkeypatch):
         r = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=60)
         assert r.status_code == 500 and "vocoder exploded" in r.json()["error"]["message"]
         assert httpx.get(f"{s.url}/health").json()["active"] == 0
+
+        monkeypatch.setattr(pipe.engine(), "submit", lambda chunks: failing(chunks, after_a_block=True))
+        r = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "stream_format": "sse",
+                                                         "response_format": "pcm"}, timeout=60)
+        events = [json.loads(line[6:]) for line in r.text.splitlines() if line.startswith("data: ")]
+        assert r.status_code == 200 and [e["type"] for e in events] == ["speech.audio.delta", "error"]
+        assert "vocoder exploded" in events[1]["error"]["message"] and events[1]["error"]["type"] == "server_error"
     finally:
         s.close()
 
