@@ -71,8 +71,9 @@ def main(argv=None) -> int:
         size = 2 * slots
         ordered = sorted(job, key=lambda r: -len(r.text))
         t0 = time.perf_counter()
-        entries = [e for i in range(0, len(ordered), size)
-                   for e in synthesize(pipe, ordered[i:i + size], folder, "flac", backend)]
+        entries = []
+        for i in range(0, len(ordered), size):
+            synthesize(pipe, ordered[i:i + size], folder, "flac", backend, entries.extend)
         batch_s = time.perf_counter() - t0
     audio_s = sum(e["audio_seconds"] for e in entries)
     for name, n, secs, audio in (("loop_over_generate", len(sample), loop_s, loop_audio),
