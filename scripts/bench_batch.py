@@ -67,6 +67,9 @@ def main(argv=None) -> int:
             write_file(folder / f"loop-{r.id}.flac", audio, SAMPLE_RATE)
             loop_audio += audio.size / SAMPLE_RATE
         loop_s = time.perf_counter() - t0
+        if args.json:  # the baseline, kept if the batch job below is cut short
+            args.json.write_text(json.dumps({"backend": backend, "adapter": adapter, "loop_over_generate": {
+                "rows": len(sample), "seconds": loop_s, "audio_seconds": loop_audio}}, indent=2))
         slots = pipe.stages.resident["t2s"].slots if "t2s" in pipe.stages.resident else 1
         size = 2 * slots
         ordered = sorted(job, key=lambda r: -len(r.text))

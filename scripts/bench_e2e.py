@@ -228,6 +228,20 @@ def bench_batch(args, save=lambda res: None) -> dict:
                 row[f"{name}_gpu_ms_per_step"], row[f"{name}_gpu_ms_by_kernel"] = sum(kinds.values()), kinds
         out["per_batch"][B] = row
         save(out)
+    if torch.cuda.is_available():
+        cuda = out["torch_cuda_per_batch"] = {}
+        # before the long text: if the step's time cap cuts this run short, the baseline is kept
+        t2s_c, s2a_c, _ = (m.to("cuda") for m in models(args))
+        for m in (t2s_c, s2a_c):
+            room_for(m, max(args.batch))
+        for B in args.batch:
+            try:
+                cuda[B] = torch_batch_steps(t2s_c, s2a_c, stoks.cuda(), spk.cuda(), B, args.steps,
+                                            torch.cuda.synchronize)
+            except Exception as e:  # noqa: BLE001 - a baseline's failure must not lose what was measured
+                cuda[B] = {"error": f"{type(e).__name__}: {e}"}
+            save(out)
+        del t2s_c, s2a_c
     del stages  # the pipelines below build their own decoders
     for label, slots in (("batched", max(args.batch)), ("one_chunk_at_a_time", 1))[:2 if args.long_chunks else 0]:
         pipe = Pipeline(t2s, s2a, vocos, random_weights=args.size, random_t2s=True, slots=slots)
@@ -241,19 +255,28 @@ def bench_batch(args, save=lambda res: None) -> dict:
                                      "stage_seconds": dict(pipe.last.seconds)}
         del pipe
         save(out)
-    if torch.cuda.is_available():
-        cuda = out["torch_cuda_per_batch"] = {}
-        t2s_c, s2a_c, _ = (m.to("cuda") for m in models(args))
-        for B in args.batch:
-            clock = StepClock(torch.cuda.synchronize)
-            torch.manual_seed(0)
-            t2s_c.generate(TEXT, N=args.steps + 2, bs=B, step=clock, show_progress_bar=False)
-            cuda[B] = {"t2s_step_ms": clock.per_step_ms()}
-            clock = StepClock(torch.cuda.synchronize)
-            s2a_c.generate(stoks.cuda(), spk.cuda(), N=args.steps + 3, bs=B, step=clock, show_progress_bar=False)
-            cuda[B]["s2a_step_ms"] = clock.per_step_ms()
-            save(out)
     return out
+
+
+def room_for(model, B: int):
+    """whisperspeech's KV caches hold optimize()'s max_batch_size sequences (1 for the CPU
+    models): make room for B, as generate(bs=B) needs."""
+    lengths = (model.stoks_len, model.ttoks_len) if hasattr(model, "ttoks_len") else (model.ctx_n, model.stoks_len)
+    for layer in model.decoder.layers:
+        layer.setup_kv_cache(B, *lengths)
+    return model
+
+
+def torch_batch_steps(t2s, s2a, stoks, spk, B: int, steps: int, sync) -> dict:
+    """ms per step of whisperspeech's own batched generate (bs=B), T2S and S2A."""
+    clock = StepClock(sync)
+    torch.manual_seed(0)
+    t2s.generate(TEXT, N=steps + 2, bs=B, step=clock, show_progress_bar=False)
+    row = {"t2s_step_ms": clock.per_step_ms()}
+    clock = StepClock(sync)
+    s2a.generate(stoks, spk, N=steps + 3, bs=B, step=clock, show_progress_bar=False)
+    row["s2a_step_ms"] = clock.per_step_ms()
+    return row
 
 
 def print_batch(res: dict) -> None:
@@ -317,17 +340,25 @@ def main(argv=None) -> int:
         print_batch(bench_batch(args, save))
         return 0
     args.s2a_size = args.s2a_size or args.size
+    scale = 10.0 / args.vocos_seconds  # Vocos figures per 10 s of audio
+
+    def save(results):  # after each backend: a run cut short keeps what it measured
+        for r in results.values():
+            r["vocos_ms_per_10s"] = r["vocos_ms"] * scale
+            r["realtime_x"] = rtf(r["t2s_ms_per_token"], r["s2a_ms_per_step"], r["vocos_ms_per_10s"])
+        if args.json:
+            args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps,
+                                             "torch": torch.__version__, "results": results}, indent=2))
+
     results = {"wsvk": bench_wsvk(*models(args), args)}
+    save(results)
     baselines = ([] if args.skip_cpu else ["cpu"]) + (["cuda"] if torch.cuda.is_available() else [])
     for device in baselines:  # a failing baseline is reported, and the other figures kept
         try:
             results[f"torch_{device}"] = bench_torch(args, device)
+            save(results)
         except Exception as e:  # noqa: BLE001
             print(f"torch {device} baseline failed: {type(e).__name__}: {e}", file=sys.stderr)
-    scale = 10.0 / args.vocos_seconds  # Vocos figures per 10 s of audio
-    for r in results.values():
-        r["vocos_ms_per_10s"] = r["vocos_ms"] * scale
-        r["realtime_x"] = rtf(r["t2s_ms_per_token"], r["s2a_ms_per_step"], r["vocos_ms_per_10s"])
     print(f"size {args.size} (S2A {args.s2a_size}), {args.steps} decode steps, Vocos {args.vocos_seconds} s; adapter: "
           f"{results['wsvk']['adapter']}")
     keys = [("t2s_ms_per_token", "T2S ms/token"), ("s2a_ms_per_step", "S2A ms/step"),
@@ -349,9 +380,6 @@ def main(argv=None) -> int:
         if kinds:
             print(f"{stage.upper()} GPU ms {what} by dispatch kind (one timestamped pass each): "
                   + ", ".join(f"{k} {v:.3f}" for k, v in list(kinds.items())[:8]))
-    if args.json:
-        args.json.write_text(json.dumps({"size": args.size, "s2a_size": args.s2a_size, "steps": args.steps, "torch": torch.__version__,
-                                         "results": results}, indent=2))
     return 0
 
 

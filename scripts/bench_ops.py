@@ -86,7 +86,8 @@ def upload(rt, a):
     return rt.upload(a)
 
 
-def run(args) -> list[dict]:
+def run(args, save=lambda results: None) -> list[dict]:
+    """One row per case; save(results) after each (a run cut short keeps what it measured)."""
     rt = get_runtime()
     torch.set_num_threads(os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
@@ -123,6 +124,7 @@ def run(args) -> list[dict]:
             row[f"{key}_ms"] = None if t is None else t * 1e3
             row[f"{key}_rate"] = None if t is None else amount / t / 1e9
         results.append(row)
+        save(results)
     return results
 
 
@@ -154,12 +156,14 @@ def main(argv=None) -> int:
     adapter = f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})"
     if rt.info["type"] == "CPU":
         print("note: a software adapter: these timings say nothing about a GPU", file=sys.stderr)
-    results = run(args)
-    print(table(results, adapter))
-    if args.json:
-        meta = {"adapter": adapter, "host": platform.node(), "torch": torch.__version__,
-                "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
-        args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+    meta = {"adapter": adapter, "host": platform.node(), "torch": torch.__version__,
+            "cuda": torch.cuda.get_device_name() if torch.cuda.is_available() else None}
+
+    def save(results):
+        if args.json:
+            args.json.write_text(json.dumps({"meta": meta, "results": results}, indent=2))
+
+    print(table(run(args, save), adapter))
     return 0
 
 
