@@ -55,9 +55,16 @@ def one_request(url: str, seed: int, text: str = TEXT) -> dict:
 def run_round(url: str, clients: int, requests: int, text: str) -> dict:
     results, lock = [], threading.Lock()
 
+    errors = []
+
     def client(c):
         for k in range(requests):
-            r = one_request(url, 100 * c + k, text)
+            try:
+                r = one_request(url, 100 * c + k, text)
+            except Exception as e:  # noqa: BLE001 - counted and shown, the round goes on
+                with lock:
+                    errors.append(f"{type(e).__name__}: {e}")
+                continue
             with lock:
                 results.append(r)
 
@@ -68,8 +75,11 @@ def run_round(url: str, clients: int, requests: int, text: str) -> dict:
     for t in threads:
         t.join()
     wall = time.perf_counter() - t0
-    ttfb = [r["ttfb_s"] for r in results]
-    return {"clients": clients, "requests": len(results), "ttfb_p50_ms": 1e3 * statistics.median(ttfb),
+    ttfb = [r["ttfb_s"] for r in results if r["ttfb_s"] is not None]
+    if not ttfb:
+        raise RuntimeError(f"no request of the {clients}-client round gave audio: {errors[:3]}")
+    return {"clients": clients, "requests": len(results), "failed": len(errors), "errors": errors[:5],
+            "ttfb_p50_ms": 1e3 * statistics.median(ttfb),
             "ttfb_p95_ms": 1e3 * percentile(ttfb, 0.95),
             "stream_realtime_x_min": min(r["realtime_x"] for r in results),
             "stream_realtime_x_median": statistics.median(r["realtime_x"] for r in results),
@@ -101,8 +111,12 @@ def main(argv=None) -> int:
         s.bind(("127.0.0.1", 0))
         port = s.getsockname()[1]
     server = uvicorn.Server(uvicorn.Config(create_app(pipe, opts), host="127.0.0.1", port=port, log_level="warning"))
-    threading.Thread(target=server.run, daemon=True).start()
+    thread = threading.Thread(target=server.run, daemon=True)
+    thread.start()
+    deadline = time.time() + 120
     while not server.started:
+        if not thread.is_alive() or time.time() > deadline:
+            raise SystemExit("error: the server did not start")
         time.sleep(0.05)
     url = f"http://127.0.0.1:{port}"
     backend, adapter = active_backend()
@@ -121,7 +135,8 @@ def main(argv=None) -> int:
           f"{'aggregate x RT':>15}")
     for r in rounds:
         print(f"{r['clients']:>8} {r['ttfb_p50_ms']:>12.0f} {r['ttfb_p95_ms']:>12.0f} {r['stream_realtime_x_min']:>16.2f}"
-              f" {r['stream_realtime_x_median']:>8.2f} {r['aggregate_realtime_x']:>15.2f}")
+              f" {r['stream_realtime_x_median']:>8.2f} {r['aggregate_realtime_x']:>15.2f}"
+              + (f"   ({r['failed']} failed: {r['errors'][0]})" if r["failed"] else ""))
     return 0
 
 
