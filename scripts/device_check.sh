@@ -10,7 +10,8 @@
 # Each step has its own time cap, so one that hangs or fails leaves the others their time, and the
 # benchmarks write their JSON as they go (a step cut short keeps what it measured).
 # Writes log.txt plus up to three JSON files per part (the device tool brings back at most 8).
-# Usage there:  source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2]
+# Usage: here `bash scripts/device_kit.sh`, then a run carrying .devicekit with the command
+#   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2]
 set -uo pipefail
 out=${1:-${OUT:-/tmp/wsvk-device}}
 part=${2:-1}
