@@ -127,3 +127,35 @@ def test_the_stream_player_settles_and_says_why_when_the_browser_cannot_play(pip
     finally:
         browser.close()
         server.close()
+
+
+def test_a_new_request_or_stop_ends_what_plays_and_errors_read_plainly(pipe, tmp_path):  # noqa: F811
+    """Speak twice: one AudioContext, and the first request's audio stops when the second starts;
+    Stop stops both the download and the playback; no voice listed yet: the server's default; a
+    proxy's plain-text error reads as its status, not as a JSON parse error."""
+    server = Server(pipe, slots=2, queue=2, voices={"default": pipe.default_speaker()})
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.call("Page.navigate", url=server.url + "/")
+        browser.until("window.wsvk && window.wsvk.voices.length")
+        browser.js("document.getElementById('format').value = 'pcm'; document.getElementById('voice').replaceChildren(); "
+                   "document.getElementById('text').value = 'One. Two, three.'")
+        browser.js("document.getElementById('speak').click()")
+        browser.until("window.wsvk.done || window.wsvk.error")
+        assert browser.js("window.wsvk.error") is None  # no voice listed: the request named none
+        browser.js("window.first = [audioContext, current.player]; window.stopped = 0; "
+                   "const stop1 = current.player.stop.bind(current.player); "
+                   "current.player.stop = () => { window.stopped++; stop1(); }")
+        browser.js("document.getElementById('speak').click()")
+        browser.until("window.wsvk.done || window.wsvk.error")
+        assert browser.js("window.wsvk.error") is None
+        assert browser.js("[audioContext === window.first[0], current.player !== window.first[1], window.stopped, "
+                          "window.first[1].sources.size]") == [True, True, 1, 0]  # the first one was stopped
+        browser.js("document.getElementById('stop').click()")
+        assert browser.js("current === null && document.getElementById('status').textContent === 'stopped'")
+        message = browser.js("""errorOf(new Response("Internal Server Error", {status: 502, statusText: "Bad Gateway"}))""",
+                             wait=True)
+        assert message == "502 Bad Gateway: Internal Server Error", message
+    finally:
+        browser.close()
+        server.close()
