@@ -129,13 +129,15 @@ class Request:
             for seq in self.sequences:
                 seq.cancelled = True
 
-    def cancel(self) -> None:
-        """Leave the engine (and the decoders' slots, at the next step)."""
+    def cancel(self, notify: bool = True) -> None:
+        """Leave the engine (and the decoders' slots, at the next step). notify=False: without
+        calling on_progress (from a finalizer, which may run while this thread holds the engine's
+        lock: the engine starts more chunks at the next chunk's end instead)."""
         with self._lock:
             was, self.cancelled = self.cancelled, True  # a sequence added from now on starts cancelled
         self.stop_sequences()
         self.queue.put(None)  # wakes a reader waiting in next()
-        if not was:
+        if not was and notify:
             self._call(self.on_progress)
 
     def next(self, timeout: float | None = None):

@@ -351,7 +351,7 @@ class AudioStream:
         self.close()
 
     def __del__(self):
-        self.close()
+        self.request.cancel(notify=False)  # a finalizer may run anywhere, even under the engine's lock
 
 
 def _is_embedding(value) -> bool:
