@@ -220,7 +220,8 @@ override STEP: bool = false;
 override RESID: bool = false;     // out[c, n] += value (the residual stream, updated in place)
 override VEC4: bool = false;      // K % 4 == 0
 override XS: u32 = 4u;            // staged input length (K for XMODE 1 and 2)
-override GROUP: u32 = 0u;
+override GROUP: u32 = 0u;         // divides only through max(GROUP, 1u): once resolved, a divisor
+                                  // of 0 fails naga 30's validation and FXC, even where unreached
 // XMODE 2: a column's partials are [NH, MAXS, DH + 2] = (max, sum, unnormalized out[DH])
 override G_DH: u32 = 64u;
 override G_CH: u32 = 256u;
@@ -323,14 +324,14 @@ fn wrow4(row0: u32, r: u32, k4: u32) -> vec4<WT> { return g_w4[min(row0 + r, gp.
 // row's group.
 fn term4(x0: u32, row0: u32, r: u32, k4: u32, xv: vec4<f32>, w: vec4<WT>) -> f32 {
     var x = xv;
-    if (GROUP > 0u) { x = xin4(x0, (min(row0 + r, gp.N - 1u) / GROUP) * gp.K + 4u * k4); }
+    if (GROUP > 0u) { x = xin4(x0, (min(row0 + r, gp.N - 1u) / max(GROUP, 1u)) * gp.K + 4u * k4); }
     return dot(x, vec4<f32>(w));
 }
 
 fn term1(x0: u32, row0: u32, r: u32, k: u32, xv: f32) -> f32 {
     let row = min(row0 + r, gp.N - 1u);
     var x = xv;
-    if (GROUP > 0u) { x = xin(x0, (row / GROUP) * gp.K + k); }
+    if (GROUP > 0u) { x = xin(x0, (row / max(GROUP, 1u)) * gp.K + k); }
     return x * f32(g_w[row * gp.K + k]);
 }
 

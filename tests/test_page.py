@@ -33,7 +33,8 @@ class Browser:
             [CHROMIUM, "--headless", "--no-sandbox", "--disable-gpu", "--disable-quic", "--no-first-run",
              "--disable-background-networking", "--disable-component-update", "--disable-sync",
              "--autoplay-policy=no-user-gesture-required", "--remote-debugging-port=0",
-             f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL)
+             f"--user-data-dir={profile}", "about:blank"], stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env={**os.environ, "TMPDIR": str(profile.parent)})  # its singleton socket dir outlives SIGTERM
         port_file, deadline = profile / "DevToolsActivePort", time.time() + 30
         while not port_file.exists() or not port_file.read_text().strip():
             assert time.time() < deadline and self.proc.poll() is None, "chromium did not start"

@@ -157,6 +157,11 @@ class Runtime:
             self._pipelines[key] = pipe
         return pipe
 
+    def built_pipelines(self) -> list[tuple[str, str, dict, dict, bool]]:
+        """(shader, entry, constants, aliases, subgroups) of every pipeline made so far: what
+        tests/test_shader_targets.py writes in the other backends' shading languages."""
+        return [(s, e, dict(c), dict(a), sg) for s, e, c, a, sg in list(self._pipelines)]
+
     # -- memory
     def empty(self, shape, dtype=np.float32) -> GpuArray:
         dtype = np.dtype(dtype)
