@@ -224,6 +224,8 @@ def test_awkward_input_files_are_read_as_written(tmp_path):
     assert [(r.line, r.id, r.text, r.seed) for r in rows] == [
         (2, "a", "Hello, there", 1), (5, "c", "two\nlines\u2028and a separator", 3), (7, "d", "Last\u2028one", 0)]
     assert problems == ["line 4: 4 values for 3 columns (quote a text that holds a comma)"]
+    rows, _ = check_rows(read_rows(csv_file), tmp_path, lambda code: code, seed=9)  # batch --seed 9
+    assert [r.seed for r in rows] == [1, 3, 9]  # a row's own seed first, then --seed
 
     jsonl = tmp_path / "rows.jsonl"
     lines = [{"id": "x", "text": "one\u2028two\x85three\x0cfour"}, {"id": "abc\n", "text": "t"},

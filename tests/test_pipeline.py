@@ -116,13 +116,13 @@ def test_offline_without_cache_names_what_to_download(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # read at call time
-    with pytest.raises(InputError, match=r"huggingface-cli download collabora/whisperspeech t2s-.*--t2s PATH"):
+    with pytest.raises(InputError, match=r"hf download collabora/whisperspeech t2s-.*--t2s PATH"):
         load_t2s()
     with pytest.raises(InputError, match=r"download charactr/vocos-encodec-24khz`.*--vocoder FOLDER"):
         load_vocos()
     with pytest.raises(InputError) as e:  # a first offline run: one line naming every download
         load_pipeline()
-    assert str(e.value).count("huggingface-cli download") == 3 and "\n" not in str(e.value)
+    assert str(e.value).count("hf download") == 3 and "\n" not in str(e.value)
     with pytest.raises(InputError, match=r"speechbrain/spkrec-ecapa-voxceleb.*--speaker-model"):
         SpeakerEncoder.load()
 
@@ -161,6 +161,7 @@ def test_wgpu_and_cpu_give_the_same_speech(tiny, rt, backend, resident):
         backend(name)
         pipe = tiny_pipeline(tiny, resident=resident)
         audio = pipe.generate(text, speaker=str(tiny["voice"]), seed=11)
+        assert pipe.last.seconds["speaker"] > 0  # the encoder ran for this call, and it says so
         spk = pipe.speaker_embedding(str(tiny["voice"]))
         runs[name] = (pipe, audio, spk)
     (cpu, a_cpu, s_cpu), (gpu, a_gpu, s_gpu) = runs["cpu"], runs["wgpu"]

@@ -5,7 +5,11 @@ bad request, backpressure, disconnects, memory over 100 requests and a GPU fault
 import base64
 import io
 import json
+import os
+import signal
 import socket
+import subprocess
+import sys
 import threading
 import time
 
@@ -196,7 +200,7 @@ def test_voice_names():
     ({"input": "hi", "response_format": "aac"}, 400, "response_format", "aac is not supported"),
     ({"input": "hi", "speed": 5}, 400, "speed", "0.25 to 4.0"),
     ({"input": "hi", "speed": "fast"}, 400, "speed", "0.25 to 4.0"),
-    ({"input": "hi", "lang": "xx"}, 400, None, "unknown language 'xx'"),
+    ({"input": "hi", "lang": "xx"}, 400, "lang", "unknown language 'xx'"),
     ({"input": "hi", "seed": -1}, 400, "seed", "non-negative integer"),
     ({"input": "hi", "seed": "7"}, 400, "seed", "non-negative integer"),
     ({"input": "hi", "model": "gpt-5"}, 400, "model", "unknown model"),
@@ -211,11 +215,19 @@ def test_bad_requests(server, body, status, param, words):
     assert words in err["message"] and err["param"] == param and err["type"] == "invalid_request_error"
 
 
-def test_bad_json_and_a_body_too_large(server):
+def test_bad_json_and_a_body_too_large(server, caplog):
+    caplog.set_level("INFO", logger="wsvk.serve")
+    for method, path, status in (("GET", "/v1/nothing", 404), ("GET", "/v1/audio/speech", 405)):
+        r = httpx.request(method, f"{server.url}{path}", timeout=60)  # OpenAI's error shape there too
+        assert r.status_code == status and r.json()["error"]["type"] == "invalid_request_error", r.text
     r = httpx.post(f"{server.url}/v1/audio/speech", content=b"{not json", timeout=60)
     assert r.status_code == 400 and "JSON" in r.json()["error"]["message"]
     r = httpx.post(f"{server.url}/v1/audio/speech", content=b" " * 70000, timeout=60)
     assert r.status_code == 413 and r.json()["error"]["code"] == "request_too_large"
+    lines = [r.getMessage() for r in caplog.records if r.name == "wsvk.serve"]  # one per refused request
+    for want in ("GET /v1/nothing: 404", "GET /v1/audio/speech: 405", "POST /v1/audio/speech: 400 the request body",
+                 "POST /v1/audio/speech: 413"):
+        assert sum(line.startswith(want) for line in lines) == 1, (want, lines)
 
 
 def test_api_key(pipe):
@@ -367,3 +379,30 @@ def test_100_requests_keep_memory_flat(server, rt):
     assert rt.pool.allocated_bytes <= gpu_before
     grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
     assert grown_mb < 64, f"host memory grew by {grown_mb:.0f} MB over 100 requests"
+
+
+def _serve(*args, env=None):
+    return subprocess.Popen([sys.executable, "-m", "wsvk", "serve", *args], stderr=subprocess.PIPE, text=True,
+                            env={**os.environ, "WSVK_BACKEND": "cpu", **(env or {})})
+
+
+def test_the_serve_command_says_where_it_listens_once_it_does():
+    """`python -m wsvk serve --port 0`: the real port in its "serving on" line, /health there; a
+    port in use, a bad port and a bad WSVK_* value are one error line each, before any model loads."""
+    proc = _serve("--random-weights", "tiny", "--port", "0", "--queue", "0")
+    try:
+        line = proc.stderr.readline()
+        while line and "serving on" not in line:
+            line = proc.stderr.readline()
+        port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
+        assert port > 0 and httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
+        for args, env, want in ((("--port", str(port)), None, f"error: cannot listen on 127.0.0.1:{port}: "),
+                                (("--port", "99999"), None, "99999 is not a port"),
+                                (("--host", "no-such-host.invalid"), None, "error: cannot listen on no-such-host"),
+                                ((), {"WSVK_PRECISION": "bf16"}, "error: WSVK_PRECISION='bf16' is not valid")):
+            other = _serve(*args, env=env)
+            _, err = other.communicate(timeout=120)
+            assert other.returncode == 2 and want in err and "serving on" not in err, (args, err)
+    finally:
+        proc.send_signal(signal.SIGINT)
+        proc.communicate(timeout=60)

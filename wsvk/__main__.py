@@ -37,6 +37,7 @@ def info() -> int:
     env = config.summary()
     print("settings: " + "  ".join(f"{k}={v if v is not None else '(unset)'}" for k, v in env.items()))
     try:
+        config.check_all()
         choice = config.backend()
         chosen = select_adapter(adapters)
     except WsvkError as e:

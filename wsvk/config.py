@@ -20,12 +20,12 @@ def _choice(name: str, valid: tuple[str, ...], default: str) -> str:
     return value
 
 
-def _count(name: str, default: int | None) -> int | None:
+def _count(name: str, default: int | None, least: int = 0) -> int | None:
     raw = os.environ.get(name, "").strip()
     if not raw:
         return default
-    if not raw.isdigit():
-        raise ConfigError(f"{name}={raw!r} is not a non-negative integer")
+    if not raw.isdigit() or int(raw) < least:
+        raise ConfigError(f"{name}={raw!r} is not valid; use an integer >= {least}")
     return int(raw)
 
 
@@ -56,15 +56,18 @@ def min_work() -> int:
 
 def slots() -> int | None:
     """WSVK_SLOTS: sequences one resident decode step advances (default: by the adapter)."""
-    n = _count("WSVK_SLOTS", None)
-    if n == 0:
-        raise ConfigError("WSVK_SLOTS=0: a decoder needs at least one slot")
-    return n
+    return _count("WSVK_SLOTS", None, least=1)
 
 
 def fault_after() -> int | None:
     """WSVK_FAULT_AFTER=N: the (N+1)-th submit fails as a lost device would (fault-path tests)."""
     return _count("WSVK_FAULT_AFTER", None)
+
+
+def check_all() -> None:
+    """Read every setting: a bad value is a ConfigError at start-up, not when (or whether) a
+    code path first reads it (the CPU backend never reads WSVK_PRECISION, say)."""
+    backend(), adapter(), limits(), precision(), min_work(), slots(), fault_after()
 
 
 def summary() -> dict[str, str | None]:

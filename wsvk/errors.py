@@ -28,7 +28,7 @@ class NotCachedError(InputError):
 
     def __init__(self, what: str, repo_id: str, filename: str, hint: str, whole_repo: bool = False):
         self.what, self.repo_id, self.filename, self.hint = what, repo_id, filename, hint
-        self.command = f"huggingface-cli download {repo_id}" + ("" if whole_repo else f" {filename}")
+        self.command = f"hf download {repo_id}" + ("" if whole_repo else f" {filename}")
         name = repo_id if whole_repo else f"{repo_id}:{filename}"
         super().__init__(f"{what} {name} is not in the Hugging Face cache and the Hub is unreachable: "
                          f"run `{self.command}` on a connected machine, {hint}")

@@ -30,7 +30,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="run on a Ray cluster (its address; none: a local cluster) through Ray Data")
     p.add_argument("--gpus-per-node", type=int, default=1, metavar="N",
                    help="with --ray and no address: the GPUs of the local cluster (one synthesizer each)")
-    add_model_args(p)
+    add_model_args(p, seed_help="the sampling seed of rows without their own (default 0); with --random-weights "
+                   "also the weights' seed")
     return p
 
 
@@ -51,13 +52,16 @@ def run(args) -> int:
     from .job import JobError, Manifest, Progress, prepare_folder, synthesize
     from .rows import check_rows, read_rows
 
+    from .. import config
+
+    config.check_all()
     if args.batch_rows is not None and args.batch_rows < 1:
         raise InputError("--batch-rows must be at least 1")
     records = read_rows(args.input)
     model_args = {k: getattr(args, k) for k in ("t2s", "s2a", "vocoder", "speaker_model", "seed", "random_weights",
                                                  "no_resident")}
     made_from = {k: v for k, v in model_args.items() if k != "no_resident"}  # what changes the audio
-    rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language, made_from)
+    rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language, made_from, args.seed)
     for p in problems:
         print(f"bad row: {p}", file=sys.stderr)
     if problems and args.strict:

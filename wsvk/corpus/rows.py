@@ -97,16 +97,17 @@ def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
     return out
 
 
-def check_rows(records, base: Path, check_lang, models: dict | None = None) -> tuple[list[Row], list[str]]:
+def check_rows(records, base: Path, check_lang, models: dict | None = None,
+               seed: int = 0) -> tuple[list[Row], list[str]]:
     """The valid rows, each with its fingerprint over `models` (the model options), and one message
     per bad one ('line N: ...'), in input order. check_lang(code) returns the language code or
-    raises InputError."""
+    raises InputError; seed: the seed of rows without one."""
     rows, problems, seen, voices = [], [], set(), {}
     for line, raw in records:
         try:
             if "__error__" in raw:
                 raise InputError(raw["__error__"])
-            row = _check(line, raw, base, check_lang, seen)
+            row = _check(line, raw, base, check_lang, seen, seed)
             row.key = fingerprint(row, models or {}, voices)
             rows.append(row)
         except InputError as e:
@@ -114,7 +115,7 @@ def check_rows(records, base: Path, check_lang, models: dict | None = None) -> t
     return rows, problems
 
 
-def _check(line: int, raw: dict, base: Path, check_lang, seen: set) -> Row:
+def _check(line: int, raw: dict, base: Path, check_lang, seen: set, seed: int = 0) -> Row:
     unknown = sorted(set(raw) - set(FIELDS))
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(FIELDS)}")
@@ -128,7 +129,7 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set) -> Row:
     text = raw.get("text")
     if not isinstance(text, str) or not text.strip():
         raise InputError(f"row {rid}: the text is empty")
-    row = Row(line, rid, text)
+    row = Row(line, rid, text, seed=seed)
     voice = raw.get("voice")
     if voice not in (None, ""):
         p = Path(str(voice)).expanduser()

@@ -25,8 +25,10 @@ from pathlib import Path
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
+from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError
+from ..tts.pipeline import check_language
 from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
 
 log = logging.getLogger("wsvk.serve")
@@ -56,6 +58,12 @@ class ApiError(Exception):
 
 def error_body(e: ApiError) -> dict:
     return {"error": {"message": e.message, "type": e.kind, "param": e.param, "code": e.code}}
+
+
+def rejected(scope, e: ApiError) -> JSONResponse:
+    """The error response, and its one log line (a request refused is a request too)."""
+    log.info("%s %s: %d %s", scope.get("method", "?"), scope.get("path", "?"), e.status, e.message)
+    return JSONResponse(error_body(e), status_code=e.status, headers=e.headers)
 
 
 def check_request(body, opts: Options) -> dict:
@@ -99,6 +107,10 @@ def check_request(body, opts: Options) -> dict:
     lang = body.get("lang", "en")
     if not isinstance(lang, str):
         raise ApiError(400, f"lang must be a language code, got {lang!r}", "lang", "invalid_value")
+    try:
+        lang = check_language(lang)
+    except InputError as e:
+        raise ApiError(400, str(e), "lang", "invalid_value") from None
     return dict(text=text, voice=voice, fmt=fmt, cps=BASE_CPS * float(speed), sse=stream == "sse", lang=lang,
                 seed=seed)
 
@@ -114,7 +126,12 @@ def create_app(pipe, opts: Options):
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
-        return JSONResponse(error_body(e), status_code=e.status, headers=e.headers)
+        return rejected(request.scope, e)
+
+    @app.exception_handler(StarletteHTTPException)
+    async def http_error(request: Request, e: StarletteHTTPException):  # 404, 405: OpenAI's shape too
+        return rejected(request.scope, ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404
+                                                else None, headers=dict(e.headers or {})))
 
     app.add_middleware(Guard, opts=opts)
 
@@ -212,7 +229,7 @@ class Guard:
             try:
                 self.check(scope)
             except ApiError as e:
-                await JSONResponse(error_body(e), status_code=e.status)(scope, receive, send)
+                await rejected(scope, e)(scope, receive, send)
                 return
         await self.app(scope, receive, send)
 

@@ -10,9 +10,12 @@ from __future__ import annotations
 
 import argparse
 import logging
+import socket
 import sys
+import warnings
 from pathlib import Path
 
+from .. import config
 from ..errors import InputError, WsvkError
 from ..tts.cli import add_model_args, load_models
 
@@ -23,7 +26,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = argparse.ArgumentParser(prog="python -m wsvk serve", description="An OpenAI-compatible text-to-speech "
                                 "server (POST /v1/audio/speech) with a small page at /.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
-    p.add_argument("--port", type=int, default=8880, help="port (default 8880)")
+    p.add_argument("--port", type=port_number, default=8880, help="port (default 8880; 0: any free one)")
     add_model_args(p)
     p.add_argument("--voices", metavar="DIR", help="a folder of audio files: one voice per file, named by its stem")
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/ routes")
@@ -32,6 +35,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--queue", type=int, default=16, metavar="N", help="requests that may wait beyond them (then 429)")
     p.add_argument("--max-input", type=int, default=4096, metavar="N", help="characters of input (default 4096)")
     return p
+
+
+def port_number(text: str) -> int:
+    port = int(text)
+    if not 0 <= port <= 65535:
+        raise argparse.ArgumentTypeError(f"{port} is not a port (0 to 65535)")
+    return port
+
+
+def bind(host: str, port: int) -> socket.socket:
+    """The server's socket, bound before the models load: a port in use or an unknown host is one
+    error line at once, and "serving on" is printed only once it is true (with the real port)."""
+    try:
+        family, kind, proto, _, addr = socket.getaddrinfo(host, port, type=socket.SOCK_STREAM,
+                                                          flags=socket.AI_PASSIVE)[0]
+        sock = socket.socket(family, kind, proto)
+        try:
+            sock.setsockopt(socket.SOL_SOCKET, socket.SO_REUSEADDR, 1)  # a restart need not wait out TIME_WAIT
+            sock.bind(addr)
+        except OSError:
+            sock.close()
+            raise
+    except OSError as e:
+        raise InputError(f"cannot listen on {host}:{port}: {e.strerror or e}") from None
+    return sock
 
 
 def load_voices(pipe, folder: str | None) -> dict:
@@ -54,10 +82,16 @@ def main(argv=None) -> int:
 
     args = build_parser().parse_args(argv)
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
+    # warnings (a GPU fault's) as one log line each, not a file:line and a line of source
+    warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}"
+    logging.captureWarnings(True)
+    sock = None
     try:
         for name in ("max_batch", "queue", "max_input"):
             if getattr(args, name) is not None and getattr(args, name) < (0 if name == "queue" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'queue' else 1}")
+        config.check_all()
+        sock = bind(args.host, args.port)
         backend, adapter = active_backend()
         pipe = load_models(args, slots=args.max_batch)
         slots = pipe.stages.slots() if pipe.stages.resident_available() else args.max_batch or 1
@@ -68,14 +102,18 @@ def main(argv=None) -> int:
         opts = Options(max_input=args.max_input, queue=args.queue, slots=slots, api_key=args.api_key, voices=voices)
         app = create_app(pipe, opts)
     except WsvkError as e:
+        if sock is not None:
+            sock.close()
         print(f"error: {e}", file=sys.stderr)
         return 2 if isinstance(e, (InputError, ValueError)) else 1
     import uvicorn
 
-    print(f"wsvk serving on http://{args.host}:{args.port}/ ({backend}: {adapter}; {slots} slots, "
+    host = f"[{args.host}]" if ":" in args.host else args.host
+    print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slots, "
           f"{len(voices)} voices)", file=sys.stderr)
     try:
-        uvicorn.run(app, host=args.host, port=args.port, log_level="warning")
+        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
         engine.close()
+        sock.close()
     return 0

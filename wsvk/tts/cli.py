@@ -43,14 +43,21 @@ def build_parser() -> argparse.ArgumentParser:
     return p
 
 
-def add_model_args(p) -> None:
+def seed_number(text: str) -> int:
+    seed = int(text)
+    if seed < 0:
+        raise argparse.ArgumentTypeError(f"{seed} is negative (seeds are integers >= 0, as the server's and a batch row's)")
+    return seed
+
+
+def add_model_args(p, seed_help: str = "sampling seed: same seed, same speech on every backend") -> None:
     """The model options synth.py, `python -m wsvk serve` and `python -m wsvk batch` share."""
     p.add_argument("--t2s", metavar="REF", help="T2S model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--s2a", metavar="REF", help="S2A model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--vocoder", metavar="REF", help="Vocos: a folder (config.yaml + pytorch_model.bin) or a repo id")
     p.add_argument("--speaker-model", metavar="REF",
                    help="ECAPA speaker encoder: a folder (hyperparams.yaml + embedding_model.ckpt) or a repo id")
-    p.add_argument("--seed", type=int, default=0, help="sampling seed: same seed, same speech on every backend")
+    p.add_argument("--seed", type=seed_number, default=0, help=seed_help)
     p.add_argument("--random-weights", choices=SIZES, metavar="{tiny,base,small,medium}",
                    help="random models of this size for the parts not given (offline test; the output is noise)")
     p.add_argument("--no-resident", action="store_true",
@@ -132,7 +139,7 @@ def cheap_checks(args):
     if not args.cps > 0 or args.cps != args.cps or args.cps == float("inf"):
         raise BadInput(f"--cps must be a positive number, got {args.cps}")
     lang = check_language(args.lang)
-    config.backend()  # raises ConfigError for a bad WSVK_BACKEND
+    config.check_all()  # a bad WSVK_* value is an error even where this run would not read it
     out = check_output(args.output)
     if out == "-" and sys.stdout.isatty():
         raise BadInput("-o - writes WAV bytes to stdout, which is a terminal: pipe it (| aplay) or give a file name")

@@ -242,8 +242,9 @@ class Pipeline:
         with one seed, text i's audio equals generate(texts[i], ..., seed=seed). Every input is
         checked before any work (an InputError names the text's index)."""
         with self.lock:
+            self.last = Generation()  # before _plan: its speaker embeddings' time is this call's
             chunks, n_texts = self._plan(texts, speaker, lang, cps, seed, _single)
-            self.last = Generation(chunks=[c.text for c in chunks])
+            self.last.chunks = [c.text for c in chunks]
             self._synthesize(chunks)
             parts = [[] for _ in range(n_texts)]
             for c in chunks:
