@@ -82,6 +82,9 @@ def test_bad_settings(monkeypatch, var, value, message):
     ({"WSVK_BACKEND": "vulkan"}, "error: WSVK_BACKEND='vulkan' is not valid; use one of: auto, wgpu, cpu"),
     ({"WSVK_BACKEND": "wgpu", "WSVK_ADAPTER": "no-such-gpu"}, "error: WSVK_ADAPTER='no-such-gpu' matches no adapter"),
     ({"WSVK_BACKEND": "wgpu", **NO_DRIVERS}, "error: WSVK_BACKEND=wgpu but wgpu found no GPU adapter"),
+    ({"WSVK_BACKEND": "cpu", "WSVK_PRECISION": "bf16"}, "error: WSVK_PRECISION='bf16' is not valid"),  # unread, checked
+    ({"WSVK_LIMITS": "max"}, "error: WSVK_LIMITS='max' is not valid; use one of: adapter, default"),
+    ({"WSVK_SLOTS": "x"}, "error: WSVK_SLOTS='x' is not valid; use an integer >= 1"),
 ])
 def test_info_errors_are_one_line(env, message):
     r = run_py("-m", "wsvk", "info", env=env)
