@@ -47,12 +47,11 @@ def main(argv=None) -> int:
 
 
 def run(args) -> int:
+    from .. import config
     from ..router import active_backend
     from ..tts.pipeline import check_language
     from .job import JobError, Manifest, Progress, prepare_folder, synthesize
     from .rows import check_rows, read_rows
-
-    from .. import config
 
     config.check_all()
     if args.batch_rows is not None and args.batch_rows < 1:

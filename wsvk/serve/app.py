@@ -28,8 +28,8 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError
-from ..tts.pipeline import check_language
 from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
+from ..tts.pipeline import check_language
 
 log = logging.getLogger("wsvk.serve")
 
