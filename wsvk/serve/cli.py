@@ -108,6 +108,7 @@ def main(argv=None) -> int:
         return 2 if isinstance(e, (InputError, ValueError)) else 1
     import uvicorn
 
+    sock.listen(2048)  # from here a client waits in the backlog until uvicorn accepts (its loop starts next)
     host = f"[{args.host}]" if ":" in args.host else args.host
     print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slots, "
           f"{len(voices)} voices)", file=sys.stderr)
