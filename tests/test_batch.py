@@ -167,7 +167,9 @@ def test_generate_batch_inputs_are_checked_first(rt):
         (dict(texts=["a", "b"], lang=["en"]), "lang has 1 values for 2 texts"),
         (dict(texts=["a", "b"], lang=["en", "xx"]), "text 1: unknown language 'xx'"),
         (dict(texts=["a", "b"], cps=[15, -1]), "text 1: cps"),
-        (dict(texts=["a"], seed="7"), "text 0: seed must be an integer"),
+        (dict(texts=["a"], seed="7"), "text 0: seed must be an integer from 0 to 4294967295, got '7'"),
+        (dict(texts=["a", "b"], seed=[1, -1]), "text 1: seed must be an integer from 0 to 4294967295, got -1"),
+        (dict(texts=["a"], seed=2**32), "text 0: seed must be an integer"),  # it would alias seed 0
         (dict(texts=["a"], speaker="/no/such/voice.wav"), "text 0: speaker audio file not found"),
     ]
     calls = []
@@ -176,6 +178,8 @@ def test_generate_batch_inputs_are_checked_first(rt):
         with pytest.raises(InputError, match=words):
             pipe.generate_batch(**kw)
     assert not calls
+    with pytest.raises(InputError, match="seed must be an integer from 0 to 4294967295, got -3"):
+        load_pipeline(random_weights="tiny", seed=-3)
 
 
 # ---------------------------------------------------------------- the pipeline

@@ -146,7 +146,8 @@ def test_bad_rows_are_reported_and_good_rows_finish(models, tmp_path):
     rows = [{"id": "good1", "text": "Fine."}, {"id": "../etc", "text": "x"}, {"id": "good1", "text": "again"},
             {"id": "empty", "text": " "}, {"id": "lang", "text": "hi", "lang": "xx"},
             {"id": "novoice", "text": "hi", "voice": "missing.wav"}, {"id": "cps", "text": "hi", "cps": "fast"},
-            {"id": "seed", "text": "hi", "seed": 1.5}, {"id": "good2", "text": "Also fine.", "cps": 18}]
+            {"id": "seed", "text": "hi", "seed": 1.5}, {"id": "big", "text": "hi", "seed": 2**32},
+            {"id": "good2", "text": "Also fine.", "cps": 18}]
     inp = write_jsonl(tmp_path / "rows.jsonl", rows)
     with open(inp, "a") as f:
         f.write("{this is not json\n")
@@ -155,7 +156,8 @@ def test_bad_rows_are_reported_and_good_rows_finish(models, tmp_path):
     for words in ("line 2: id '../etc' is not a safe file name", "line 3: id 'good1' appears twice",
                   "line 4: row empty: the text is empty", "line 5: row lang: unknown language 'xx'",
                   "line 6: row novoice: voice file not found", "line 7: row cps: cps must be a number",
-                  "line 8: row seed: seed must be an integer", "line 10: not valid JSON"):
+                  "line 8: row seed: seed must be an integer",
+                  "line 9: row big: seed must be an integer from 0 to 4294967295", "line 11: not valid JSON"):
         assert words in r.stderr, words
     assert sorted(p.name for p in (tmp_path / "out").glob("*.flac")) == ["good1.flac", "good2.flac"]
     strict = batch(inp, "--out", tmp_path / "strict", "--strict", *model_args(paths))

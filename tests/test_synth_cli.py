@@ -98,7 +98,7 @@ CASES = [
     ("bad precision on the cpu", ["hi", "-o", "{out}"], None, {"WSVK_BACKEND": "cpu", "WSVK_PRECISION": "bf16"},
      "WSVK_PRECISION='bf16' is not valid"),
     ("zero slots", ["hi", "-o", "{out}"], None, {"WSVK_SLOTS": "0"}, "WSVK_SLOTS='0' is not valid; use an integer >= 1"),
-    ("negative seed", ["hi", "-o", "{out}", "--seed", "-1"], None, {}, "-1 is negative"),
+    ("negative seed", ["hi", "-o", "{out}", "--seed", "-1"], None, {}, "seed must be an integer from 0 to 4294967295, got -1"),
     ("no output", ["hi"], None, {}, "-o/--output"),
     ("bad size", ["hi", "-o", "{out}", "--random-weights", "huge"], None, {}, "invalid choice"),
     ("missing text file", ["--text-file", "{dir}/none.txt", "-o", "{out}"], None, {}, "text file not found"),

@@ -17,6 +17,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..errors import InputError
+from ..tts.pipeline import check_seed
 
 SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # fullmatch: a file name on every system, no path
 # names Windows reserves for devices, with any extension ("con.flac" cannot be created there)
@@ -148,9 +149,11 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set, seed: int = 
         if not math.isfinite(row.cps) or row.cps <= 0:
             raise InputError(f"row {rid}: cps must be a number > 0, got {raw['cps']!r}")
     if raw.get("seed") not in (None, ""):
-        row.seed = _number(raw["seed"], rid, "seed", int)
-        if row.seed < 0:
-            raise InputError(f"row {rid}: seed must be a non-negative integer, got {raw['seed']!r}")
+        seed = _number(raw["seed"], rid, "seed", int)
+        try:
+            row.seed = check_seed(seed)
+        except InputError as e:
+            raise InputError(f"row {rid}: {e}") from None
     seen.add(rid.lower())
     return row
 

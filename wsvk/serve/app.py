@@ -29,7 +29,7 @@ from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..errors import InputError
 from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
-from ..tts.pipeline import check_language
+from ..tts.pipeline import check_language, check_seed
 
 log = logging.getLogger("wsvk.serve")
 
@@ -102,8 +102,11 @@ def check_request(body, opts: Options) -> dict:
     if stream not in ("audio", "sse"):
         raise ApiError(400, f"stream_format must be audio or sse, got {stream!r}", "stream_format", "invalid_value")
     seed = body.get("seed")
-    if seed is not None and (isinstance(seed, bool) or not isinstance(seed, int) or seed < 0):
-        raise ApiError(400, f"seed must be a non-negative integer, got {seed!r}", "seed", "invalid_value")
+    if seed is not None:
+        try:
+            seed = check_seed(seed)
+        except InputError as e:
+            raise ApiError(400, str(e), "seed", "invalid_value") from None
     lang = body.get("lang", "en")
     if not isinstance(lang, str):
         raise ApiError(400, f"lang must be a language code, got {lang!r}", "lang", "invalid_value")

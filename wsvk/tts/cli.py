@@ -44,10 +44,13 @@ def build_parser() -> argparse.ArgumentParser:
 
 
 def seed_number(text: str) -> int:
-    seed = int(text)
-    if seed < 0:
-        raise argparse.ArgumentTypeError(f"{seed} is negative (seeds are integers >= 0, as the server's and a batch row's)")
-    return seed
+    from ..errors import InputError
+    from .pipeline import check_seed
+
+    try:
+        return check_seed(int(text))
+    except InputError as e:
+        raise argparse.ArgumentTypeError(str(e)) from None
 
 
 def add_model_args(p, seed_help: str = "sampling seed: same seed, same speech on every backend") -> None:

@@ -33,9 +33,10 @@ SAMPLE_RATE = 24000
 STAGES = ("speaker", "t2s", "s2a", "vocos")
 FIRST_CHUNK_BYTES = 80  # a longer text starts with a chunk this short, so its speech starts early
 SPEAKER_CACHE = 16  # speaker embeddings a pipeline keeps (a few hundred bytes each)
+SEED_MAX = 2**32 - 1
 
 __all__ = ["load_pipeline", "Pipeline", "Progress", "InputError", "valid_languages", "check_language",
-           "Voice", "SAMPLE_RATE", "STAGES", "DEFAULT_T2S", "DEFAULT_S2A", "DEFAULT_VOCODER", "DEFAULT_SPEAKER_MODEL"]
+           "check_seed", "Voice", "SAMPLE_RATE", "STAGES", "DEFAULT_T2S", "DEFAULT_S2A", "DEFAULT_VOCODER", "DEFAULT_SPEAKER_MODEL"]
 
 
 def valid_languages() -> tuple[str, ...]:
@@ -66,8 +67,11 @@ def check_cps(cps) -> float:
 
 
 def check_seed(seed) -> int:
-    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)):
-        raise InputError(f"seed must be an integer, not {seed!r}")
+    """An integer from 0 to 2**32 - 1 (the seeds numpy's RandomState takes); InputError otherwise.
+    The one rule for the library, synth.py, the server and batch rows: a seed outside it would
+    alias one inside it, since each stage's generator is seeded from a 32-bit (seed, chunk, stage)."""
+    if isinstance(seed, bool) or not isinstance(seed, (int, np.integer)) or not 0 <= seed <= SEED_MAX:
+        raise InputError(f"seed must be an integer from 0 to {SEED_MAX}, got {seed!r}")
     return int(seed)
 
 
@@ -112,7 +116,7 @@ class Pipeline:
         self.t2s, self.s2a, self.vocos = t2s, s2a, vocos
         self.speaker_model = speaker_model  # None: the default ref; a str ref; or a SpeakerEncoder
         self.random_weights = random_weights
-        self.seed = int(seed)
+        self.seed = check_seed(seed)
         self.progress = Progress()
         self.stage_stats = {s: RouterStats() for s in STAGES}
         self.last = Generation()
@@ -384,7 +388,7 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     """
     if random_weights is not None and random_weights not in RANDOM_SIZES:
         raise InputError(f"random_weights must be one of {', '.join(RANDOM_SIZES)}, not {random_weights!r}")
-    seed = int(seed)
+    seed = check_seed(seed)
     # find every file first: offline, one message lists all the downloads a first run needs
     refs, missing = {}, []
     for key, ref, find in (("t2s", t2s, lambda r: resolve_file(r or DEFAULT_T2S, "T2S model", "pass --t2s PATH")),

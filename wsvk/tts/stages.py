@@ -26,7 +26,7 @@ STAGE_IDS = {"t2s": 0, "s2a": 1}
 
 
 def stage_seed(seed: int, chunk: int, stage: int) -> int:
-    return int(np.random.SeedSequence([int(seed) & 0xFFFFFFFF, chunk, stage]).generate_state(1)[0])
+    return int(np.random.SeedSequence([int(seed), chunk, stage]).generate_state(1)[0])
 
 
 @dataclass
