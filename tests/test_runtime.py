@@ -250,6 +250,47 @@ def test_selftest_passes(rt, limits):
     assert r.stdout.count("PASS") >= 20
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
 
+SUBGROUP_PROBE = """
+import numpy as np, wgpu
+from wsvk.gpu import get_runtime
+rt = get_runtime()
+assert rt.has_subgroups
+code = '''@group(0) @binding(0) var<storage, read_write> o: array<u32>;
+@compute @workgroup_size(256) fn main(@builtin(subgroup_size) s: u32, @builtin(local_invocation_index) i: u32) {
+    o[i] = s;
+}'''
+pipe = rt.device.create_compute_pipeline(layout="auto", compute={
+    "module": rt.device.create_shader_module(code=code), "entry_point": "main"})
+buf = rt.device.create_buffer(size=1024, usage=wgpu.BufferUsage.STORAGE | wgpu.BufferUsage.COPY_SRC)
+group = rt.device.create_bind_group(layout=pipe.get_bind_group_layout(0),
+                                    entries=[{"binding": 0, "resource": {"buffer": buf}}])
+enc = rt.device.create_command_encoder()
+cpass = enc.begin_compute_pass()
+cpass.set_pipeline(pipe)
+cpass.set_bind_group(0, group)
+cpass.dispatch_workgroups(1)
+cpass.end()
+rt.device.queue.submit([enc.finish()])
+print(*sorted(set(np.frombuffer(rt.device.queue.read_buffer(buf), np.uint32).tolist())))
+"""
+
+
+@pytest.mark.parametrize("width,size", [(128, 4), (512, 16)])
+def test_selftest_passes_at_other_subgroup_sizes(rt, width, size):
+    """GPUs run subgroups of 8 to 64 invocations (Intel 8-32, NVIDIA, Apple and AMD RDNA 32, AMD
+    GCN 64), and the subgroup reductions must not assume one. lavapipe's subgroups are as wide as
+    its vectors (8 lanes of 256 bits by default); LP_NATIVE_VECTOR_WIDTH makes them 4 (the fewest
+    WebGPU allows: the most subgroup slots in wg_sums) and 16. The probe shows the size took."""
+    if "llvmpipe" not in rt.info["name"]:
+        pytest.skip(f"LP_NATIVE_VECTOR_WIDTH sets lavapipe's subgroup size, not {rt.info['name']}'s")
+    env = {"WSVK_BACKEND": "wgpu", "WSVK_LIMITS": "adapter", "LP_NATIVE_VECTOR_WIDTH": str(width)}
+    probe = run_py("-c", SUBGROUP_PROBE, env=env)
+    assert probe.returncode == 0 and probe.stdout.split() == [str(size)], probe.stdout + probe.stderr
+    r = run_py("-m", "wsvk", "info", "--selftest", env=env)
+    assert r.returncode == 0, r.stdout + r.stderr
+    assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
+    assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
+
 
 def test_vulkan_memory_struct_and_adapter_matching():
     """VkPhysicalDeviceMemoryProperties as the Vulkan headers lay it out on 64-bit platforms (the
