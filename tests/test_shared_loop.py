@@ -370,3 +370,32 @@ def test_a_lower_priority_number_joins_first():
             break
         threading.Event().wait(0.01)
     assert not errors and order == ["urgent", "q0", "q1"]
+
+
+def test_a_queued_sequence_yields_to_newcomers_for_a_bounded_time(monkeypatch):
+    """Priority is a head start in time, not a rank: a later chunk (priority 1) queued more than
+    PRIORITY_WAIT seconds ago joins ahead of a first chunk (priority 0) submitted now, so a
+    steady stream of new requests cannot starve a long text's later chunks."""
+    from wsvk.resident import batching
+
+    monkeypatch.setattr(batching, "PRIORITY_WAIT", 0.2)
+    dec = FakeDecoder(slots=1)
+    loop = SharedLoop(dec)
+    first, old, fresh, newest = Seq(2), Seq(1), Seq(1), Seq(1)
+    order = []
+    for s, name in ((old, "old"), (fresh, "fresh"), (newest, "newest")):
+        s.start = (lambda name: lambda slot: (order.append(name), ([0], 0))[1])(name)
+    errors = []
+    t = hold_first_step(dec, loop, [first], errors)  # the one slot is taken
+    loop.submit(old)                   # due in 0.2 s
+    threading.Event().wait(0.4)
+    loop.submit(fresh, priority=0)     # due now: after old, which has waited its 0.2 s
+    loop.submit(newest, priority=1)    # due in 0.2 s: after both
+    wait_queued(loop, 3)
+    dec.gate.set()
+    t.join(10)
+    for _ in range(200):
+        if all(s.done for s in (old, fresh, newest)):
+            break
+        threading.Event().wait(0.01)
+    assert not errors and order == ["old", "fresh", "newest"]

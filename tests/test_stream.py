@@ -84,21 +84,24 @@ def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # 
     assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
 
 
-def test_a_later_chunk_that_cannot_start_on_the_gpu_is_made_on_the_cpu(pipe, monkeypatch):  # noqa: F811
+@pytest.mark.parametrize("method", ["_t2s_sequence", "_t2s_done"])
+def test_a_later_chunk_that_fails_on_the_gpu_is_made_on_the_cpu(pipe, monkeypatch, method):  # noqa: F811
     """The later chunks are submitted from whichever thread delivered the first audio; one whose
-    sequence cannot be made there goes to the CPU (even with warnings as errors) and the stream
-    ends whole."""
+    sequence cannot be made there (_t2s_sequence), or whose T2S end fails on the decoder's loop
+    thread (_t2s_done), goes to the CPU, even with warnings as errors: the warning raised in the
+    loop's error handler must not end the loop (and send every stream to the CPU). The stream
+    ends whole and the engine stays on the GPU."""
     from wsvk.tts.engine import Engine
 
     ref = pipe.generate(TEXT, seed=10)
-    real = Engine._t2s_sequence
+    real = getattr(Engine, method)
 
-    def flaky(self, gpu, req, i):
+    def flaky(self, gpu, req, i, *rest):
         if i == 1:
             raise ValueError("cannot make this sequence")
-        return real(self, gpu, req, i)
+        return real(self, gpu, req, i, *rest)
 
-    monkeypatch.setattr(Engine, "_t2s_sequence", flaky)
+    monkeypatch.setattr(Engine, method, flaky)
     blocks = []
     with warnings.catch_warnings():
         warnings.filterwarnings("error", message="wsvk:")
@@ -175,6 +178,32 @@ def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):  # noqa: F8
             gc.collect()
         assert req.cancelled, end
     assert [r for r in pipe.engine().requests if not r.cancelled and not all(r.done)] == []
+
+
+def test_a_stream_finalized_under_its_own_locks_does_not_deadlock(pipe):  # noqa: F811
+    """The collector may run a dropped stream's finalizer on an engine thread inside deliver(),
+    which holds the request's lock and, putting a block, its queue's: the finalizer takes no
+    lock (a plain Lock is not re-entrant: that thread, often the one Vocos thread, would hang)."""
+    holder = [pipe.stream(TEXT * 3, seed=1)]
+    req = holder[0].request
+
+    def drop_under_the_locks():
+        req._lock.acquire()
+        req.queue.mutex.acquire()
+        holder.clear()  # the last reference: the finalizer runs here, on this thread
+        req.queue.mutex.release()
+        req._lock.release()
+
+    t = threading.Thread(target=drop_under_the_locks, daemon=True)
+    t.start()
+    t.join(20)
+    hung = t.is_alive()
+    if hung:  # let it go on (any thread may release a Lock), so that the fixture's teardown ends
+        req.queue.mutex.release()
+        req._lock.release()
+    assert not hung, "the finalizer waited for a lock its own thread holds"
+    assert req.cancelled and all(seq.cancelled for seq in req.sequences)
+    assert np.concatenate(list(pipe.stream("Still served.", seed=2))).size > 0
 
 
 def test_bad_input_is_raised_before_any_work(pipe):  # noqa: F811

@@ -38,6 +38,7 @@ from collections import deque
 import numpy as np
 
 _EMPTY = object()  # take(): nothing waiting (as opposed to None: stop)
+PRIORITY_WAIT = 2.0  # seconds a queued sequence yields per priority step to those submitted after it
 
 
 class DecodeLoop:
@@ -184,7 +185,10 @@ class _Guarded:
                 raise self.early
             return method(arg)
         except Exception as e:  # noqa: BLE001 - its owner's to handle
-            self.on_error(e)
+            try:
+                self.on_error(e)
+            except Exception:  # noqa: BLE001 - a failing handler (a warning made an error by a
+                traceback.print_exc()  # filter, say) must not end the loop and every other sequence
             return None
 
     def start(self, slot):
@@ -239,17 +243,19 @@ class SharedLoop:
         self.loop = DecodeLoop(decoder)
         self.name = name
         self.listeners: list = []  # called with the error when the loop fails (from its thread)
-        self._queue: queue.PriorityQueue = queue.PriorityQueue()  # (priority, arrival, sequence)
+        self._queue: queue.PriorityQueue = queue.PriorityQueue()  # (due, arrival, sequence)
         self._arrivals = itertools.count()
         self._thread: threading.Thread | None = None
         self._batches: set = set()
         self._lock = threading.Lock()
 
     def submit(self, seq, on_error=None, priority: int = 1) -> None:
-        """Queue one sequence (see the module docstring); it joins at a step boundary, the lowest
-        priority first, then in arrival order (the engine gives a request's first chunk 0, so a
-        new listener goes ahead of queued work). on_error(e): what to do when its start/feed
-        raises (None: the loop fails)."""
+        """Queue one sequence (see the module docstring); it joins at a step boundary, as if it
+        had arrived `priority` x PRIORITY_WAIT seconds after it did. The engine gives a request's
+        first chunk 0 and its later chunks 1, so a new listener goes ahead of the work queued in
+        the last PRIORITY_WAIT seconds, and no queued chunk waits longer than that behind a
+        stream of newcomers. on_error(e): what to do when its start/feed raises (None: the loop
+        fails)."""
         if on_error is not None:
             seq = _Guarded(seq, on_error)
         with self._lock:
@@ -257,7 +263,7 @@ class SharedLoop:
                 thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 thread.start()  # it waits for the lock before it looks at anything
                 self._thread = thread
-            self._queue.put((priority, next(self._arrivals), seq))
+            self._queue.put((time.monotonic() + priority * PRIORITY_WAIT, next(self._arrivals), seq))
 
     def run(self, sequences) -> None:
         """Decode the sequences together (beside whatever else is submitted) and wait for their

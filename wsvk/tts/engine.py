@@ -7,7 +7,8 @@ window of them goes to the engine's Vocos thread (VocosStream), so its audio lea
 the chunk ends while the S2A steps go on. A request's later chunks start once its first chunk has
 audio out, so that its first audio does not wait on their T2S steps, and then a fair share of
 the slots at a time (Engine.share), so that a long text does not hold up the requests after it:
-their first chunks also go ahead of queued later chunks in the decoders' queues, and the CPU
+their first chunks also go ahead of later chunks queued in the last 2 s (SharedLoop.submit's
+priority is a head start in time, so nothing starves), and the CPU
 thread takes every request's first chunks before anyone's second ones.
 Each request receives its audio blocks in order. Every chunk samples with its own generator
 (seeded from seed, chunk and stage, as Pipeline.generate does), so a request's audio does not
@@ -122,6 +123,7 @@ class Request:
         with self._lock:
             seq.cancelled = self.cancelled
             self.sequences.append(seq)
+            seq.cancelled |= self.cancelled  # abandon() sets it without the lock: it sees seq or we see it
 
     def stop_sequences(self) -> None:
         """The request's decoder sequences leave their slots at the next step."""
@@ -129,16 +131,22 @@ class Request:
             for seq in self.sequences:
                 seq.cancelled = True
 
-    def cancel(self, notify: bool = True) -> None:
-        """Leave the engine (and the decoders' slots, at the next step). notify=False: without
-        calling on_progress (from a finalizer, which may run while this thread holds the engine's
-        lock: the engine starts more chunks at the next chunk's end instead)."""
+    def cancel(self) -> None:
+        """Leave the engine (and the decoders' slots, at the next step)."""
         with self._lock:
             was, self.cancelled = self.cancelled, True  # a sequence added from now on starts cancelled
         self.stop_sequences()
         self.queue.put(None)  # wakes a reader waiting in next()
-        if not was and notify:
+        if not was:
             self._call(self.on_progress)
+
+    def abandon(self) -> None:
+        """cancel() for a finalizer, which the collector may run on a thread that holds this
+        request's lock or its queue's (deliver() allocates under both): no lock, no reader to
+        wake, no on_progress. The decoders' sequences leave at the next step."""
+        self.cancelled = True
+        for seq in list(self.sequences):
+            seq.cancelled = True
 
     def next(self, timeout: float | None = None):
         """The next audio block, None at the end (or once cancelled); raises what failed the

@@ -356,7 +356,7 @@ class AudioStream:
         self.close()
 
     def __del__(self):
-        self.request.cancel(notify=False)  # a finalizer may run anywhere, even under the engine's lock
+        self.request.abandon()  # a finalizer may run anywhere, even under the request's own locks
 
 
 def _is_embedding(value) -> bool:
