@@ -129,7 +129,8 @@ def main(argv=None) -> int:
                                              "s2a_size": s2a_size, "text_chars": len(args.text), "rounds": rounds},
                                             indent=2))
     server.should_exit = True
-    pipe.engine().close()
+    thread.join(30)
+    pipe.engine().close(wait=30)  # the process ends next: not while a thread is inside torch or wgpu
     print(f"server: {backend} ({adapter}); T2S {args.size}, S2A {s2a_size}; a {len(args.text)}-character text, pcm")
     print(f"{'clients':>8} {'TTFB p50 ms':>12} {'TTFB p95 ms':>12} {'stream x RT min':>16} {'median':>8} "
           f"{'aggregate x RT':>15}")

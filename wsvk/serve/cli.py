@@ -115,6 +115,6 @@ def main(argv=None) -> int:
     try:
         uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
     finally:
-        engine.close()
+        engine.close(wait=30)  # the process ends next: not while a thread is inside torch or wgpu
         sock.close()
     return 0
