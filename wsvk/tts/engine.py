@@ -214,7 +214,8 @@ class Engine:
         self.lock = threading.Lock()
         self.requests: list[Request] = []
         self.gpu = None        # the pipeline's (t2s, s2a, vocos) resident modules while on the GPU
-        self.thread: threading.Thread | None = None
+        self.thread: threading.Thread | None = None  # the CPU thread
+        self.vocos_thread: threading.Thread | None = None
         self.cpu_q: queue.PriorityQueue = queue.PriorityQueue()  # (chunk index, arrival, (req, i)): round robin
         self._arrivals = itertools.count()
         self.slots = 1         # the decoders' slots (the fewer of T2S's and S2A's), once started
@@ -299,7 +300,8 @@ class Engine:
             self.slots = min(gpu[0].slots, gpu[1].slots)
             for mod in gpu[:2]:
                 mod.loop.listeners.append(self._gpu_failed)
-            threading.Thread(target=self._vocos_loop, daemon=True, name="wsvk-vocos").start()
+            self.vocos_thread = threading.Thread(target=self._vocos_loop, daemon=True, name="wsvk-vocos")
+            self.vocos_thread.start()
         self.thread = threading.Thread(target=self._cpu_loop, daemon=True, name="wsvk-cpu")
         self.thread.start()
 
@@ -315,8 +317,9 @@ class Engine:
     def close(self, wait: float = 0.0) -> None:
         """Stop listening, the CPU thread and the Vocos thread; a request still open fails (its
         reader wakes) and its sequences leave the decoders. Pipeline.engine() then starts a new
-        engine. wait: seconds to wait for the CPU thread to leave the chunk it is making and for the
-        decoders' loops to go idle (a process about to exit must not end inside torch or wgpu)."""
+        engine. wait: seconds to wait for the CPU and Vocos threads to leave what they are making
+        and for the decoders' loops to go idle (a process about to exit must not end inside torch
+        or wgpu: their static destructors abort it, "terminate called without an active exception")."""
         with self.lock:
             gpu, self.gpu, self.closed = self.gpu, None, True
         for mod in (gpu or ())[:2]:
@@ -325,8 +328,9 @@ class Engine:
         self.cpu_q.put((-1, next(self._arrivals), None))
         self.vocos_q.put(None)
         self._fail_all(RuntimeError("the engine was closed"))
-        if wait and self.thread is not None and self.thread is not threading.current_thread():
-            self.thread.join(wait)
+        for thread in (self.thread, self.vocos_thread) if wait else ():
+            if thread is not None and thread is not threading.current_thread():
+                thread.join(wait)
         for mod in (gpu or ())[:2] if wait else ():  # their cancelled sequences leave at the next step
             mod.loop.wait_idle(wait)
 

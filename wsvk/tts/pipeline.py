@@ -14,9 +14,11 @@ the same tokens on every backend, alone or in a batch.
 
 from __future__ import annotations
 
+import atexit
 import math
 import threading
 import time
+import weakref
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -276,6 +278,7 @@ class Pipeline:
         with self._speaker_lock:
             if self._engine is None or self._engine.closed:
                 self._engine = Engine(self)
+                _ENGINES.add(self._engine)
             return self._engine
 
     def _plan(self, texts, speaker, lang, cps, seed, single: bool):
@@ -357,6 +360,17 @@ class AudioStream:
 
     def __del__(self):
         self.request.abandon()  # a finalizer may run anywhere, even under the request's own locks
+
+
+_ENGINES: weakref.WeakSet = weakref.WeakSet()  # the pipelines' engines, closed at exit
+
+
+@atexit.register
+def _close_engines() -> None:
+    """A process that exits with a stream in flight waits for the engine's threads: ending while
+    one is inside torch or wgpu aborts it ("terminate called without an active exception")."""
+    for engine in list(_ENGINES):
+        engine.close(wait=10)
 
 
 def _is_embedding(value) -> bool:
