@@ -132,6 +132,7 @@ class Pipeline:
         self.lock = threading.Lock()    # one call at a time: shared slots, torch's global RNG
         self._speakers: dict = {}       # samples hash -> ECAPA embedding, least recently used first
         self._speaker_lock = threading.Lock()
+        _PIPELINES.add(self)
 
     @property
     def stats(self):
@@ -278,7 +279,6 @@ class Pipeline:
         with self._speaker_lock:
             if self._engine is None or self._engine.closed:
                 self._engine = Engine(self)
-                _ENGINES.add(self._engine)
             return self._engine
 
     def _plan(self, texts, speaker, lang, cps, seed, single: bool):
@@ -362,15 +362,20 @@ class AudioStream:
         self.request.abandon()  # a finalizer may run anywhere, even under the request's own locks
 
 
-_ENGINES: weakref.WeakSet = weakref.WeakSet()  # the pipelines' engines, closed at exit
+_PIPELINES: weakref.WeakSet = weakref.WeakSet()  # quiesced at exit
 
 
 @atexit.register
-def _close_engines() -> None:
-    """A process that exits with a stream in flight waits for the engine's threads: ending while
-    one is inside torch or wgpu aborts it ("terminate called without an active exception")."""
-    for engine in list(_ENGINES):
-        engine.close(wait=10)
+def _quiesce() -> None:
+    """A process that exits with a stream in flight (or a generate() cut short by Ctrl-C) waits
+    for the engine's threads and the decoders' loops: ending while one of them is inside torch
+    or wgpu aborts it ("terminate called without an active exception")."""
+    for pipe in list(_PIPELINES):
+        if pipe._engine is not None:
+            pipe._engine.close(wait=10)
+        for mod in list(pipe.stages.resident.values()):
+            if hasattr(mod, "loop"):  # T2S and S2A: their cancelled sequences leave at the next step
+                mod.loop.wait_idle(10)
 
 
 def _is_embedding(value) -> bool:
