@@ -123,7 +123,8 @@ class Request:
         with self._lock:
             seq.cancelled = self.cancelled
             self.sequences.append(seq)
-            seq.cancelled |= self.cancelled  # abandon() sets it without the lock: it sees seq or we see it
+            if self.cancelled:  # abandon() sets it without the lock: it sees seq, or we see it here
+                seq.cancelled = True  # (only ever True once seq is listed: nothing clobbers its write)
 
     def stop_sequences(self) -> None:
         """The request's decoder sequences leave their slots at the next step."""
