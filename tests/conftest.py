@@ -91,3 +91,13 @@ def guard(rt, monkeypatch):
 def rand(shape, seed=0, dtype=np.float32, scale=1.0):
     """Seeded standard-normal data."""
     return (np.random.default_rng(seed).standard_normal(shape) * scale).astype(dtype)
+
+
+def rss_mb() -> float:
+    """This process's resident memory now, in MB, after a collection (not ru_maxrss: a lifetime
+    peak that an earlier test may have set hides any later growth below it)."""
+    import gc
+
+    gc.collect()
+    with open("/proc/self/statm") as f:
+        return int(f.read().split()[1]) * os.sysconf("SC_PAGE_SIZE") / 2**20

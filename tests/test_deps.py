@@ -72,6 +72,20 @@ def test_deps_names_the_pair_that_does_not_load(tmp_path):
     assert lines[0].startswith(want), lines[0]
 
 
+@pytest.mark.parametrize("module,command", [("fastapi", ["serve"]), ("uvicorn", ["serve"]),
+                                            ("ray", ["batch", "ROWS", "--out", "OUT", "--ray"])])
+def test_a_missing_extra_is_one_line_naming_it(tmp_path, module, command):
+    """serve without FastAPI or uvicorn, batch --ray without Ray: one error line with the pip extra."""
+    (tmp_path / "sitecustomize.py").write_text(f"import sys\nsys.modules[{module!r}] = None\n")  # not installed
+    (tmp_path / "rows.jsonl").write_text('{"id": "a", "text": "Hi."}\n')
+    command = [{"ROWS": str(tmp_path / "rows.jsonl"), "OUT": str(tmp_path / "out")}.get(a, a) for a in command]
+    r = run(sys.executable, "-m", "wsvk", *command, env={"PYTHONPATH": str(tmp_path)})
+    extra = "ray" if module == "ray" else "server"
+    assert r.returncode == 2 and r.stderr.strip().splitlines() == [
+        f"error: {module} is not installed: this command needs the `{extra}` extra (pip install 'wsvk[{extra}]')"], \
+        r.stderr
+
+
 @pytest.mark.slow
 def test_the_wheel_resolves_to_a_working_set_in_a_fresh_venv(tmp_path):
     """pip wheel, then plain `pip install wsvk-*.whl` into a new venv: pip resolves the

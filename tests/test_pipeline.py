@@ -14,7 +14,7 @@ import torch
 
 sys.path.insert(0, str(Path(__file__).parent))
 import tiny_models as tm  # noqa: E402
-from conftest import rel_err  # noqa: E402
+from conftest import rel_err, rss_mb  # noqa: E402
 
 from wsvk.errors import ConfigError, InputError
 from wsvk.tts.models import load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
@@ -295,18 +295,16 @@ def test_threads_get_their_own_audio(tiny, rt, backend):
 @pytest.mark.slow
 def test_many_generate_calls_keep_memory_flat(tiny, rt, backend):
     """200 calls on one pipeline: the buffer pool is reused, GPU and host memory stay flat."""
-    import resource
-
     backend("wgpu")
     pipe = tiny_pipeline(tiny)
     for i in range(3):
         pipe.generate("Warm up.", seed=i)
     gpu_before = rt.pool.allocated_bytes
-    rss_before = resource.getrusage(resource.RUSAGE_SELF).ru_maxrss
+    rss_before = rss_mb()
     for i in range(200):
         pipe.generate("Again and again.", seed=i % 4)
     assert rt.pool.allocated_bytes <= gpu_before
-    grown_mb = (resource.getrusage(resource.RUSAGE_SELF).ru_maxrss - rss_before) / 1024
+    grown_mb = rss_mb() - rss_before
     assert grown_mb < 64, f"host memory grew by {grown_mb:.0f} MB over 200 calls"
 
 

@@ -2,6 +2,7 @@
 that are exact, early exits that free the slots, the short first chunk."""
 
 import threading
+import time
 import warnings
 
 import numpy as np
@@ -22,6 +23,7 @@ def test_stream_joins_to_generate(pipe):  # noqa: F811
     assert len(pipe.last.chunks) >= 3 and len(blocks) > len(pipe.last.chunks)  # windows inside chunks
     got = np.concatenate(blocks)
     assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
+    assert np.abs(got - ref).max() < 1e-5  # sample by sample: no seam between windows or chunks
 
 
 def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):  # noqa: F811
@@ -160,6 +162,10 @@ def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
     it.close()  # the listener went away
     assert [r for r in pipe.engine().requests if not r.cancelled and not all(r.done)] == []
     assert np.concatenate(list(pipe.stream("Still served.", seed=2))).size > 0
+    deadline = time.monotonic() + 10  # the engine lets go of ended requests once their last chunk's hook ran
+    while pipe.engine().requests and time.monotonic() < deadline:
+        time.sleep(0.01)
+    assert pipe.engine().requests == []
 
 
 def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):  # noqa: F811

@@ -63,3 +63,18 @@ def main() -> int:
     if not problems:
         print("dependencies: " + ", ".join(f"{d} {version(d)}" for _, d, _ in DEPENDENCIES))
     return 1 if problems else 0
+
+
+def need_extra(extra: str, *modules: str) -> None:
+    """An InputError naming the pip extra to install when one of `modules` is not installed (the
+    server's FastAPI and uvicorn, the scale-out's Ray), instead of a traceback deep inside."""
+    from .errors import InputError
+
+    for module in modules:
+        try:
+            importlib.import_module(module)
+        except ModuleNotFoundError as e:
+            if e.name != module:
+                raise  # it is there, and something it needs is not: that error says more
+            raise InputError(f"{module} is not installed: this command needs the `{extra}` extra "
+                             f"(pip install 'wsvk[{extra}]')") from None

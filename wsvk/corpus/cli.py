@@ -54,6 +54,10 @@ def run(args) -> int:
     from .rows import check_rows, read_rows
 
     config.check_all()
+    if args.ray is not None:
+        from ..deps import need_extra
+
+        need_extra("ray", "ray")
     if args.batch_rows is not None and args.batch_rows < 1:
         raise InputError("--batch-rows must be at least 1")
     records = read_rows(args.input)

@@ -41,11 +41,16 @@ BASE_CPS = 15.0  # speed 1.0
 @dataclass
 class Options:
     max_input: int = 4096          # characters of `input` (OpenAI's limit)
-    max_body: int = 65536          # bytes of a request body
+    max_body: int | None = None    # bytes of a request body; default 16 per character of input (64 KiB):
+                                   # room for JSON's 12-byte escapes of a character outside the BMP
     queue: int = 16                # requests waiting beyond the slots
     slots: int = 8                 # requests decoding at once
     api_key: str | None = None
     voices: dict = field(default_factory=dict)  # name -> speaker embedding
+
+    def __post_init__(self):
+        if self.max_body is None:
+            self.max_body = 16 * self.max_input
 
 
 class ApiError(Exception):
@@ -136,6 +141,11 @@ def create_app(pipe, opts: Options):
         return rejected(request.scope, ApiError(e.status_code, str(e.detail), code="not_found" if e.status_code == 404
                                                 else None, headers=dict(e.headers or {})))
 
+    @app.exception_handler(Exception)
+    async def server_error(request: Request, e: Exception):  # a bug of ours: still OpenAI's shape (uvicorn
+        return rejected(request.scope, ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error",
+                                                code="internal_error"))  # logs the traceback too)
+
     app.add_middleware(Guard, opts=opts)
 
     @app.get("/health")
@@ -170,7 +180,7 @@ def create_app(pipe, opts: Options):
                                code="request_too_large")
         try:
             body = json.loads(raw or b"null")
-        except ValueError:
+        except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
             raise ApiError(400, "the request body is not valid JSON") from None
         req = check_request(body, opts)
         if state["active"] >= opts.slots + opts.queue:

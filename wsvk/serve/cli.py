@@ -19,7 +19,7 @@ from .. import config
 from ..errors import InputError, WsvkError
 from ..tts.cli import add_model_args, load_models
 
-VOICE_EXTENSIONS = (".wav", ".flac", ".ogg", ".mp3")
+VOICE_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -32,7 +32,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/ routes")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="requests decoded together (the decoders' slots; default WSVK_SLOTS or by the adapter)")
-    p.add_argument("--queue", type=int, default=16, metavar="N", help="requests that may wait beyond them (then 429)")
+    p.add_argument("--queue", type=int, default=16, metavar="N", help="requests that may wait beyond them, then 429 (default 16)")
     p.add_argument("--max-input", type=int, default=4096, metavar="N", help="characters of input (default 4096)")
     return p
 
@@ -70,17 +70,31 @@ def load_voices(pipe, folder: str | None) -> dict:
         path = Path(folder)
         if not path.is_dir():
             raise InputError(f"voices folder not found: {folder}")
+        files = {}
         for f in sorted(path.iterdir()):
             if f.suffix.lower() in VOICE_EXTENSIONS:
-                voices[f.stem] = pipe.speaker_embedding(str(f))
+                if f.stem == "default":
+                    raise InputError(f"{f}: 'default' is whisperspeech's own voice; rename the file")
+                if f.stem in files:
+                    raise InputError(f"two files give the voice '{f.stem}': {files[f.stem].name} and {f.name}")
+                files[f.stem] = f
+        for name, f in files.items():
+            voices[name] = pipe.speaker_embedding(str(f))
     return voices
 
 
 def main(argv=None) -> int:
+    from ..deps import need_extra
     from ..router import active_backend
-    from .app import Options, create_app
 
     args = build_parser().parse_args(argv)
+    try:
+        need_extra("server", "fastapi", "uvicorn")
+    except InputError as e:
+        print(f"error: {e}", file=sys.stderr)
+        return 2
+    from .app import Options, create_app
+
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # warnings (a GPU fault's) as one log line each, not a file:line and a line of source
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}"

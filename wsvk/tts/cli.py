@@ -27,7 +27,7 @@ class _Parser(argparse.ArgumentParser):
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synth.py", description="Speak TEXT with WhisperSpeech and write a 24 kHz mono WAV. "
+    p = _Parser(prog="synth.py", description="Speak TEXT with WhisperSpeech and write 24 kHz mono audio (the format -o names). "
                 "The backend comes from WSVK_BACKEND (auto, wgpu or cpu).")
     p.add_argument("text", nargs="?", help="the text to speak; '-' reads it from stdin")
     p.add_argument("-o", "--output", required=True, metavar="OUT",

@@ -261,6 +261,7 @@ class Engine:
             if self.gpu is None:
                 return
             active = [r for r in self.requests if not (r.cancelled or all(r.done))]
+            self.requests = active  # a request that ended lets go of its chunks' tokens here
             share, start = self.share(len(active)), []
             for req in active:
                 limit = share if req.first_out else 1

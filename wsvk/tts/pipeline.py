@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError, NotCachedError
 from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos,
                      random_s2a, random_t2s, random_vocos, resolve_file, resolve_folder)
-from .speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, read_speaker_audio
+from .speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, read_speaker_audio, read_voice
 from .stages import Chunk, Stages
 from .textsplit import split_text
 
@@ -300,9 +300,8 @@ class Pipeline:
 
         params = {k: per_text(k, v) for k, v in (("speaker", speaker), ("lang", lang), ("cps", cps),
                                                  ("seed", self.seed if seed is None else seed))}
-        chunks, speakers = [], {}
+        checked, voices = [], {}  # first every input, voice files read (each once): no encoder work yet
         for i, text in enumerate(texts):
-            where = "" if single else f"text {i}: "
             try:
                 if not isinstance(text, str):
                     raise InputError(f"text must be a str, not {type(text).__name__}")
@@ -313,10 +312,16 @@ class Pipeline:
                 seed_i = check_seed(params["seed"][i])
                 spk = params["speaker"][i]
                 key = id(spk) if not isinstance(spk, (str, Path)) else str(spk)
-                if key not in speakers:
-                    speakers[key] = self._speaker(spk)
+                if key not in voices:  # a file read (and checked) here; an embedding checked here
+                    voices[key] = (read_voice(spk) if isinstance(spk, (str, Path)) else
+                                   spk if spk is None or isinstance(spk, Voice) else self._speaker(spk))
             except InputError as e:
-                raise InputError(f"{where}{e}") from None
+                raise InputError(("" if single else f"text {i}: ") + str(e)) from None
+            checked.append((i, pieces, lang_i, cps_i, seed_i, key))
+        speakers, chunks = {}, []
+        for i, pieces, lang_i, cps_i, seed_i, key in checked:
+            if key not in speakers:
+                speakers[key] = self._speaker(voices[key])
             chunks += [Chunk(i, j, piece, lang_i, cps_i, seed_i, speakers[key]) for j, piece in enumerate(pieces)]
         return chunks, n
 
