@@ -125,18 +125,28 @@ def test_every_format_through_the_openai_client(server, pipe, fmt):
 
 
 @pytest.mark.parametrize("fmt", ["pcm", "mp3"])
-def test_the_response_streams_before_the_audio_is_done(server, fmt):
-    """The first bytes arrive while the request is still being synthesized (it is still counted
-    as active), in several pieces: raw samples, and mp3 (OpenAI's default format) too."""
-    pieces, active_at_first = [], None
-    with httpx.stream("POST", f"{server.url}/v1/audio/speech", timeout=300,
-                      json={"input": LONG, "response_format": fmt, "seed": 1}) as r:
-        assert r.status_code == 200 and r.headers["content-type"] == {"pcm": "audio/pcm", "mp3": "audio/mpeg"}[fmt]
-        for piece in r.iter_raw():
-            if active_at_first is None:
-                active_at_first = httpx.get(f"{server.url}/health").json()["active"]
+def test_the_response_streams_before_the_audio_is_done(server, fmt, monkeypatch):
+    """Through the openai client's streaming response: the first bytes arrive before the engine
+    has made the request's last audio, in several pieces; raw samples, and mp3 (OpenAI's default
+    format) too."""
+    from wsvk.tts.engine import Request
+
+    ended, deliver = [], Request.deliver
+
+    def timed(self, i, block, done, gpu=True):  # when the request's last chunk ends
+        deliver(self, i, block, done, gpu)
+        if all(self.done) and not ended:
+            ended.append(time.perf_counter())
+
+    monkeypatch.setattr(Request, "deliver", timed)
+    pieces, first = [], None
+    with server.client().audio.speech.with_streaming_response.create(
+            model="tts-1", voice="alloy", input=LONG, response_format=fmt, extra_body={"seed": 1}) as r:
+        assert r.headers["content-type"] == {"pcm": "audio/pcm", "mp3": "audio/mpeg"}[fmt]
+        for piece in r.iter_bytes():
+            first = first or time.perf_counter()
             pieces.append(piece)
-    assert active_at_first == 1 and len(pieces) >= 2
+    assert len(ended) == 1 and first < ended[0] and len(pieces) >= 2, (first, ended, len(pieces))
 
 
 def test_sse_events(server):
@@ -270,7 +280,10 @@ def test_api_key(pipe):
         s.close()
 
 
-def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe):
+def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe, monkeypatch):
+    engine, jobs = pipe.engine(), []
+    submit = engine.submit
+    monkeypatch.setattr(engine, "submit", lambda chunks: jobs.append(submit(chunks)) or jobs[-1])
     s = Server(pipe, slots=1, queue=0)
     try:
         with httpx.stream("POST", f"{s.url}/v1/audio/speech", timeout=300,
@@ -280,11 +293,16 @@ def test_backpressure_429_and_a_disconnect_frees_the_slot(pipe):
             busy = httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi"}, timeout=60)
             assert busy.status_code == 429 and busy.headers["retry-after"] == "1"
             assert busy.json()["error"]["type"] == "rate_limit_error"
-        # the client went away mid-stream: its request leaves at once and the next one is served
-        deadline = time.time() + 60
-        while httpx.get(f"{s.url}/health").json()["active"]:
+        # the client went away mid-stream: its request leaves at once (its place in the server and
+        # its sequences in the decoders' slots: their loops go idle) and the next one is served
+        deadline = time.time() + 30
+        loops = [pipe.stages.gpu_runner(stage).loop for stage in ("t2s", "s2a")]
+        while httpx.get(f"{s.url}/health").json()["active"] or any(loop.busy() for loop in loops):
             assert time.time() < deadline, "a disconnected request kept its slot"
             time.sleep(0.1)
+        job = jobs[0]
+        assert job.cancelled and job.sequences and all(seq.cancelled for seq in job.sequences)
+        assert job.started < len(job.chunks)  # its later chunks never started
         assert httpx.post(f"{s.url}/v1/audio/speech", json={"input": "hi", "response_format": "wav"},
                           timeout=300).status_code == 200
     finally:

@@ -301,6 +301,11 @@ class SharedLoop:
         if thread is not None and thread is not threading.current_thread():
             thread.join(timeout)
 
+    def busy(self) -> bool:
+        """Whether the loop's thread runs: sequences queued or in the slots."""
+        with self._lock:
+            return self._thread is not None
+
     def _take(self, block: bool):
         if block:  # nothing active: end the thread if nothing is queued either
             with self._lock:
