@@ -243,11 +243,12 @@ def bench_batch(args, save=lambda res: None) -> dict:
             save(out)
         del t2s_c, s2a_c
     del stages  # the pipelines below build their own decoders
-    for label, slots in (("batched", max(args.batch)), ("one_chunk_at_a_time", 1))[:2 if args.long_chunks else 0]:
+    text = args.long_text or long_text(args.long_chunks)
+    for label, slots in (("batched", max(args.batch)), ("one_chunk_at_a_time", 1))[:2 if text else 0]:
         pipe = Pipeline(t2s, s2a, vocos, random_weights=args.size, random_t2s=True, slots=slots)
         pipe.generate("Warm up.", seed=1)
         t0 = time.perf_counter()
-        audio = pipe.generate(long_text(args.long_chunks), seed=1)
+        audio = pipe.generate(text, seed=1)
         secs = time.perf_counter() - t0
         out[f"long_text_{label}"] = {"chunks": len(pipe.last.chunks), "seconds": secs,
                                      "audio_seconds": audio.size / SAMPLE_RATE,
@@ -320,6 +321,8 @@ def main(argv=None) -> int:
     p.add_argument("--skip-cpu", action="store_true", help="no torch CPU baseline (slow for 'small')")
     p.add_argument("--batch", help="comma-separated slot counts: the batched-decode benchmark")
     p.add_argument("--long-chunks", type=int, default=10, help="with --batch: chunks of the long text (0: skip it)")
+    p.add_argument("--long-text", help="with --batch: this text instead (a short one for a quick run: random T2S "
+                                       "weights never end a chunk, so its length sets the steps)")
     args = p.parse_args(argv)
     if args.steps < 3:
         p.error("--steps must be at least 3")

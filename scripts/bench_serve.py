@@ -3,8 +3,8 @@
 
     python scripts/bench_serve.py [--size small --s2a-size medium] [--clients 1,4,16] [--json OUT]
 
-Starts the server (python -m wsvk serve's app) on a loopback port in this process with random-weight
-models of whisperspeech's presets (the released pair by default: T2S small, S2A medium), warms it
+Starts the server (python -m wsvk serve's app) on a loopback port in a process of its own with
+random-weight models of whisperspeech's presets (the released pair by default: T2S small, S2A medium), warms it
 up, then for each client count C sends C concurrent streamed requests of a 200-character text
 (pcm), each client --requests times in a row, and reports the time to first byte (p50, p95), the
 x real time of each stream (audio seconds / its wall time) and the aggregate x real time (all
@@ -86,13 +86,59 @@ def run_round(url: str, clients: int, requests: int, text: str) -> dict:
             "aggregate_realtime_x": sum(r["audio_s"] for r in results) / wall, "wall_s": wall}
 
 
-def main(argv=None) -> int:
+def serve(size: str, s2a_size: str, slots: int, port: int) -> None:
+    """The server process: python -m wsvk serve's app on the loopback port, with random-weight
+    models of the presets (the CLI takes one --random-weights size; the released pair has two)."""
     import uvicorn
 
-    from wsvk.router import active_backend
     from wsvk.serve.app import Options, create_app
-    from wsvk.tts.models import RANDOM_SIZES, random_s2a, random_t2s, random_vocos
+    from wsvk.serve.cli import run_uvicorn
+    from wsvk.tts.models import random_s2a, random_t2s, random_vocos
     from wsvk.tts.pipeline import Pipeline
+
+    pipe = Pipeline(random_t2s(size), random_s2a(s2a_size), random_vocos(), random_weights=size,
+                    random_t2s=True, slots=slots)
+    opts = Options(slots=slots, queue=slots, voices={"default": pipe.default_speaker()})
+    run_uvicorn(uvicorn.Config(create_app(pipe, opts), host="127.0.0.1", port=port, log_level="warning"),
+                pipe.engine())  # until stop_server's SIGTERM
+
+
+def start_server(size: str, s2a_size: str, slots: int):
+    """(the server process, its URL, its /health) once it answers. A process of its own, as
+    `python -m wsvk serve` is: the clients' threads here do not share its interpreter lock."""
+    import multiprocessing
+
+    import httpx
+
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        port = s.getsockname()[1]
+    proc = multiprocessing.get_context("spawn").Process(target=serve, args=(size, s2a_size, slots, port),
+                                                        name="wsvk-serve")
+    proc.start()
+    url, deadline = f"http://127.0.0.1:{port}", time.time() + 600  # a random S2A medium takes a while to build
+    while True:
+        try:
+            return proc, url, httpx.get(f"{url}/health", timeout=5).json()
+        except httpx.TransportError:
+            if not proc.is_alive() or time.time() > deadline:
+                proc.kill()
+                raise SystemExit(f"error: the server did not start (exit code {proc.exitcode})") from None
+            time.sleep(0.2)
+
+
+def stop_server(proc) -> None:
+    proc.terminate()  # uvicorn stops on SIGTERM, then the engine closes
+    proc.join(60)
+    if proc.is_alive():
+        proc.kill()
+        proc.join()
+    if proc.exitcode != 0:  # an abort at exit, or it had to be killed: the figures stand, but say so
+        print(f"warning: the server process ended with exit code {proc.exitcode}", file=sys.stderr)
+
+
+def main(argv=None) -> int:
+    from wsvk.tts.models import RANDOM_SIZES
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--size", choices=RANDOM_SIZES, default="small")
@@ -104,33 +150,19 @@ def main(argv=None) -> int:
     args = p.parse_args(argv)
     clients = [int(c) for c in args.clients.split(",")]
     s2a_size = args.s2a_size or ("medium" if args.size == "small" else args.size)
-    pipe = Pipeline(random_t2s(args.size), random_s2a(s2a_size), random_vocos(), random_weights=args.size,
-                    random_t2s=True, slots=max(clients))
-    opts = Options(slots=max(clients), queue=max(clients), voices={"default": pipe.default_speaker()})
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        port = s.getsockname()[1]
-    server = uvicorn.Server(uvicorn.Config(create_app(pipe, opts), host="127.0.0.1", port=port, log_level="warning"))
-    thread = threading.Thread(target=server.run, daemon=True)
-    thread.start()
-    deadline = time.time() + 120
-    while not server.started:
-        if not thread.is_alive() or time.time() > deadline:
-            raise SystemExit("error: the server did not start")
-        time.sleep(0.05)
-    url = f"http://127.0.0.1:{port}"
-    backend, adapter = active_backend()
-    one_request(url, 0, args.text)  # warm-up: pipelines, buffers
-    rounds = []
-    for c in clients:  # the JSON after each round: a run cut short keeps what it measured
-        rounds.append(run_round(url, c, args.requests, args.text))
-        if args.json:
-            args.json.write_text(json.dumps({"backend": backend, "adapter": adapter, "size": args.size,
-                                             "s2a_size": s2a_size, "text_chars": len(args.text), "rounds": rounds},
-                                            indent=2))
-    server.should_exit = True
-    thread.join(30)
-    pipe.engine().close(wait=30)  # the process ends next: not while a thread is inside torch or wgpu
+    proc, url, health = start_server(args.size, s2a_size, max(clients))
+    backend, adapter = health["backend"], health["adapter"]
+    try:
+        one_request(url, 0, args.text)  # warm-up: pipelines, buffers
+        rounds = []
+        for c in clients:  # the JSON after each round: a run cut short keeps what it measured
+            rounds.append(run_round(url, c, args.requests, args.text))
+            if args.json:
+                args.json.write_text(json.dumps({"backend": backend, "adapter": adapter, "size": args.size,
+                                                 "s2a_size": s2a_size, "text_chars": len(args.text),
+                                                 "rounds": rounds}, indent=2))
+    finally:
+        stop_server(proc)
     print(f"server: {backend} ({adapter}); T2S {args.size}, S2A {s2a_size}; a {len(args.text)}-character text, pcm")
     print(f"{'clients':>8} {'TTFB p50 ms':>12} {'TTFB p95 ms':>12} {'stream x RT min':>16} {'median':>8} "
           f"{'aggregate x RT':>15}")

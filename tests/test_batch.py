@@ -12,6 +12,7 @@ from conftest import rel_err, rss_mb
 from test_pipeline import tiny  # noqa: F401 (fixture)
 from test_precision import LOGIT_BOUND
 from wsvk.errors import InputError
+from wsvk.tts.pipeline import Progress
 from wsvk.resident import ResidentS2A, ResidentT2S
 from wsvk.tts.models import s2a_from_spec, t2s_from_spec
 
@@ -258,12 +259,24 @@ def test_gpu_fault_mid_batch_finishes_every_text_on_the_cpu(rt, tiny_files, monk
         return real(stage, *a)
 
     pipe.stages.run_stage = fault_in_s2a
+    events = []
+
+    class Recorder(Progress):  # the S2A stage starts over on the CPU: its steps count from 0 again
+        def stage_start(self, stage, chunk, n_chunks, total_steps):
+            events.append([stage, total_steps, 0])
+
+        def step(self, stage):
+            events[-1][2] += 1
+
+    pipe.progress = Recorder()
     try:
         with pytest.warns(RuntimeWarning) as caught:
             got = pipe.generate_batch(BATCH, seed=9)
     finally:
         rt.fault_after, rt.lost = None, None
     assert len([w for w in caught if "wsvk" in str(w.message)]) == 1 and len(pipe.last.faults) == 1
+    assert [e[0] for e in events] == ["t2s", "s2a", "s2a", "vocos"], events
+    assert 0 < events[1][2] < events[2][2] <= events[2][1]  # the GPU's steps, then the CPU's whole run
     for a, b in zip(got, ref):
         assert a.shape == b.shape and rel_err(a, b) < 1e-4
 

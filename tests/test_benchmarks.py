@@ -49,7 +49,7 @@ def test_bench_e2e_tiny(rt, tmp_path):
 
 
 def test_bench_e2e_batch_tiny(rt, tmp_path):
-    r = run_script("bench_e2e.py", "--batch", "1,2", "--size", "tiny", "--steps", "3", "--long-chunks", "0",
+    r = run_script("bench_e2e.py", "--batch", "1,2", "--size", "tiny", "--steps", "3", "--long-text", "Hi there.",
                    "--json", str(tmp_path / "batch.json"))
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "batch.json").read_text())["batch"]
@@ -60,6 +60,9 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
         assert (row.get("t2s_gpu_ms_per_step", 0) > 0) == rt.has_timestamps
     if rt.has_timestamps:
         assert "B=2 T2S GPU ms by kind" in r.stdout
+    batched, alone = res["long_text_batched"], res["long_text_one_chunk_at_a_time"]  # the long text both ways
+    assert batched["chunks"] == alone["chunks"] == 1 and batched["audio_seconds"] > 0 and alone["audio_seconds"] > 0
+    assert batched["realtime_x"] > 0 and alone["realtime_x"] > 0
 
 
 def test_bench_serve_tiny(rt, tmp_path):
@@ -69,7 +72,7 @@ def test_bench_serve_tiny(rt, tmp_path):
     rounds = json.loads((tmp_path / "serve.json").read_text())["rounds"]
     assert [x["clients"] for x in rounds] == [1, 2] and [x["requests"] for x in rounds] == [1, 2]
     assert all(x["ttfb_p50_ms"] > 0 and x["aggregate_realtime_x"] > 0 for x in rounds)
-    assert "TTFB p50" in r.stdout
+    assert "TTFB p50" in r.stdout and "warning" not in r.stderr, r.stderr  # the server process ended cleanly
 
 
 def test_bench_batch_tiny(rt, tmp_path):

@@ -440,7 +440,8 @@ def _serve(*args, env=None):
 
 def test_the_serve_command_says_where_it_listens_once_it_does():
     """`python -m wsvk serve --port 0`: the real port in its "serving on" line, /health there; a
-    port in use, a bad port and a bad WSVK_* value are one error line each, before any model loads."""
+    port in use, a bad port and a bad WSVK_* value are one error line each, before any model loads;
+    SIGTERM stops it cleanly (exit 0)."""
     proc = _serve("--random-weights", "tiny", "--port", "0", "--queue", "0")
     try:
         line = proc.stderr.readline()
@@ -455,6 +456,10 @@ def test_the_serve_command_says_where_it_listens_once_it_does():
             other = _serve(*args, env=env)
             _, err = other.communicate(timeout=120)
             assert other.returncode == 2 and want in err and "serving on" not in err, (args, err)
+        proc.send_signal(signal.SIGTERM)  # as systemd or docker stop it: a clean exit, 0
+        _, err = proc.communicate(timeout=60)
+        assert proc.returncode == 0 and err.strip().endswith("wsvk stopped") and "Traceback" not in err, err
     finally:
-        proc.send_signal(signal.SIGINT)
-        proc.communicate(timeout=60)
+        if proc.poll() is None:
+            proc.kill()
+            proc.communicate(timeout=60)

@@ -127,8 +127,25 @@ def main(argv=None) -> int:
     print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slots, "
           f"{len(voices)} voices)", file=sys.stderr)
     try:
-        uvicorn.Server(uvicorn.Config(app, log_level="warning")).run(sockets=[sock])
+        run_uvicorn(uvicorn.Config(app, log_level="warning"), engine, sockets=[sock])
     finally:
-        engine.close(wait=30)  # the process ends next: not while a thread is inside torch or wgpu
         sock.close()
+    print("wsvk stopped", file=sys.stderr)
     return 0
+
+
+def run_uvicorn(config, engine, sockets=None) -> None:
+    """uvicorn until Ctrl-C or SIGTERM, then the engine closed (the process ends next: not while a
+    thread is inside torch or wgpu). uvicorn shuts down on either signal, then raises it again for
+    the handler it found: a no-op here, so that the process goes on to close the engine and exits
+    0 (not killed by its SIGTERM, nor a KeyboardInterrupt traceback)."""
+    import signal
+
+    import uvicorn
+
+    for sig in (signal.SIGINT, signal.SIGTERM):
+        signal.signal(sig, lambda *_: None)
+    try:
+        uvicorn.Server(config).run(sockets=sockets)
+    finally:
+        engine.close(wait=30)

@@ -146,12 +146,18 @@ _UMASK_LOCK = threading.Lock()
 
 
 def file_mode() -> int:
-    """0666 less the process umask (read once: os.umask can only be read by setting it)."""
+    """0666 less the process umask, read once: from /proc where Linux shows it; elsewhere by
+    setting it and back (os.umask's only way), which another thread creating a file in between
+    would see."""
     global _UMASK
     with _UMASK_LOCK:
         if _UMASK is None:
-            _UMASK = os.umask(0o022)
-            os.umask(_UMASK)
+            try:
+                with open("/proc/self/status") as f:
+                    _UMASK = next(int(line.split()[1], 8) for line in f if line.startswith("Umask:"))
+            except (OSError, StopIteration, ValueError, IndexError):
+                _UMASK = os.umask(0o022)
+                os.umask(_UMASK)
     return 0o666 & ~_UMASK
 
 

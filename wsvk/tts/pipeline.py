@@ -80,7 +80,9 @@ def check_seed(seed) -> int:
 class Progress:
     """Hooks the pipeline calls; subclass and override what you need (all no-ops here). A stage
     runs all the chunks of a call together: chunk is 0 and n_chunks their number; step() comes once
-    per decode step of each chunk, up to total_steps (an upper bound) in all."""
+    per decode step of each chunk, up to total_steps (an upper bound) in all. On the GPU, step()
+    comes from the decoder's loop thread, not the caller's. After a GPU failure mid-stage,
+    stage_start comes again: the stage starts over on the CPU (steps from 0)."""
 
     def stage_start(self, stage: str, chunk: int, n_chunks: int, total_steps: int | None) -> None:
         pass

@@ -171,6 +171,7 @@ class Stages:
             except GpuError as e:
                 stats.faults.append(str(e))
                 runner = None  # rerun the stage on the CPU: same seeds, same tokens
+                pipe.progress.stage_start(stage, 0, len(chunks), total)  # its steps start over
         if runner is None:
             for chunk in chunks:
                 with torch.random.fork_rng(devices=[]), offload(stats, warn=False):
