@@ -273,6 +273,24 @@ fn wg_add(v: f32, t: u32) -> f32 {
     return r;
 }
 
+// The softmax of one split's scores, in place in dp[0..n): given each thread's max over the
+// unmasked scores it wrote, returns (the split's max m, its sum l of exp(score - m)) to every
+// thread; dp then holds exp(score - m), 0 for a masked key. Shared by decode and decode_cache.
+fn split_softmax(lmax: f32, n: u32, t: u32) -> vec2<f32> {
+    let m = wg_max(lmax, t);
+    var lsum = 0.0;
+    for (var j = t; j < n; j += DWG) {
+        let s = dp[j];
+        var pj = 0.0;
+        if (!is_masked(s)) {
+            pj = exp(s - m);
+        }
+        dp[j] = pj;
+        lsum += pj;
+    }
+    return vec2<f32>(m, wg_add(lsum, t));
+}
+
 @compute @workgroup_size(DWG)
 fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
           @builtin(local_invocation_index) t: u32) {
@@ -313,19 +331,9 @@ fn decode(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: v
             lmax = max(lmax, s);
         }
     }
-    let m = wg_max(lmax, t);
-
-    var lsum = 0.0;
-    for (var j = t; j < n; j += DWG) {
-        let s = dp[j];
-        var pj = 0.0;
-        if (!is_masked(s)) {
-            pj = exp(s - m);
-        }
-        dp[j] = pj;
-        lsum += pj;
-    }
-    let l = wg_add(lsum, t);
+    let ml = split_softmax(lmax, n, t);
+    let m = ml.x;
+    let l = ml.y;
 
     // threads over output columns: v rows are read coalesced
     let pbase = g * (DDV + 2u);
@@ -467,14 +475,9 @@ fn decode_cache(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) 
         dp[j] = s;
         lmax = max(lmax, s);
     }
-    let m = wg_max(lmax, t);
-    var lsum = 0.0;
-    for (var j = t; j < n; j += DWG) {
-        let pj = exp(dp[j] - m);
-        dp[j] = pj;
-        lsum += pj;
-    }
-    let l = wg_add(lsum, t);
+    let ml = split_softmax(lmax, n, t);  // no key here is masked: the check never holds
+    let m = ml.x;
+    let l = ml.y;
     let pb = ((c * ap.NH + h) * ap.MAXS + sp) * (DH + 2u);
     for (var d = t; d < DH; d += DWG) {
         // four keys per iteration: their value loads are independent, so they overlap
