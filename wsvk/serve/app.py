@@ -142,9 +142,9 @@ def create_app(pipe, opts: Options):
                                                 else None, headers=dict(e.headers or {})))
 
     @app.exception_handler(Exception)
-    async def server_error(request: Request, e: Exception):  # a bug of ours: still OpenAI's shape (uvicorn
-        return rejected(request.scope, ApiError(500, f"internal error: {type(e).__name__}: {e}", kind="server_error",
-                                                code="internal_error"))  # logs the traceback too)
+    async def server_error(request: Request, e: Exception):  # a bug of ours: OpenAI's shape still; uvicorn
+        return rejected(request.scope, ApiError(500, f"internal error: {type(e).__name__}: {e}",  # logs the traceback
+                                                kind="server_error", code="internal_error"))
 
     app.add_middleware(Guard, opts=opts)
 

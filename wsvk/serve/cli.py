@@ -88,19 +88,15 @@ def main(argv=None) -> int:
     from ..router import active_backend
 
     args = build_parser().parse_args(argv)
-    try:
-        need_extra("server", "fastapi", "uvicorn")
-    except InputError as e:
-        print(f"error: {e}", file=sys.stderr)
-        return 2
-    from .app import Options, create_app
-
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     # warnings (a GPU fault's) as one log line each, not a file:line and a line of source
     warnings.formatwarning = lambda message, category, *_, **__: f"{category.__name__}: {message}"
     logging.captureWarnings(True)
     sock = None
     try:
+        need_extra("server", "fastapi", "uvicorn")
+        from .app import Options, create_app
+
         for name in ("max_batch", "queue", "max_input"):
             if getattr(args, name) is not None and getattr(args, name) < (0 if name == "queue" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'queue' else 1}")

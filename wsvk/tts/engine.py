@@ -87,6 +87,11 @@ class Request:
         if ended:
             self._call(self.on_progress)
 
+    @property
+    def ended(self) -> bool:
+        """Cancelled, or every chunk done."""
+        return self.cancelled or all(self.done)
+
     def in_flight(self) -> int:
         """Chunks started and not done."""
         return self.started - sum(self.done[:self.started])
@@ -231,7 +236,7 @@ class Engine:
             if self.closed:
                 raise RuntimeError("the engine was closed")
             self._start()
-            self.requests = [r for r in self.requests if not (r.cancelled or all(r.done))] + [req]
+            self.requests = [r for r in self.requests if not r.ended] + [req]
             gpu = self.gpu
             if gpu is None:
                 req.started = len(chunks)
@@ -260,7 +265,7 @@ class Engine:
         with self.lock:
             if self.gpu is None:
                 return
-            active = [r for r in self.requests if not (r.cancelled or all(r.done))]
+            active = [r for r in self.requests if not r.ended]
             self.requests = active  # a request that ended lets go of its chunks' tokens here
             share, start = self.share(len(active)), []
             for req in active:
@@ -482,6 +487,6 @@ class Engine:
         with self.lock:
             requests, self.requests = self.requests, []
         for req in requests:
-            if not (req.cancelled or all(req.done)):
+            if not req.ended:
                 req.fail(error)
                 req.stop_sequences()

@@ -314,16 +314,16 @@ class Pipeline:
                 seed_i = check_seed(params["seed"][i])
                 spk = params["speaker"][i]
                 key = id(spk) if not isinstance(spk, (str, Path)) else str(spk)
-                if key not in voices:  # a file read (and checked) here; an embedding checked here
-                    voices[key] = (read_voice(spk) if isinstance(spk, (str, Path)) else
-                                   spk if spk is None or isinstance(spk, Voice) else self._speaker(spk))
+                if key not in voices:  # a file read (and checked) here; the default voice or an embedding
+                    voices[key] = (read_voice(spk) if isinstance(spk, (str, Path)) else  # checked here
+                                   spk if isinstance(spk, Voice) else self._speaker(spk))
             except InputError as e:
                 raise InputError(("" if single else f"text {i}: ") + str(e)) from None
             checked.append((i, pieces, lang_i, cps_i, seed_i, key))
-        speakers, chunks = {}, []
+        # then the encoder, once per voice read
+        speakers = {key: self._speaker(v) if isinstance(v, Voice) else v for key, v in voices.items()}
+        chunks = []
         for i, pieces, lang_i, cps_i, seed_i, key in checked:
-            if key not in speakers:
-                speakers[key] = self._speaker(voices[key])
             chunks += [Chunk(i, j, piece, lang_i, cps_i, seed_i, speakers[key]) for j, piece in enumerate(pieces)]
         return chunks, n
 
