@@ -1,7 +1,7 @@
 #!/usr/bin/env python
 """Time each kernel family on WhisperSpeech's shapes next to numpy, torch CPU and torch CUDA.
 
-    python scripts/bench_ops.py [--json OUT] [--quick] [--big]
+    python scripts/bench_ops.py [--json OUT] [--quick] [--big] [--only NAME]
 
 The rows are the case tables' benchmark cases (wsvk/kernels/cases.py: tag "bench", "quick" for
 --quick, "big" added by --big). Every row is measured in this one run: the wsvk kernel (GPU-resident inputs, one submit per
@@ -71,10 +71,10 @@ def kernel_time(rt, fn, reps=5) -> float | None:
     return 1e-3 * sum(ms for _, ms in rec.gpu_ms) / reps
 
 
-def cases(big: bool, quick: bool) -> list:
-    """The case tables' benchmark cases, in table order."""
+def cases(big: bool, quick: bool, only: str | None = None) -> list:
+    """The case tables' benchmark cases, in table order; only: those whose name contains it."""
     tags = {"quick"} if quick else {"bench"} | ({"big"} if big else set())
-    return [c for table in kcases.TABLES.values() for c in table if c.tags & tags]
+    return [c for table in kcases.TABLES.values() for c in table if c.tags & tags and (only or "") in c.name]
 
 
 def upload(rt, a):
@@ -92,7 +92,7 @@ def run(args, save=lambda results: None) -> list[dict]:
     torch.set_num_threads(os.cpu_count() or 1)
     cuda = torch.cuda.is_available()
     results = []
-    for case in cases(args.big, args.quick):
+    for case in cases(args.big, args.quick, args.only):
         arrays = case.cast(case.make())
         f32 = [a.astype(np.complex64 if np.iscomplexobj(a) else np.float32) if isinstance(a, np.ndarray) else a
                for a in arrays]
@@ -151,7 +151,10 @@ def main(argv=None) -> int:
     p.add_argument("--quick", action="store_true", help="small shapes (a smoke run on lavapipe)")
     p.add_argument("--big", action="store_true", help="add GEMV 8192^2 and matmul 4096^3")
     p.add_argument("--min-time", type=float, default=0.2, help="seconds per measurement")
+    p.add_argument("--only", help="only the cases whose name contains this (e.g. 8192: the big GEMV)")
     args = p.parse_args(argv)
+    if not cases(args.big, args.quick, args.only):
+        p.error(f"no benchmark case's name contains {args.only!r}")
     rt = get_runtime()
     adapter = f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})"
     if rt.info["type"] == "CPU":

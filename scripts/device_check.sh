@@ -7,11 +7,16 @@
 #     a 200-row corpus job against a loop over generate() (timed on a 20-row sample).
 #   part 2 (~4 min): the released pair single-stream at the default precision, kernel benchmarks
 #     with the issue's big shapes, the f16 accuracy tests (their figures printed).
+#   part 3 (~6 min, issue #17, single-stream step): bench_step.py on the released pair at the
+#     default precision (ms/step over a whole 10 s chunk and GPU time by kind at its start,
+#     middle and end; torch CUDA eager), then the small presets in f32 against torch CUDA eager
+#     and torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. A #17 session runs it
+#     first, and again after each change it keeps.
 # Each step has its own time cap, so one that hangs or fails leaves the others their time, and the
 # benchmarks write their JSON as they go (a step cut short keeps what it measured).
 # Writes log.txt plus up to three JSON files per part (the device tool brings back at most 8).
 # Usage: here `bash scripts/device_kit.sh`, then a run carrying .devicekit with the command
-#   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2]
+#   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2|3]
 set -uo pipefail
 out=${1:-${OUT:-/tmp/wsvk-device}}
 part=${2:-1}
@@ -41,5 +46,11 @@ case $part in
     step 100 ops "$py" scripts/bench_ops.py --big --json "$out/ops.json"
     step 45 precision "$py" -m pytest -q -rP tests/test_precision.py
     ;;
-  *) echo "device_check.sh: part must be 1 or 2, got '$part'" >&2; exit 2 ;;
+  3)
+    step 150 step-released "$py" scripts/bench_step.py --json "$out/step_released.json"
+    step 240 step-small-f32 env WSVK_PRECISION=f32 "$py" scripts/bench_step.py --size small --s2a-size small \
+      --compile --json "$out/step_small_f32.json"
+    step 60 gemv "$py" scripts/bench_ops.py --big --only 8192 --json "$out/gemv.json"
+    ;;
+  *) echo "device_check.sh: part must be 1, 2 or 3, got '$part'" >&2; exit 2 ;;
 esac

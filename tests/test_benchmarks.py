@@ -29,6 +29,11 @@ def test_bench_ops_quick(rt, tmp_path):
     pinned = [row for row in data["results"] if row["case"].endswith("[t128]")]  # a pinned tile variant
     assert len(pinned) == 1 and pinned[0]["wsvk_ms"] > 0 and pinned[0]["torch_cpu_ms"] is None
     assert "linear 1x768->2304" in r.stdout and "irfft" in r.stdout and "conv1d" in r.stdout
+    r = run_script("bench_ops.py", "--quick", "--min-time", "0.01", "--only", "irfft", "--json", str(tmp_path / "one.json"))
+    assert r.returncode == 0, r.stderr
+    assert [row["case"] for row in json.loads((tmp_path / "one.json").read_text())["results"]] == ["irfft (50, 641) n=1280"]
+    r = run_script("bench_ops.py", "--quick", "--only", "nothing-like-this")
+    assert r.returncode == 2 and "no benchmark case's name contains 'nothing-like-this'" in r.stderr
 
 
 def test_bench_e2e_tiny(rt, tmp_path):
@@ -63,6 +68,32 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
     batched, alone = res["long_text_batched"], res["long_text_one_chunk_at_a_time"]  # the long text both ways
     assert batched["chunks"] == alone["chunks"] == 1 and batched["audio_seconds"] > 0 and alone["audio_seconds"] > 0
     assert batched["realtime_x"] > 0 and alone["realtime_x"] > 0
+
+
+def test_bench_step_tiny(rt, tmp_path):
+    r = run_script("bench_step.py", "--size", "tiny", "--chunk-seconds", "0.2", "--positions", "0,1", "--steps", "3",
+                   "--cpu", "--json", str(tmp_path / "step.json"))
+    assert r.returncode == 0, r.stderr
+    res = json.loads((tmp_path / "step.json").read_text())
+    w = res["wsvk"]
+    for stage, chunk in (("t2s", 5), ("s2a", 15)):  # 25 and 75 steps per second of speech
+        s = w[stage]
+        assert s["chunk_steps"] == chunk and s["chunk_ms_per_step"] > 0 and s["dispatches_per_step"] > 0
+        assert [a["pos"] for a in s["at"]] == [0, chunk - 1]  # the chunk's first and last step
+        for a in s["at"]:
+            assert a["ms_per_step"] > 0 and a["record_ms"] > 0
+            assert ("gpu_ms" in a) == rt.has_timestamps
+            if rt.has_timestamps:  # every kind of a decoder layer's dispatch, apart
+                kinds = a["gpu_ms_by_kind"]
+                assert abs(sum(kinds.values()) - a["gpu_ms"]) < 1e-9
+                assert {"attn self", "attn cross", "embed"} <= set(kinds)
+                assert sum(k.endswith("+self-combine") or k.endswith("+cross-combine") for k in kinds) == 2
+        assert f"{stage.upper()}: {s['dispatches_per_step']} dispatches/step" in r.stdout
+    base = res["torch_cpu_eager_f32"]
+    assert base["t2s_ms_per_step"] > 0 and base["s2a_ms_per_step"] > 0
+    assert "torch_cpu_eager_f32: T2S" in r.stdout
+    bad = run_script("bench_step.py", "--positions", "0,2")
+    assert bad.returncode == 2 and "--positions must lie in [0, 1]" in bad.stderr
 
 
 def test_bench_serve_tiny(rt, tmp_path):

@@ -219,8 +219,9 @@ class DecoderPlan:
                                      eps=ln[2] if ln is not None else 0.0, x_stride=x_stride, cols=self.slots,
                                      ss=self.ss)
         gam, bet = (ln[0], ln[1]) if ln is not None else (self.dummy, self.dummy)
+        what = "" if combine is None else " +self-combine" if combine[0] == 0 else " +cross-combine"
         self._add(pipe, [self.step_buf, x, w, w, b if b is not None else self.dummy, gam, bet, out, uni], "rows",
-                  groups, f"gemv {N}x{K}" + (" +ln" if ln is not None else "") + (" +attn-combine" if combine else ""))
+                  groups, f"gemv {N}x{K}" + (" +ln" if ln is not None else "") + what)
 
     def _attn(self, src, kc, vc, part, L, maxs, self_attn):
         pipe = attention.cache_pipeline(self.rt, self.dtype, self.DH, self.ch, self_attn, self.rope)

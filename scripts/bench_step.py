@@ -1,0 +1,191 @@
+#!/usr/bin/env python
+"""One sequence's decode step, position by position: where its time goes (issue #17).
+
+    python scripts/bench_step.py [--size small --s2a-size medium] [--chunk-seconds 10]
+                                 [--positions 0,0.5,1] [--steps 20] [--compile] [--cpu] [--json OUT]
+
+For the resident T2S and S2A decoders (random weights of whisperspeech's presets; the released
+pair, T2S small + S2A medium, by default) at the precision WSVK_PRECISION gives:
+  chunk    ms per step over a whole chunk of --chunk-seconds of speech (T2S 25 tokens/s, S2A 75
+           steps/s; whisperspeech's generate(), sampling included), from position 0 to its end:
+           what a listener waits per step on average. A step attends over every key before it,
+           so late steps cost more than the first hundred (what bench_e2e.py times);
+  at each of --positions (fractions of that chunk): ms per step over --steps decoder steps
+           starting there (no sampling), the GPU time of one step from per-dispatch timestamps
+           (each dispatch in its own pass, so the sum runs a little over a real step's), by kind
+           of dispatch, and the host's time to record a step (hidden behind the GPU's while it is
+           the shorter: the next step is recorded while one runs).
+Baselines in the same run, over --steps steps from the start (torch attends over its whole
+fixed-size cache every step, so its time does not depend on the position): torch CUDA eager
+(f32) and, with --compile, whisperspeech's fastest path (what its optimize() does: f16,
+torch.compile in "reduce-overhead" mode, which replays CUDA graphs) where CUDA exists; --cpu
+adds torch CPU eager. Timings on a software adapter (lavapipe) mean nothing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import sys
+import time
+from pathlib import Path
+from types import SimpleNamespace
+
+sys.path.insert(0, str(Path(__file__).resolve().parent))
+os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
+
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+from bench_e2e import StepClock, by_kind, inputs, time_s2a, time_t2s  # noqa: E402
+
+from wsvk.tts.models import RANDOM_SIZES, random_s2a, random_t2s  # noqa: E402
+
+RATES = {"t2s": 25, "s2a": 75}  # decode steps per second of speech (as bench_e2e.rtf counts them)
+
+
+def chunk_steps(stage: str, seconds: float) -> int:
+    return max(3, round(RATES[stage] * seconds))
+
+
+def positions(fractions, chunk: int, steps: int, limit: int) -> list[int]:
+    """Start positions for `steps` decoder steps at these fractions of a chunk, inside the cache."""
+    last = max(0, min(chunk - 1, limit - steps))
+    return sorted({min(last, round(f * (chunk - 1))) for f in fractions})
+
+
+def time_at(dec, pos: int, steps: int) -> dict:
+    """ms per decoder step over `steps` steps from `pos` (one slot, token 0, the next step
+    recorded ahead as in generation), the host's recording ms per step, and the GPU time of one
+    step at `pos` by kind of dispatch where the adapter has timestamps."""
+    toks = [0] * dec.NQ
+    dec.step(toks, pos)  # warm: the step is recorded inline the first time
+    dec.reset_counters()
+    t0 = time.perf_counter()
+    for i in range(steps):
+        dec.step(toks, pos + i)
+    row = {"pos": pos, "ms_per_step": 1e3 * (time.perf_counter() - t0) / steps,
+           "record_ms": 1e3 * dec.counters()["record_s_per_step"]}
+    if dec.rt.has_timestamps:
+        kinds = by_kind(dec.profile_step(toks, pos))
+        row["gpu_ms"], row["gpu_ms_by_kind"] = sum(kinds.values()), kinds
+    return row
+
+
+def bench_wsvk(args, out: dict) -> None:
+    """Fills `out` stage by stage (args.save() after each)."""
+    from wsvk.gpu import get_runtime
+    from wsvk.resident import ResidentS2A, ResidentT2S
+
+    rt = get_runtime()
+    out.update(adapter=f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})",
+               precision=np.dtype(rt.weight_dtype).name)
+    t2s, s2a = random_t2s(args.size), random_s2a(args.s2a_size)
+    for stage, mod in (("t2s", ResidentT2S(t2s)), ("s2a", ResidentS2A(s2a))):
+        dec = mod.resident_decoder
+        n = min(chunk_steps(stage, args.chunk_seconds), dec.self_len - 4)
+        if stage == "t2s":
+            run = lambda clock: time_t2s(mod, n, clock)  # noqa: E731
+        else:
+            stoks, spk, _ = inputs(SimpleNamespace(steps=n, vocos_seconds=0.1), s2a)
+            run = lambda clock: time_s2a(mod, stoks, spk, n, clock)  # noqa: E731
+        run(StepClock())  # warm-up: pipelines, bind groups, buffers, each key's first recording
+        ms, _ = run(StepClock())
+        limit = min(dec.self_len, dec.plan.P_pos or dec.self_len)  # positions a step may take
+        out[stage] = {"dispatches_per_step": dec.dispatches_per_step, "chunk_steps": n, "chunk_ms_per_step": ms,
+                      "at": [time_at(dec, p, args.steps) for p in positions(args.positions, n, args.steps, limit)]}
+        args.save()
+
+
+def bench_torch(args, device: str, compiled: bool) -> dict:
+    """whisperspeech's own decode over --steps steps: eager f32, or (compiled) f16 with
+    torch.compile(mode="reduce-overhead"), as its optimize() sets up a model (ours come
+    converted for the CPU already, so only optimize()'s last two steps are left to do)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out = {}
+    for stage, make in (("t2s", random_t2s), ("s2a", random_s2a)):
+        model = make(args.size if stage == "t2s" else args.s2a_size).to(device)  # fresh: see bench_e2e
+        if compiled:
+            model.switch_dtypes(torch.float16)
+            model.generate_next = torch.compile(model.generate_next, mode="reduce-overhead", fullgraph=True)
+        if stage == "t2s":
+            run = lambda clock: time_t2s(model, args.steps, clock)  # noqa: E731
+        else:
+            stoks, spk, _ = inputs(SimpleNamespace(steps=args.steps, vocos_seconds=0.1), model)
+            spk = spk.to(device, torch.float16 if compiled else torch.float32)
+            run = lambda clock: time_s2a(model, stoks.to(device), spk, args.steps, clock)  # noqa: E731
+        run(StepClock(sync))  # warm-up (compiling and capturing the graphs, when compiled)
+        out[f"{stage}_ms_per_step"] = run(StepClock(sync))[0]
+        del model
+    return out
+
+
+def print_report(res: dict) -> None:
+    w = res["wsvk"]
+    print(f"adapter: {w['adapter']}, weights {w['precision']}; T2S {res['size']}, S2A {res['s2a_size']}")
+    for stage in ("t2s", "s2a"):
+        r = w.get(stage)
+        if r is None:
+            continue
+        S = stage.upper()
+        print(f"{S}: {r['dispatches_per_step']} dispatches/step; {r['chunk_ms_per_step']:.3f} ms/step over a whole "
+              f"chunk of {r['chunk_steps']} steps")
+        print(f"  {'pos':>6} {'ms/step':>9} {'GPU ms':>8} {'record ms':>10}  GPU ms by kind")
+        for a in r["at"]:
+            kinds = ", ".join(f"{k} {v:.3f}" for k, v in list(a.get("gpu_ms_by_kind", {}).items())[:6])
+            gpu = f"{a['gpu_ms']:>8.3f}" if "gpu_ms" in a else f"{'-':>8}"
+            print(f"  {a['pos']:>6} {a['ms_per_step']:>9.3f} {gpu} {a['record_ms']:>10.3f}  {kinds}")
+    for name, b in res.items():
+        if name.startswith("torch_"):
+            figures = b.get("error") or ", ".join(f"{k.split('_')[0].upper()} {v:.3f} ms/step" for k, v in b.items())
+            print(f"{name}: {figures}")
+
+
+def main(argv=None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--size", choices=RANDOM_SIZES, default="small", help="T2S preset")
+    p.add_argument("--s2a-size", choices=RANDOM_SIZES, help="S2A preset (default: medium with a small T2S, "
+                   "the released pair; else --size)")
+    p.add_argument("--chunk-seconds", type=float, default=10.0, help="speech in the whole-chunk timing")
+    p.add_argument("--positions", default="0,0.5,1", help="comma-separated fractions of the chunk to profile at")
+    p.add_argument("--steps", type=int, default=20, help="steps timed at each position and by each baseline (>= 3)")
+    p.add_argument("--compile", action="store_true", help="add torch.compile + CUDA graphs (f16) where CUDA exists")
+    p.add_argument("--cpu", action="store_true", help="add torch CPU eager")
+    p.add_argument("--json", type=Path, help="write the results here (after each part)")
+    args = p.parse_args(argv)
+    if args.steps < 3:
+        p.error("--steps must be at least 3")
+    if args.chunk_seconds <= 0:
+        p.error("--chunk-seconds must be positive")
+    try:
+        args.positions = [float(f) for f in args.positions.split(",")]
+    except ValueError:
+        p.error(f"--positions takes comma-separated fractions, got {args.positions!r}")
+    if not all(0.0 <= f <= 1.0 for f in args.positions):
+        p.error("--positions must lie in [0, 1]")
+    args.s2a_size = args.s2a_size or ("medium" if args.size == "small" else args.size)
+    torch.set_num_threads(os.cpu_count() or 1)
+    res = {"size": args.size, "s2a_size": args.s2a_size, "torch": torch.__version__, "wsvk": {}}
+
+    def save():  # after each part: a run cut short keeps what it measured
+        if args.json:
+            args.json.write_text(json.dumps(res, indent=2))
+
+    args.save = save
+    bench_wsvk(args, res["wsvk"])
+    runs = [("cpu", False)] * args.cpu
+    if torch.cuda.is_available():
+        runs += [("cuda", False)] + [("cuda", True)] * args.compile
+    for device, compiled in runs:  # a failing baseline is reported, and the other figures kept
+        name = f"torch_{device}_{'compiled_f16' if compiled else 'eager_f32'}"
+        try:
+            res[name] = bench_torch(args, device, compiled)
+        except Exception as e:  # noqa: BLE001
+            res[name] = {"error": f"{type(e).__name__}: {e}"}
+        save()
+    print_report(res)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
