@@ -211,7 +211,7 @@ def test_an_unwritable_output_is_a_clear_error(models, tmp_path):
     r = batch(inp, "--out", tmp_path / "file", *model_args(paths))
     assert r.returncode == 2 and "exists and is not a folder" in r.stderr and "Traceback" not in r.stderr
     r = batch(inp, "--out", tmp_path / "file" / "sub", *model_args(paths))
-    assert r.returncode == 2 and "cannot write to" in r.stderr
+    assert r.returncode == 2 and "cannot create a file in" in r.stderr
 
 
 def test_awkward_input_files_are_read_as_written(tmp_path):
@@ -232,12 +232,13 @@ def test_awkward_input_files_are_read_as_written(tmp_path):
     jsonl = tmp_path / "rows.jsonl"
     lines = [{"id": "x", "text": "one\u2028two\x85three\x0cfour"}, {"id": "abc\n", "text": "t"},
              {"id": "CON", "text": "t"}, {"id": "nul.txt", "text": "t"}, {"id": "com1", "text": "t"},
-             {"id": "console", "text": "fine"}]
+             {"id": "console", "text": "fine"}, {"text": "no id"}, {"id": "", "text": "empty id"}]
     jsonl.write_text("\ufeff" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in lines), encoding="utf-8")
     rows, problems = check_rows(read_rows(jsonl), tmp_path, lambda code: code)
     assert [(r.line, r.id, r.text) for r in rows] == [(1, "x", lines[0]["text"]), (6, "console", "fine")]
-    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5"]
-    assert all("not a safe file name" in p for p in problems)
+    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5", "line 7", "line 8"]
+    assert all("not a safe file name" in p for p in problems[:4])
+    assert all("the row has no id" in p for p in problems[4:])
 
 
 def test_a_row_whose_inputs_changed_is_made_again(models, tmp_path, monkeypatch, capsys):

@@ -18,7 +18,7 @@ from conftest import rel_err, rss_mb  # noqa: E402
 
 from wsvk.errors import ConfigError, InputError
 from wsvk.tts.models import load_s2a, load_t2s, load_vocos, random_t2s, random_vocos  # noqa: E402
-from wsvk.tts.speaker import SpeakerEncoder, read_speaker_audio  # noqa: E402
+from wsvk.tts.speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, read_speaker_audio  # noqa: E402
 from wsvk.tts.textsplit import split_text, utf8_len  # noqa: E402
 from wsvk.tts.pipeline import SAMPLE_RATE, load_pipeline  # noqa: E402
 
@@ -116,13 +116,20 @@ def test_offline_without_cache_names_what_to_download(tmp_path, monkeypatch):
 
     monkeypatch.setenv("HF_HUB_OFFLINE", "1")
     monkeypatch.setattr(constants, "HF_HUB_CACHE", str(tmp_path / "empty-cache"))  # read at call time
-    with pytest.raises(InputError, match=r"hf download collabora/whisperspeech t2s-.*--t2s PATH"):
+    with pytest.raises(InputError, match=r"hf download collabora/whisperspeech t2s-.*machine, or pass --t2s PATH"):
         load_t2s()
     with pytest.raises(InputError, match=r"download charactr/vocos-encodec-24khz`.*--vocoder FOLDER"):
         load_vocos()
     with pytest.raises(InputError) as e:  # a first offline run: one line naming every download
         load_pipeline()
     assert str(e.value).count("hf download") == 3 and "\n" not in str(e.value)
+    assert "(--t2s, --s2a, --vocoder)" in str(e.value)
+    with pytest.raises(InputError) as e:  # a run that clones a voice needs the speaker model too
+        load_pipeline(speaker=True)
+    assert str(e.value).count("hf download") == 4 and "`hf download speechbrain/spkrec-ecapa-voxceleb`" in str(e.value)
+    assert "(--t2s, --s2a, --vocoder, --speaker-model)" in str(e.value)
+    with pytest.raises(InputError, match=r"^speaker model speechbrain/spkrec-ecapa-voxceleb is not in"):
+        load_pipeline(random_weights="tiny", speaker=True, speaker_model=DEFAULT_SPEAKER_MODEL)  # only it missing
     with pytest.raises(InputError, match=r"speechbrain/spkrec-ecapa-voxceleb.*--speaker-model"):
         SpeakerEncoder.load()
 

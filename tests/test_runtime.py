@@ -43,6 +43,7 @@ LAPTOP = [FakeAdapter("Intel UHD 620", "IntegratedGPU"), FakeAdapter("AMD Radeon
     ("auto", "0", "Intel UHD 620"),          # index as listed by `python -m wsvk info`
     ("auto", "2", "AMD Radeon RX 7600"),
     ("wgpu", "llvm", "llvmpipe"),            # a software adapter when wgpu is forced
+    ("auto", "OpenGL", "AMD Radeon RX 7600"),  # a backend: its best adapter
     ("auto", "llvm", None),                  # ... but never under auto
     ("cpu", "", None),
 ])
@@ -51,7 +52,7 @@ def test_select_adapter(monkeypatch, backend, adapter, expect):
     monkeypatch.setenv("WSVK_ADAPTER", adapter)
     chosen = gpu.select_adapter(LAPTOP)
     assert (chosen.info["device"] if chosen else None) == expect
-    if adapter == "2":
+    if adapter in ("2", "OpenGL"):
         assert chosen is LAPTOP[2]
 
 
@@ -67,7 +68,8 @@ def test_auto_skips_software_adapter(monkeypatch):
 
 @pytest.mark.parametrize("var, value, message", [
     ("WSVK_BACKEND", "cuda", "WSVK_BACKEND='cuda' is not valid; use one of: auto, wgpu, cpu"),
-    ("WSVK_ADAPTER", "geforce", "WSVK_ADAPTER='geforce' matches no adapter"),
+    ("WSVK_ADAPTER", "geforce", "WSVK_ADAPTER='geforce' matches no adapter (found: AMD Radeon RX 7600 (OpenGL), "
+                                "AMD Radeon RX 7600 (Vulkan), Intel UHD 620 (Vulkan), llvmpipe (Vulkan))"),
     ("WSVK_ADAPTER", "9", "WSVK_ADAPTER=9 but there are 4 adapters"),
 ])
 def test_bad_settings(monkeypatch, var, value, message):

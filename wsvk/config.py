@@ -35,7 +35,7 @@ def backend() -> str:
 
 
 def adapter() -> str:
-    """WSVK_ADAPTER: an index from `python -m wsvk info`, part of a name, or '' (the best one)."""
+    """WSVK_ADAPTER: an index from `python -m wsvk info`, part of a name, a backend, or '' (the best one)."""
     return os.environ.get("WSVK_ADAPTER", "").strip()
 
 

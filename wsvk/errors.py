@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import re
+
 
 class WsvkError(RuntimeError):
     """Base class: a problem a user can act on, printed as one line."""
@@ -31,7 +33,7 @@ class NotCachedError(InputError):
         self.command = f"hf download {repo_id}" + ("" if whole_repo else f" {filename}")
         name = repo_id if whole_repo else f"{repo_id}:{filename}"
         super().__init__(f"{what} {name} is not in the Hugging Face cache and the Hub is unreachable: "
-                         f"run `{self.command}` on a connected machine, {hint}")
+                         f"run `{self.command}` on a connected machine, or {hint}")
 
     @staticmethod
     def combine(errors: list) -> InputError:
@@ -40,9 +42,10 @@ class NotCachedError(InputError):
             return errors[0]
         downloads = "; ".join(f"`{e.command}`" for e in errors)
         names = ", ".join(e.what for e in errors)
+        flags = ", ".join(m.group() for m in (re.search(r"--[\w-]+", e.hint) for e in errors) if m)
         return InputError(f"the {names} are not in the Hugging Face cache and the Hub is unreachable: "
                           f"run {downloads} on a connected machine, or pass local paths "
-                          f"(--t2s, --s2a, --vocoder), or --random-weights tiny for a noise test")
+                          f"({flags}), or --random-weights tiny for a noise test")
 
 
 def first_line(e: BaseException) -> str:

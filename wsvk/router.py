@@ -84,7 +84,7 @@ def active_backend() -> tuple[str, str]:
         return ("cpu", "WSVK_BACKEND=cpu")
     adapter = select_adapter()
     if adapter is None:
-        return ("cpu", "no hardware GPU adapter (WSVK_BACKEND=auto skips software ones; set wgpu to force)")
+        return ("cpu", "no hardware GPU adapter; WSVK_BACKEND=auto skips software ones, =wgpu uses them")
     rt = get_runtime()
     return ("wgpu", f"{rt.info['name']} ({rt.info['backend']})")
 

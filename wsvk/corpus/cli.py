@@ -78,7 +78,7 @@ def run(args) -> int:
     pending = [r for r in rows if not manifest.done(r, args.format, folder)]
     skipped = len(rows) - len(pending)
     pending.sort(key=lambda r: -len(r.text))  # similar lengths decode together: the slots stay full
-    print(f"{len(rows)} valid rows ({len(problems)} bad): {skipped} already done, {len(pending)} to synthesize",
+    print(f"{len(rows)} valid row{'s' * (len(rows) != 1)} ({len(problems)} bad): {skipped} already done, {len(pending)} to synthesize",
           file=sys.stderr)
     progress = Progress(len(pending))
     order = [r.id for r in rows]
@@ -106,7 +106,7 @@ def run(args) -> int:
         elif pending:
             from ..tts.cli import load_models
 
-            pipe = load_models(args)
+            pipe = load_models(args, speaker=any(row.voice for row in pending))
             backend, adapter = active_backend()
             backend = backend if backend == "cpu" else f"{backend} ({adapter})"
             size = args.batch_rows or 2 * _slots(pipe)

@@ -97,7 +97,7 @@ def prepare_folder(folder: Path):
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise InputError(f"cannot write to {folder}: {e.strerror or e}") from None
+        raise InputError(f"cannot create a file in {folder}: {e.strerror or e}") from None
     lock = FolderLock(folder)
     for stale in list(folder.glob(".wsvk-*.part")) + list(folder.glob(".manifest-*.part")):
         stale.unlink(missing_ok=True)

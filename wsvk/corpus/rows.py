@@ -121,6 +121,8 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set, seed: int = 
     if unknown:
         raise InputError(f"unknown field(s) {', '.join(unknown)}; the fields are {', '.join(FIELDS)}")
     rid = raw.get("id")
+    if rid is None or rid == "":
+        raise InputError("the row has no id (each row needs one: it names the row's audio file)")
     rid = str(rid) if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
     if not rid or not SAFE_ID.fullmatch(rid) or rid.split(".")[0].lower() in RESERVED:
         raise InputError(f"id {raw.get('id')!r} is not a safe file name (letters, digits, '.', '_', '-'; "

@@ -65,9 +65,10 @@ def select_adapter(adapters: list | None = None):
                     f"WSVK_ADAPTER={wanted} but there are {len(adapters)} adapters (run `python -m wsvk info`)")
             chosen = adapters[idx]
         else:
-            matches = [a for a in adapters if wanted.lower() in adapter_summary(a)["name"].lower()]
+            found = [(a, adapter_summary(a)) for a in adapters]  # part of a name, or a backend (vulkan, opengl)
+            matches = [a for a, s in found if wanted.lower() in s["name"].lower() or wanted.lower() == s["backend"].lower()]
             if not matches:
-                names = ", ".join(sorted({adapter_summary(a)["name"] for a in adapters})) or "none"
+                names = ", ".join(sorted({f"{s['name']} ({s['backend']})" for _, s in found})) or "none"
                 raise ConfigError(f"WSVK_ADAPTER={wanted!r} matches no adapter (found: {names})")
             chosen = min(matches, key=preference)
         return chosen if backend == "wgpu" or not _is_software(chosen) else None

@@ -103,7 +103,7 @@ def main(argv=None) -> int:
         config.check_all()
         sock = bind(args.host, args.port)
         backend, adapter = active_backend()
-        pipe = load_models(args, slots=args.max_batch)
+        pipe = load_models(args, slots=args.max_batch, speaker=bool(args.voices))
         slots = pipe.stages.slots() if pipe.stages.resident_available() else args.max_batch or 1
         voices = load_voices(pipe, args.voices)
         engine = pipe.engine()
@@ -120,8 +120,8 @@ def main(argv=None) -> int:
 
     sock.listen(2048)  # from here a client waits in the backlog until uvicorn accepts (its loop starts next)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slots, "
-          f"{len(voices)} voices)", file=sys.stderr)
+    print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slot{'s' * (slots != 1)}, "
+          f"{len(voices)} voice{'s' * (len(voices) != 1)})", file=sys.stderr)
     try:
         run_uvicorn(uvicorn.Config(app, log_level="warning"), engine, sockets=[sock])
     finally:

@@ -53,7 +53,8 @@ def seed_number(text: str) -> int:
         raise argparse.ArgumentTypeError(str(e)) from None
 
 
-def add_model_args(p, seed_help: str = "sampling seed: same seed, same speech on every backend") -> None:
+def add_model_args(p, seed_help: str = "sampling seed: the same seed gives the same speech (on every backend "
+                                           "with WSVK_PRECISION=f32)") -> None:
     """The model options synth.py, `python -m wsvk serve` and `python -m wsvk batch` share."""
     p.add_argument("--t2s", metavar="REF", help="T2S model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--s2a", metavar="REF", help="S2A model: a file or owner/repo:file on Hugging Face")
@@ -67,13 +68,13 @@ def add_model_args(p, seed_help: str = "sampling seed: same seed, same speech on
                    help="route every op through the op router instead of the resident GPU decoder/vocoder")
 
 
-def load_models(args, slots: int | None = None, progress=None):
-    """load_pipeline with the model options of add_model_args."""
+def load_models(args, slots: int | None = None, progress=None, speaker: bool = False):
+    """load_pipeline with the model options of add_model_args; speaker: voices will be cloned."""
     from .pipeline import load_pipeline
 
     return load_pipeline(t2s=args.t2s, s2a=args.s2a, vocoder=args.vocoder, speaker_model=args.speaker_model,
                          random_weights=args.random_weights, seed=args.seed, progress=progress,
-                         resident=not args.no_resident, slots=slots)
+                         resident=not args.no_resident, slots=slots, speaker=speaker)
 
 
 # ---------------------------------------------------------------- cheap checks (no torch)
@@ -126,7 +127,7 @@ def check_output(path: str) -> str:
         os.close(fd)
         os.unlink(probe)
     except OSError as e:
-        raise BadInput(f"cannot write to {folder}: {e.strerror or e}") from None
+        raise BadInput(f"cannot create a file in {folder}: {e.strerror or e}") from None
     if os.path.exists(out) and not os.access(out, os.W_OK):
         raise BadInput(f"output {path} exists and is not writable")
     return out
@@ -228,7 +229,7 @@ def run(args) -> int:
 
     backend, adapter = active_backend()
     t0 = time.perf_counter()
-    pipe = load_models(args, progress=ConsoleProgress())
+    pipe = load_models(args, progress=ConsoleProgress(), speaker=args.speaker is not None)
     speaker = None
     if args.speaker is not None:
         pipe.speaker_encoder()  # load it now: a bad speaker model fails before any synthesis
@@ -255,12 +256,12 @@ def run(args) -> int:
     audio_s = audio.size / SAMPLE_RATE
     print(f"wrote {args.output}: {audio_s:.2f} s of audio, {SAMPLE_RATE} Hz mono {format_for_path(out)}"
           + (" (random weights: noise)" if args.random_weights else ""))
-    print(f"backend   {backend}")
+    print(f"backend   {backend}" + (" (finished on the CPU after a GPU failure)" if faults else ""))
     print(f"adapter   {adapter}")
     print(f"chunks    {len(pipe.last.chunks)}")
     print("seconds   " + ", ".join(f"{s} {secs[s]:.2f}" for s in STAGES if s != "speaker" or args.speaker)
           + f", load {load_s:.2f}, total {synth_s:.2f}")
-    print(f"real-time factor {synth_s / audio_s:.2f} (synthesis time / audio time)")
+    print(f"real-time factor {synth_s / audio_s:.2f} (synthesis time / audio time: {audio_s / synth_s:.2f}x real time)")
     if args.verbose:
         for stage in STAGES:
             if stage == "speaker" and not args.speaker:

@@ -27,7 +27,7 @@ import numpy as np
 from ..errors import InputError, NotCachedError
 from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos,
                      random_s2a, random_t2s, random_vocos, resolve_file, resolve_folder)
-from .speaker import DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, read_speaker_audio, read_voice
+from .speaker import DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, SPEAKER_HINT, SpeakerEncoder, Voice, read_speaker_audio, read_voice
 from .stages import Chunk, Stages
 from .textsplit import split_text
 
@@ -401,7 +401,8 @@ def _merged(all_stats):
 
 def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str | None = None,
                   speaker_model: str | None = None, random_weights: str | None = None, seed: int = 0,
-                  progress: Progress | None = None, resident: bool = True, slots: int | None = None) -> Pipeline:
+                  progress: Progress | None = None, resident: bool = True, slots: int | None = None,
+                  speaker: bool = False) -> Pipeline:
     """Load the three models (released ones by default) and return a Pipeline.
 
     Each of t2s/s2a is a local checkpoint path or a Hugging Face `owner/repo:file` reference;
@@ -411,18 +412,24 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
     resident: on the wgpu backend, run T2S/S2A (encoder per chunk, decode steps) and Vocos as
     resident GPU modules (one submit per chunk/step); False keeps the op-by-op router for every stage.
     slots: sequences one resident decode step advances (None: WSVK_SLOTS, else by the adapter).
+    speaker: the caller will clone voices, so the speaker model is looked for now as well (it
+    is otherwise loaded at its first use): offline, it is then in the one line naming every
+    download a first run needs.
     """
     if random_weights is not None and random_weights not in RANDOM_SIZES:
         raise InputError(f"random_weights must be one of {', '.join(RANDOM_SIZES)}, not {random_weights!r}")
     seed = check_seed(seed)
     # find every file first: offline, one message lists all the downloads a first run needs
+    finders = [("t2s", t2s, lambda r: resolve_file(r or DEFAULT_T2S, "T2S model", "pass --t2s PATH")),
+               ("s2a", s2a, lambda r: resolve_file(r or DEFAULT_S2A, "S2A model", "pass --s2a PATH")),
+               ("vocoder", vocoder, lambda r: resolve_folder(r or DEFAULT_VOCODER, ("config.yaml", "pytorch_model.bin"),
+                                                             "vocoder", "pass --vocoder FOLDER"))]
+    if speaker:
+        finders.append(("speaker", speaker_model, lambda r: resolve_folder(
+            r or DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, "speaker model", SPEAKER_HINT)))
     refs, missing = {}, []
-    for key, ref, find in (("t2s", t2s, lambda r: resolve_file(r or DEFAULT_T2S, "T2S model", "pass --t2s PATH")),
-                           ("s2a", s2a, lambda r: resolve_file(r or DEFAULT_S2A, "S2A model", "pass --s2a PATH")),
-                           ("vocoder", vocoder, lambda r: resolve_folder(
-                               r or DEFAULT_VOCODER, ("config.yaml", "pytorch_model.bin"), "vocoder",
-                               "pass --vocoder FOLDER"))):
-        if ref or not random_weights:
+    for key, ref, find in finders:
+        if ref or not random_weights:  # with random weights, what is not given is made up
             try:
                 refs[key] = str(find(ref))
             except NotCachedError as e:

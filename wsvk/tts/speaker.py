@@ -16,6 +16,8 @@ from ..errors import InputError, describe
 from .models import resolve_folder, torch_load
 
 DEFAULT_SPEAKER_MODEL = "speechbrain/spkrec-ecapa-voxceleb"
+SPEAKER_FILES = ("hyperparams.yaml", "embedding_model.ckpt")
+SPEAKER_HINT = "pass --speaker-model FOLDER (with hyperparams.yaml and embedding_model.ckpt)"
 SPEAKER_RATE = 16000
 MAX_SECONDS = 30.0
 
@@ -81,9 +83,7 @@ class SpeakerEncoder:
     @classmethod
     def load(cls, ref: str | None = None):
         """From a local folder (hyperparams.yaml + embedding_model.ckpt) or a Hugging Face repo id."""
-        ref = ref or DEFAULT_SPEAKER_MODEL
-        hint = "pass --speaker-model FOLDER (with hyperparams.yaml and embedding_model.ckpt)"
-        folder = resolve_folder(ref, ("hyperparams.yaml", "embedding_model.ckpt"), "speaker model", hint)
+        folder = resolve_folder(ref or DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, "speaker model", SPEAKER_HINT)
         enc = cls.from_hparams_text((folder / "hyperparams.yaml").read_text(), folder)
         state = torch_load(folder / "embedding_model.ckpt", "speaker model")
         try:
@@ -171,4 +171,5 @@ def read_speaker_audio(path, seconds: float = MAX_SECONDS, rate: int = SPEAKER_R
     return wav.contiguous()
 
 
-__all__ = ["SpeakerEncoder", "Voice", "check_speaker_file", "read_speaker_audio", "read_voice", "DEFAULT_SPEAKER_MODEL"]
+__all__ = ["SpeakerEncoder", "Voice", "check_speaker_file", "read_speaker_audio", "read_voice", "DEFAULT_SPEAKER_MODEL",
+           "SPEAKER_FILES", "SPEAKER_HINT"]
