@@ -7,11 +7,11 @@
 #     a 200-row corpus job against a loop over generate() (timed on a 20-row sample).
 #   part 2 (~4 min): the released pair single-stream at the default precision, kernel benchmarks
 #     with the issue's big shapes, the f16 accuracy tests (their figures printed).
-#   part 3 (~6 min, issue #17, single-stream step): bench_step.py on the released pair at the
-#     default precision (ms/step over a whole 10 s chunk and GPU time by kind at its start,
-#     middle and end; torch CUDA eager), then the small presets in f32 against torch CUDA eager
-#     and torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. A #17 session runs it
-#     first, and again after each change it keeps.
+#   part 3 (~6 min, at most 8.5 of caps; issue #17, one sequence's step): bench_step.py on the
+#     released pair at the default precision (ms/step over a whole 10 s chunk and GPU time by
+#     kind at its start, middle and end; torch CUDA eager), then the small presets in f32 against
+#     torch CUDA eager and torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. A #17
+#     session runs it before its changes and once after (the lease holds about two runs).
 # Each step has its own time cap, so one that hangs or fails leaves the others their time, and the
 # benchmarks write their JSON as they go (a step cut short keeps what it measured).
 # Writes log.txt plus up to three JSON files per part (the device tool brings back at most 8).
@@ -48,7 +48,7 @@ case $part in
     ;;
   3)
     step 150 step-released "$py" scripts/bench_step.py --json "$out/step_released.json"
-    step 240 step-small-f32 env WSVK_PRECISION=f32 "$py" scripts/bench_step.py --size small --s2a-size small \
+    step 300 step-small-f32 env WSVK_PRECISION=f32 "$py" scripts/bench_step.py --size small --s2a-size small \
       --compile --json "$out/step_small_f32.json"
     step 60 gemv "$py" scripts/bench_ops.py --big --only 8192 --json "$out/gemv.json"
     ;;
