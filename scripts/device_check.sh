@@ -11,7 +11,7 @@
 #     released pair at the default precision (ms/step over a whole 10 s chunk and GPU time by
 #     kind at its start, middle and end; torch CUDA eager), then the small presets in f32 against
 #     torch CUDA eager and torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. A #17
-#     session runs it before its changes and once after (the lease holds about two runs).
+#     session runs it before its changes and after them (with start-up, one lease may hold only one run).
 # Each step has its own time cap, so one that hangs or fails leaves the others their time, and the
 # benchmarks write their JSON as they go (a step cut short keeps what it measured).
 # Writes log.txt plus up to three JSON files per part (the device tool brings back at most 8).

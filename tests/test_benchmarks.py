@@ -77,9 +77,10 @@ def test_bench_step_tiny(rt, tmp_path):
     res = json.loads((tmp_path / "step.json").read_text())
     w = res["wsvk"]
     for stage, chunk in (("t2s", 5), ("s2a", 15)):  # 25 and 75 steps per second of speech
-        s = w[stage]
-        assert s["chunk_steps"] == chunk and s["chunk_ms_per_step"] > 0 and s["dispatches_per_step"] > 0
-        assert [a["pos"] for a in s["at"]] == [0, chunk - 1]  # the chunk's first and last step
+        s = w[stage]  # (random T2S weights may sample the end token before the chunk's end)
+        assert (s["chunk_steps"] == chunk or stage == "t2s" and 2 <= s["chunk_steps"] < chunk)
+        assert s["chunk_ms_per_step"] > 0 and s["dispatches_per_step"] > 0
+        assert [a["pos"] for a in s["at"]] == [0, chunk - 3]  # windows of 3 steps: the chunk's first and last
         for a in s["at"]:
             assert a["ms_per_step"] > 0 and a["record_ms"] > 0
             assert ("gpu_ms" in a) == rt.has_timestamps
@@ -92,8 +93,11 @@ def test_bench_step_tiny(rt, tmp_path):
     base = res["torch_cpu_eager_f32"]
     assert base["t2s_ms_per_step"] > 0 and base["s2a_ms_per_step"] > 0
     assert "torch_cpu_eager_f32: T2S" in r.stdout
-    bad = run_script("bench_step.py", "--positions", "0,2")
-    assert bad.returncode == 2 and "--positions must lie in [0, 1]" in bad.stderr
+    for flags, words in ((["--positions", "0,2"], "--positions must lie in [0, 1]"),
+                         (["--steps", "1000"], "--steps must be from 3 to 256"),
+                         (["--chunk-seconds", "nan"], "--chunk-seconds must be a positive number")):
+        bad = run_script("bench_step.py", *flags)
+        assert bad.returncode == 2 and words in bad.stderr, bad.stderr
 
 
 def test_bench_serve_tiny(rt, tmp_path):

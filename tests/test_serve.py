@@ -93,9 +93,9 @@ def pipe(files, rt):
 
 @pytest.fixture(scope="module")
 def server(pipe, files):
-    from wsvk.serve.cli import load_voices
+    from wsvk.serve.cli import load_voices, voice_files
 
-    s = Server(pipe, voices=load_voices(pipe, str(files["voices"])), slots=4, queue=8)
+    s = Server(pipe, voices=load_voices(pipe, voice_files(str(files["voices"]))), slots=4, queue=8)
     yield s
     s.close()
 
@@ -217,23 +217,23 @@ def test_voices_folder(pipe, tmp_path):
     """One voice per audio file (.opus too), each embedded as `--speaker` would be; a stem given by
     two files, or the name "default", is an error naming the files, not a voice silently lost."""
     from wsvk.errors import InputError
-    from wsvk.serve.cli import load_voices
+    from wsvk.serve.cli import load_voices, voice_files
     from wsvk.tts.audio import write_file
 
     voice = tm.write_voice(tmp_path / "anna.wav", seed=2)
     mono = sf.read(str(voice), dtype="float32")[0].mean(axis=1)
     write_file(tmp_path / "ola.opus", mono, 24000)
     (tmp_path / "notes.txt").write_text("not a voice")
-    voices = load_voices(pipe, str(tmp_path))
+    voices = load_voices(pipe, voice_files(str(tmp_path)))
     assert sorted(voices) == ["anna", "default", "ola"]
     assert np.array_equal(np.asarray(voices["anna"]), np.asarray(pipe.speaker_embedding(str(voice))))
     write_file(tmp_path / "anna.flac", mono, 24000)
     with pytest.raises(InputError, match="two files give the voice 'anna': anna.flac and anna.wav"):
-        load_voices(pipe, str(tmp_path))
+        voice_files(str(tmp_path))
     (tmp_path / "anna.flac").unlink()
     write_file(tmp_path / "default.wav", mono, 24000)
     with pytest.raises(InputError, match="'default' is whisperspeech's own voice"):
-        load_voices(pipe, str(tmp_path))
+        voice_files(str(tmp_path))
 
 
 @pytest.mark.parametrize("body,status,param,words", [

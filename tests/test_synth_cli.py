@@ -75,6 +75,13 @@ def test_a_gpu_failure_is_in_the_summary(tiny, tmp_path, rt):
     assert "warning: GPU failure, finished on the CPU" in res.stderr
     assert "backend   wgpu (finished on the CPU after a GPU failure)" in res.stdout, res.stdout
     assert sf.read(out)[0].size > 0
+    streamed = subprocess.run([sys.executable, str(SYNTH), "Hi there.", "-o", "-", *map(str, model_args(tiny))],
+                              capture_output=True, cwd=ROOT, timeout=300,
+                              env=dict(os.environ, WSVK_BACKEND="wgpu", WSVK_FAULT_AFTER="20", HF_HUB_OFFLINE="1",
+                                       PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp")))
+    err = streamed.stderr.decode()
+    assert streamed.returncode == 0 and streamed.stdout[:4] == b"RIFF", err
+    assert "warning: GPU failure, finished on the CPU" in err and "x real time)" in err, err
 
 
 def test_text_file_and_same_seed_same_audio(tiny, tmp_path):

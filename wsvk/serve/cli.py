@@ -62,15 +62,13 @@ def bind(host: str, port: int) -> socket.socket:
     return sock
 
 
-def load_voices(pipe, folder: str | None) -> dict:
-    """{"default": whisperspeech's voice, stem: embedding for each audio file in `folder`},
-    each embedding computed once here."""
-    voices = {"default": pipe.default_speaker()}
+def voice_files(folder: str | None) -> dict:
+    """{stem: path} of the audio files in `folder` (checked before any model loads)."""
+    files: dict = {}
     if folder:
         path = Path(folder)
         if not path.is_dir():
             raise InputError(f"voices folder not found: {folder}")
-        files = {}
         for f in sorted(path.iterdir()):
             if f.suffix.lower() in VOICE_EXTENSIONS:
                 if f.stem == "default":
@@ -78,9 +76,13 @@ def load_voices(pipe, folder: str | None) -> dict:
                 if f.stem in files:
                     raise InputError(f"two files give the voice '{f.stem}': {files[f.stem].name} and {f.name}")
                 files[f.stem] = f
-        for name, f in files.items():
-            voices[name] = pipe.speaker_embedding(str(f))
-    return voices
+    return files
+
+
+def load_voices(pipe, files: dict) -> dict:
+    """{"default": whisperspeech's voice, stem: embedding for each of voice_files()'s files},
+    each embedding computed once here."""
+    return {"default": pipe.default_speaker(), **{name: pipe.speaker_embedding(str(f)) for name, f in files.items()}}
 
 
 def main(argv=None) -> int:
@@ -103,9 +105,10 @@ def main(argv=None) -> int:
         config.check_all()
         sock = bind(args.host, args.port)
         backend, adapter = active_backend()
-        pipe = load_models(args, slots=args.max_batch, speaker=bool(args.voices))
+        files = voice_files(args.voices)
+        pipe = load_models(args, slots=args.max_batch, speaker=bool(files))
         slots = pipe.stages.slots() if pipe.stages.resident_available() else args.max_batch or 1
-        voices = load_voices(pipe, args.voices)
+        voices = load_voices(pipe, files)
         engine = pipe.engine()
         for _ in pipe.stream("Warm up.", seed=0):  # pipelines and buffers built before the first caller
             pass

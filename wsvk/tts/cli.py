@@ -303,9 +303,12 @@ def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
     if samples == 0:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
     audio_s = samples / SAMPLE_RATE
+    faults = pipe.engine().faults
+    if faults:  # the engine went on on the CPU: the audio is still complete
+        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
     note(f"streamed {audio_s:.2f} s of audio to stdout ({SAMPLE_RATE} Hz mono wav); backend {backend} ({adapter}); "
-         f"first audio after {first:.2f} s, total {total:.2f} s, real-time factor {total / audio_s:.2f}"
-         + ("; random weights: noise" if args.random_weights else ""))
+         f"first audio after {first:.2f} s, total {total:.2f} s, real-time factor {total / audio_s:.2f} "
+         f"({audio_s / total:.2f}x real time)" + ("; random weights: noise" if args.random_weights else ""))
     return 0
 
 
