@@ -11,10 +11,11 @@ pair, T2S small + S2A medium, by default) at the precision WSVK_PRECISION gives:
            what a listener waits per step on average. A step attends over every key before it,
            so late steps cost more than the first hundred (what bench_e2e.py times);
   at each of --positions (fractions of that chunk): ms per step over a window of --steps
-           decoder steps there (no sampling; the window at 1 ends at the chunk's last step), the GPU time of one step from per-dispatch timestamps
-           (each dispatch in its own pass, so the sum runs a little over a real step's), by kind
-           of dispatch, and the host's time to record a step (hidden behind the GPU's while it is
-           the shorter: the next step is recorded while one runs).
+           decoder steps there (no sampling; the window at 1 ends at the chunk's last step), the
+           GPU time of one step from per-dispatch timestamps (each dispatch in its own pass, so
+           the sum runs a little over a real step's), by kind of dispatch, and the host's time to
+           record a step (hidden behind the GPU's while it is the shorter: the next step is
+           recorded while one runs).
 Baselines in the same run, over --steps steps from the start (torch attends over its whole
 fixed-size cache every step, so its time does not depend on the position): torch CUDA eager
 (f32) and, with --compile, whisperspeech's fastest path (what its optimize() does: f16,

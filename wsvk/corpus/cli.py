@@ -78,8 +78,8 @@ def run(args) -> int:
     pending = [r for r in rows if not manifest.done(r, args.format, folder)]
     skipped = len(rows) - len(pending)
     pending.sort(key=lambda r: -len(r.text))  # similar lengths decode together: the slots stay full
-    print(f"{len(rows)} valid row{'s' * (len(rows) != 1)} ({len(problems)} bad): {skipped} already done, {len(pending)} to synthesize",
-          file=sys.stderr)
+    print(f"{len(rows)} valid row{'s' * (len(rows) != 1)} ({len(problems)} bad): {skipped} already done, "
+          f"{len(pending)} to synthesize", file=sys.stderr)
     progress = Progress(len(pending))
     order = [r.id for r in rows]
 

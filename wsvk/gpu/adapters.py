@@ -66,7 +66,8 @@ def select_adapter(adapters: list | None = None):
             chosen = adapters[idx]
         else:
             found = [(a, adapter_summary(a)) for a in adapters]  # part of a name, or a backend (vulkan, opengl)
-            matches = [a for a, s in found if wanted.lower() in s["name"].lower() or wanted.lower() == s["backend"].lower()]
+            w = wanted.lower()
+            matches = [a for a, s in found if w in s["name"].lower() or w == s["backend"].lower()]
             if not matches:
                 names = ", ".join(sorted({f"{s['name']} ({s['backend']})" for _, s in found})) or "none"
                 raise ConfigError(f"WSVK_ADAPTER={wanted!r} matches no adapter (found: {names})")

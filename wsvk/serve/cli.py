@@ -123,8 +123,8 @@ def main(argv=None) -> int:
 
     sock.listen(2048)  # from here a client waits in the backlog until uvicorn accepts (its loop starts next)
     host = f"[{args.host}]" if ":" in args.host else args.host
-    print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; {slots} slot{'s' * (slots != 1)}, "
-          f"{len(voices)} voice{'s' * (len(voices) != 1)})", file=sys.stderr)
+    print(f"wsvk serving on http://{host}:{sock.getsockname()[1]}/ ({backend}: {adapter}; "
+          f"{slots} slot{'s' * (slots != 1)}, {len(voices)} voice{'s' * (len(voices) != 1)})", file=sys.stderr)
     try:
         run_uvicorn(uvicorn.Config(app, log_level="warning"), engine, sockets=[sock])
     finally:

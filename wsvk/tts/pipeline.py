@@ -27,7 +27,8 @@ import numpy as np
 from ..errors import InputError, NotCachedError
 from .models import (DEFAULT_S2A, DEFAULT_T2S, DEFAULT_VOCODER, RANDOM_SIZES, load_s2a, load_t2s, load_vocos,
                      random_s2a, random_t2s, random_vocos, resolve_file, resolve_folder)
-from .speaker import DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, SPEAKER_HINT, SpeakerEncoder, Voice, read_speaker_audio, read_voice
+from .speaker import (DEFAULT_SPEAKER_MODEL, SpeakerEncoder, Voice, find_speaker_model, read_speaker_audio,
+                      read_voice)
 from .stages import Chunk, Stages
 from .textsplit import split_text
 
@@ -425,8 +426,7 @@ def load_pipeline(t2s: str | None = None, s2a: str | None = None, vocoder: str |
                ("vocoder", vocoder, lambda r: resolve_folder(r or DEFAULT_VOCODER, ("config.yaml", "pytorch_model.bin"),
                                                              "vocoder", "pass --vocoder FOLDER"))]
     if speaker:
-        finders.append(("speaker", speaker_model, lambda r: resolve_folder(
-            r or DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, "speaker model", SPEAKER_HINT)))
+        finders.append(("speaker", speaker_model, find_speaker_model))
     refs, missing = {}, []
     for key, ref, find in finders:
         if ref or not random_weights:  # with random weights, what is not given is made up

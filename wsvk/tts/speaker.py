@@ -16,8 +16,6 @@ from ..errors import InputError, describe
 from .models import resolve_folder, torch_load
 
 DEFAULT_SPEAKER_MODEL = "speechbrain/spkrec-ecapa-voxceleb"
-SPEAKER_FILES = ("hyperparams.yaml", "embedding_model.ckpt")
-SPEAKER_HINT = "pass --speaker-model FOLDER (with hyperparams.yaml and embedding_model.ckpt)"
 SPEAKER_RATE = 16000
 MAX_SECONDS = 30.0
 
@@ -57,6 +55,13 @@ def _quiet_speechbrain():
     logging.getLogger("speechbrain").setLevel(logging.ERROR)
 
 
+def find_speaker_model(ref: str | None = None) -> Path:
+    """The speaker model's folder: a local one, or a Hugging Face repo id's files in the cache
+    (downloaded when missing and the Hub answers; offline, NotCachedError names the download)."""
+    return resolve_folder(ref or DEFAULT_SPEAKER_MODEL, ("hyperparams.yaml", "embedding_model.ckpt"), "speaker model",
+                          "pass --speaker-model FOLDER (with hyperparams.yaml and embedding_model.ckpt)")
+
+
 class SpeakerEncoder:
     """ECAPA speaker encoder: `embed(path)` -> float32 tensor [lin_neurons] (192 for the released one)."""
 
@@ -83,7 +88,7 @@ class SpeakerEncoder:
     @classmethod
     def load(cls, ref: str | None = None):
         """From a local folder (hyperparams.yaml + embedding_model.ckpt) or a Hugging Face repo id."""
-        folder = resolve_folder(ref or DEFAULT_SPEAKER_MODEL, SPEAKER_FILES, "speaker model", SPEAKER_HINT)
+        folder = find_speaker_model(ref)
         enc = cls.from_hparams_text((folder / "hyperparams.yaml").read_text(), folder)
         state = torch_load(folder / "embedding_model.ckpt", "speaker model")
         try:
@@ -171,5 +176,5 @@ def read_speaker_audio(path, seconds: float = MAX_SECONDS, rate: int = SPEAKER_R
     return wav.contiguous()
 
 
-__all__ = ["SpeakerEncoder", "Voice", "check_speaker_file", "read_speaker_audio", "read_voice", "DEFAULT_SPEAKER_MODEL",
-           "SPEAKER_FILES", "SPEAKER_HINT"]
+__all__ = ["SpeakerEncoder", "Voice", "check_speaker_file", "find_speaker_model", "read_speaker_audio", "read_voice",
+           "DEFAULT_SPEAKER_MODEL"]
