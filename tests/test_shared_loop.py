@@ -2,6 +2,7 @@
 by a fake decoder (no GPU), so the interleavings are exact: several run() calls and submitted
 sequences decode in the same steps, and a failure reaches exactly who it concerns."""
 
+import sys
 import threading
 
 import numpy as np
@@ -103,6 +104,20 @@ def test_callers_share_steps():
     assert c.fed == list(range(6))
     assert dec.steps[1] == [0, 1, 2, 3]  # from the second step on, all four in one step
     assert loop.loop.max_active == 4 and len(dec.steps) == 7  # c joined at the second step
+
+
+def test_a_run_calls_sequences_start_in_one_step():
+    """run() queues its sequences at once: the loop's thread, started by the first, cannot take
+    it alone and step it before the rest arrive (thread switches made frequent to tempt that)."""
+    old = sys.getswitchinterval()
+    sys.setswitchinterval(1e-6)
+    try:
+        for _ in range(50):
+            dec = FakeDecoder(slots=4)
+            SharedLoop(dec).run([Seq(2), Seq(2), Seq(2)])
+            assert dec.steps == [[0, 1, 2], [0, 1, 2]]
+    finally:
+        sys.setswitchinterval(old)
 
 
 def test_a_failing_sequence_fails_only_its_call():

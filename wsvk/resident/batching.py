@@ -256,14 +256,19 @@ class SharedLoop:
         the last PRIORITY_WAIT seconds, and no queued chunk waits longer than that behind a
         stream of newcomers. on_error(e): what to do when its start/feed raises (None: the loop
         fails)."""
-        if on_error is not None:
-            seq = _Guarded(seq, on_error)
+        self._put([seq if on_error is None else _Guarded(seq, on_error)], priority)
+
+    def _put(self, sequences, priority: int) -> None:
+        """Queue sequences in one hold of the lock: the loop takes them under it too, so a run()
+        call's sequences all join the same step."""
         with self._lock:
             if self._thread is None:
                 thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
                 thread.start()  # it waits for the lock before it looks at anything
                 self._thread = thread
-            self._queue.put((time.monotonic() + priority * PRIORITY_WAIT, next(self._arrivals), seq))
+            due = time.monotonic() + priority * PRIORITY_WAIT
+            for seq in sequences:
+                self._queue.put((due, next(self._arrivals), seq))
 
     def run(self, sequences) -> None:
         """Decode the sequences together (beside whatever else is submitted) and wait for their
@@ -272,8 +277,7 @@ class SharedLoop:
         with self._lock:
             self._batches.add(batch)
         try:
-            for seq in sequences:
-                self.submit(_Tracked(seq, batch))
+            self._put([_Tracked(seq, batch) for seq in sequences], 1)
             batch.event.wait()
         except BaseException as e:
             batch.fail(e)  # the loop drops its sequences at the next step
@@ -307,15 +311,12 @@ class SharedLoop:
             return self._thread is not None
 
     def _take(self, block: bool):
-        if block:  # nothing active: end the thread if nothing is queued either
-            with self._lock:
-                if self._queue.empty():
+        with self._lock:
+            if self._queue.empty():
+                if block:  # nothing active, nothing queued: the thread ends
                     self._thread = None  # the next submit starts another
-                    return _EMPTY
-        try:
+                return _EMPTY
             return self._queue.get_nowait()[2]
-        except queue.Empty:
-            return _EMPTY
 
     def _serve(self) -> None:
         me, error = threading.current_thread(), None
