@@ -107,8 +107,8 @@ def test_callers_share_steps():
 
 
 def test_a_run_calls_sequences_start_in_one_step():
-    """run() queues its sequences at once: the loop's thread, started by the first, cannot take
-    it alone and step it before the rest arrive (thread switches made frequent to tempt that)."""
+    """run() queues its sequences at once: the loop's thread cannot take the first alone and
+    step it before the rest arrive (thread switches made frequent to tempt that)."""
     old = sys.getswitchinterval()
     sys.setswitchinterval(1e-6)
     try:

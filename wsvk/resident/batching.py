@@ -260,7 +260,8 @@ class SharedLoop:
 
     def _put(self, sequences, priority: int) -> None:
         """Queue sequences in one hold of the lock: the loop takes them under it too, so a run()
-        call's sequences all join the same step."""
+        call's sequences are all there at the same step boundary (and join one step, as far as
+        free slots allow)."""
         with self._lock:
             if self._thread is None:
                 thread = threading.Thread(target=self._serve, name=self.name, daemon=True)
