@@ -28,12 +28,16 @@ def tiny(tmp_path_factory):
     return paths
 
 
-def synth(*args, stdin=None, backend="cpu", env=None, timeout=300):
-    full_env = dict(os.environ, WSVK_BACKEND=backend, XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
-                    HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT))
-    full_env.update(env or {})
+def synth_env(backend="cpu", env=None) -> dict:
+    """The environment synth.py runs in: offline, this checkout, the given backend and overrides."""
+    return {**os.environ, "WSVK_BACKEND": backend, "XDG_RUNTIME_DIR": os.environ.get("XDG_RUNTIME_DIR", "/tmp"),
+            "HF_HUB_OFFLINE": "1", "PYTHONPATH": str(ROOT), **(env or {})}
+
+
+def synth(*args, stdin=None, backend="cpu", env=None, timeout=300, text=True):
+    """Run synth.py to its end; text=False keeps stdout as bytes (`-o -`)."""
     return subprocess.run([sys.executable, str(SYNTH), *map(str, args)], input=stdin, capture_output=True,
-                          text=True, env=full_env, cwd=ROOT, timeout=timeout)
+                          text=text, env=synth_env(backend, env), cwd=ROOT, timeout=timeout)
 
 
 def model_args(tiny, **skip):
@@ -75,10 +79,8 @@ def test_a_gpu_failure_is_in_the_summary(tiny, tmp_path, rt):
     assert "warning: GPU failure, finished on the CPU" in res.stderr
     assert "backend   wgpu (finished on the CPU after a GPU failure)" in res.stdout, res.stdout
     assert sf.read(out)[0].size > 0
-    streamed = subprocess.run([sys.executable, str(SYNTH), "Hi there.", "-o", "-", *map(str, model_args(tiny))],
-                              capture_output=True, cwd=ROOT, timeout=300,
-                              env=dict(os.environ, WSVK_BACKEND="wgpu", WSVK_FAULT_AFTER="20", HF_HUB_OFFLINE="1",
-                                       PYTHONPATH=str(ROOT), XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp")))
+    streamed = synth("Hi there.", "-o", "-", *model_args(tiny), backend="wgpu", env={"WSVK_FAULT_AFTER": "20"},
+                     text=False)
     err = streamed.stderr.decode()
     assert streamed.returncode == 0 and streamed.stdout[:4] == b"RIFF", err
     assert "warning: GPU failure, finished on the CPU" in err and "x real time)" in err, err
@@ -222,11 +224,8 @@ def test_dash_streams_a_wav_to_stdout(tiny, tmp_path, backend):
     ref = synth("Hello there, friend. A second sentence.", "-o", tmp_path / "x.wav", *model_args(tiny),
                 "--seed", "3", backend=backend, env={"WSVK_PRECISION": "f32"})
     assert ref.returncode == 0, ref.stderr
-    full_env = dict(os.environ, WSVK_BACKEND=backend, WSVK_PRECISION="f32", HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-                    XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
-    res = subprocess.run([sys.executable, str(SYNTH), "Hello there, friend. A second sentence.", "-o", "-",
-                          *map(str, model_args(tiny)), "--seed", "3"], capture_output=True, env=full_env, cwd=ROOT,
-                         timeout=300)
+    res = synth("Hello there, friend. A second sentence.", "-o", "-", *model_args(tiny), "--seed", "3",
+                backend=backend, env={"WSVK_PRECISION": "f32"}, text=False)
     assert res.returncode == 0, res.stderr.decode()
     assert res.stdout[:4] == b"RIFF" and res.stdout[4:8] == b"\xff\xff\xff\xff"
     samples = np.frombuffer(res.stdout[44:], "<i2")
@@ -239,8 +238,7 @@ def test_dash_streams_a_wav_to_stdout(tiny, tmp_path, backend):
 def test_dash_stops_quietly_when_the_reader_leaves(tiny, backend):
     """-o - into a reader that stops early (a player closed, `| head`): synthesis stops, exit 0,
     one line saying so, no traceback (and no crash as the process ends beside stopping threads)."""
-    env = dict(os.environ, WSVK_BACKEND=backend, HF_HUB_OFFLINE="1", PYTHONPATH=str(ROOT),
-               XDG_RUNTIME_DIR=os.environ.get("XDG_RUNTIME_DIR", "/tmp"))
+    env = synth_env(backend)
     text = "One sentence here. " * 12  # several chunks: several writes
     proc = subprocess.Popen([sys.executable, str(SYNTH), text, "-o", "-", *map(str, model_args(tiny))],
                             stdout=subprocess.PIPE, stderr=subprocess.PIPE, env=env, cwd=ROOT)

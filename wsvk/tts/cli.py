@@ -249,8 +249,7 @@ def run(args) -> int:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
     write_file(out, audio, SAMPLE_RATE)
     faults = pipe.last.faults
-    if faults:  # the stage was finished on the CPU after a GPU failure: the audio is still complete
-        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
+    warn_faults(faults)
 
     secs = pipe.last.seconds
     audio_s = audio.size / SAMPLE_RATE
@@ -272,6 +271,12 @@ def run(args) -> int:
             print(f"\nresident {stage}: " + ", ".join(f"{k} {v:.4g}" if isinstance(v, float) else f"{k} {v}"
                                                       for k, v in mod.items()))
     return 0
+
+
+def warn_faults(faults: list) -> None:
+    """After a GPU failure the work was finished on the CPU: the audio is complete, but say so."""
+    if faults:
+        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
 
 
 def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
@@ -303,9 +308,7 @@ def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
     if samples == 0:
         raise RuntimeError("the models produced no audio (every chunk ended at once); try another --seed")
     audio_s = samples / SAMPLE_RATE
-    faults = pipe.engine().faults
-    if faults:  # the engine went on on the CPU: the audio is still complete
-        note(f"warning: GPU failure, finished on the CPU: {faults[0]}")
+    warn_faults(pipe.engine().faults)
     note(f"streamed {audio_s:.2f} s of audio to stdout ({SAMPLE_RATE} Hz mono wav); backend {backend} ({adapter}); "
          f"first audio after {first:.2f} s, total {total:.2f} s, real-time factor {total / audio_s:.2f} "
          f"({audio_s / total:.2f}x real time)" + ("; random weights: noise" if args.random_weights else ""))
