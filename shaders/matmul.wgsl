@@ -210,7 +210,7 @@ fn tiled(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: ve
 // decode_cache); XMODE 0 reads x from memory (GROUP > 0: row n reads x[(n / GROUP) * K ..], e.g.
 // the S2A unembeddings of all quantizers in one launch).
 // X: the activation type (x, bias, layer-norm parameters, out); WT: the weights' (both prepended by
-// the runtime; the resident decoder keeps activations f32 under f16 weights). Every product
+// the runtime; the resident decoder keeps activations f32 under f16 or 8-bit weights, Q8 below). Every product
 // accumulates in f32. STEP: the active columns come from the step buffer (step[0], the resident
 // decoder), else from the uniform (linear); the column entries of the step buffer start at word
 // 4, `ss` words each: [slot, pos, token ids...].
@@ -228,6 +228,12 @@ override G_CH: u32 = 256u;
 override G_NSPLIT: u32 = 0u;      // splits per head; 0: ceil((pos + 1) / G_CH) (self-attention)
 override G_MAXS: u32 = 1u;
 override G_CW: u32 = 1u;          // NH * MAXS: the per-(head, split) weights staged by XMODE 2
+// Q8 (WT = u32): each row is int8 in blocks of 32 along K with one f32 scale per block. Row n's
+// codes are the u32 words [4 * K4 * n, 4 * K4 * (n + 1)) (four codes a word, the lowest byte
+// first; K4 counts vec4s of 16 codes, two per block, zero-padded past K), then come the scales'
+// bit patterns, row by row: word 4 * K4 * N + n * K4 / 2 + block. One buffer, so that the
+// kernel stays within 8 storage bindings.
+override Q8: bool = false;
 
 struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, x_stride: u32, cols: u32, ss: u32 }
 
@@ -328,6 +334,33 @@ fn term4(x0: u32, row0: u32, r: u32, k4: u32, xv: vec4<f32>, w: vec4<WT>) -> f32
     return dot(x, vec4<f32>(w));
 }
 
+// Q8: input elements i..i+15 at offset base of the column (a row's group under GROUP), 0 past K
+// where the row's codes are padding.
+fn xq(x0: u32, base: u32, i: u32) -> f32 { return select(0.0, xin(x0, base + i), i < gp.K); }
+fn xq4(x0: u32, base: u32, i: u32) -> vec4<f32> {
+    return vec4<f32>(xq(x0, base, i), xq(x0, base, i + 1u), xq(x0, base, i + 2u), xq(x0, base, i + 3u));
+}
+fn xq16(x0: u32, base: u32, i: u32) -> array<vec4<f32>, 4> {
+    return array<vec4<f32>, 4>(xq4(x0, base, i), xq4(x0, base, i + 4u), xq4(x0, base, i + 8u), xq4(x0, base, i + 12u));
+}
+
+// The four int8 codes of a word, sign-extended by shifts (no packed-integer extension needed).
+fn q8_unpack(word: u32) -> vec4<f32> {
+    return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+}
+
+// Row row0 + r's product term over the 16 codes of vec4 q: scale x (x . codes). Written for any
+// WT (the conversions are identities for u32), since the module is validated whole.
+fn q8_term(x0: u32, row0: u32, r: u32, q: u32, xv: array<vec4<f32>, 4>, w: vec4<WT>) -> f32 {
+    let row = min(row0 + r, gp.N - 1u);
+    var x = xv;
+    if (GROUP > 0u) { x = xq16(x0, (row / max(GROUP, 1u)) * gp.K, 16u * q); }
+    let u = vec4<u32>(w);
+    let d = dot(x[0], q8_unpack(u.x)) + dot(x[1], q8_unpack(u.y)) + dot(x[2], q8_unpack(u.z))
+          + dot(x[3], q8_unpack(u.w));
+    return d * bitcast<f32>(u32(g_w[4u * gp.K4 * gp.N + row * (gp.K4 / 2u) + q / 2u]));
+}
+
 fn term1(x0: u32, row0: u32, r: u32, k: u32, xv: f32) -> f32 {
     let row = min(row0 + r, gp.N - 1u);
     var x = xv;
@@ -354,7 +387,7 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
     // overlaps the layer norm's / combine's reductions (at width <= 1024 that is all of them).
     // Rows are written out one by one here and below (constant indices only, see wg_sums).
     var wf: array<vec4<WT>, 8>;  // WT: f16 weights hold half the registers through the prologue
-    if (VEC4 && t < gp.K4) {
+    if ((VEC4 || Q8) && t < gp.K4) {
         wf = array<vec4<WT>, 8>(wrow4(row0, 0u, t), wrow4(row0, 1u, t), wrow4(row0, 2u, t), wrow4(row0, 3u, t),
                                 wrow4(row0, 4u, t), wrow4(row0, 5u, t), wrow4(row0, 6u, t), wrow4(row0, 7u, t));
     }
@@ -374,7 +407,20 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
 
     var lo = vec4<f32>();  // rows row0 + 0..3
     var hi = vec4<f32>();  // rows row0 + 4..7
-    if (VEC4) {
+    if (Q8) {
+        for (var q = t; q < gp.K4; q += GWG) {
+            var w = wf;
+            if (q != t) {
+                w = array<vec4<WT>, 8>(wrow4(row0, 0u, q), wrow4(row0, 1u, q), wrow4(row0, 2u, q), wrow4(row0, 3u, q),
+                                       wrow4(row0, 4u, q), wrow4(row0, 5u, q), wrow4(row0, 6u, q), wrow4(row0, 7u, q));
+            }
+            let xv = xq16(x0, 0u, 16u * q);
+            lo += vec4<f32>(q8_term(x0, row0, 0u, q, xv, w[0]), q8_term(x0, row0, 1u, q, xv, w[1]),
+                            q8_term(x0, row0, 2u, q, xv, w[2]), q8_term(x0, row0, 3u, q, xv, w[3]));
+            hi += vec4<f32>(q8_term(x0, row0, 4u, q, xv, w[4]), q8_term(x0, row0, 5u, q, xv, w[5]),
+                            q8_term(x0, row0, 6u, q, xv, w[6]), q8_term(x0, row0, 7u, q, xv, w[7]));
+        }
+    } else if (VEC4) {
         for (var k4 = t; k4 < gp.K4; k4 += GWG) {
             var w = wf;
             if (k4 != t) {

@@ -120,7 +120,37 @@ def linear(lead, N, K, bias=False, gelu=False, dtype=F32, tile=None, subgroups=N
     name = f"linear {'x'.join(map(str, lead)) or '-'}x{K}->{N}{' +b' if bias else ''}{' gelu' if gelu else ''}{variant}"
     return Case("matmul", name, make, lambda x, w, b: ops.linear(x, w, b, gelu=gelu, tile=tile, subgroups=subgroups),
                 torch_fn, lambda x, w, b: x @ w.T, _mm_bound(dtype, K), dtype, _tags(*tags),
-                ("GB/s", 4 * (K * N + K + N)) if math.prod(lead) == 1 else ("GFLOP/s", 2 * math.prod(lead) * N * K))
+                ("GB/s", dtype.itemsize * (K * N + K + N)) if math.prod(lead) == 1 else ("GFLOP/s", 2 * math.prod(lead) * N * K))
+
+
+def linear_q8(lead, N, K, bias=False, gelu=False, subgroups=None, tags=(), seed=0):
+    """linear() with the weight in Q8 (M = prod(lead) <= 8): against F.linear with the weight
+    the Q8 buffer stands for, so the bound is f32 accumulation's (quantization error is the
+    precision gate's business, tests/test_precision.py)."""
+    import torch
+    import torch.nn.functional as F
+
+    from .matmul import Q8Weight, dequantize_q8, q8_layout, quantize_q8
+
+    def make():
+        w = _rand((N, K), seed + 1, F32, 1 / math.sqrt(K))
+        return _rand(lead + (K,), seed, F32), w, _rand(N, seed + 2, F32) if bias else None
+
+    def ours(x, w, b):
+        from ..gpu import get_runtime
+
+        return ops.linear(x, Q8Weight.upload(get_runtime(), w), b, gelu=gelu, subgroups=subgroups)
+
+    def torch_fn(x, w, b):
+        wq = torch.from_numpy(dequantize_q8(quantize_q8(w.numpy()), N, K).astype(np.float64))
+        y = F.linear(x, wq, b)
+        return F.gelu(y) if gelu else y
+
+    nb, words = q8_layout(N, K)
+    name = (f"linear q8 {'x'.join(map(str, lead)) or '-'}x{K}->{N}{' +b' if bias else ''}{' gelu' if gelu else ''}"
+            + (" [shared]" if subgroups is False else ""))
+    return Case("matmul", name, make, ours, torch_fn, None, _mm_bound(F32, K), F32, _tags(*tags),
+                ("GB/s", 4 * words + 4 * (K + N)) if math.prod(lead) == 1 else ("GFLOP/s", 2 * math.prod(lead) * N * K))
 
 
 def matmul(ashape, bshape, dtype=F32, tile=None, tags=(), seed=0):
@@ -172,6 +202,11 @@ MATMUL = [
     *[linear(lead, N, K, b, g, F16, tags=["selftest"] if lead == (1,) else ())
       for lead, N, K, b, g in [((1,), 97, 257, True, True), ((6,), 33, 64, True, False), ((3,), 5, 1, False, True),
                                ((20,), 70, 130, True, True)]],
+    # 8-bit weights: K past, short of and between whole blocks of 32, 1 to 8 columns, one row group
+    # past 65,535 workgroups' worth of rows, a partial last row group
+    linear_q8((1,), 1, 1), linear_q8((1,), 97, 257, True, True, tags=["selftest"]), linear_q8((8,), 33, 100, True),
+    linear_q8((3,), 1031, 4, False, True), linear_q8((2, 3), 19, 64, True), linear_q8((8,), 16, 1028, True, True),
+    linear_q8((1,), 262147, 33), linear_q8((4,), 70, 130, True, True, subgroups=False, tags=["selftest"]),
     matmul((1, 1), (1, 1)), matmul((7, 13), (13, 97)), matmul((65, 257), (257, 3)),
     matmul((3, 5), (5, 64)),                                      # M <= 8 matmul also runs tiled
     matmul((3, 20, 30), (3, 30, 70), tags=["selftest"]), matmul((2, 3, 9, 4), (2, 3, 4, 11)),
@@ -196,10 +231,15 @@ MATMUL = [
     # the benchmarks' shapes: decode GEMVs, Vocos' pointwise conv, ECAPA's dilated conv
     linear((1,), 2304, 768, tags=["bench", "quick"]), linear((1,), 3072, 768, tags=["bench"]),
     linear((1,), 768, 3072, tags=["bench"]), linear((750,), 1152, 384, tags=["bench"]),
+    # the same GEMVs in f16 and q8, and the released S2A medium's (width 1024): GB/s of the bytes read
+    *[case for n, k in ((2304, 768), (3072, 1024), (1024, 4096))
+      for case in (linear((1,), n, k, dtype=F16, tags=["bench"]), linear_q8((1,), n, k, tags=["bench"]))],
+    linear_q8((1,), 2304, 768, tags=["quick"]),
     linear((64,), 96, 48, tags=["quick"]), linear((64,), 96, 48, tile=128, tags=["quick"]),
     conv1d((1, 1024, 500), (1024, 1024, 3), bias=False, dilation=2, tags=["bench"]),
     conv1d((1, 64, 50), (64, 64, 3), bias=False, dilation=2, tags=["quick"]),
-    linear((1,), 8192, 8192, tags=["big"]),
+    linear((1,), 8192, 8192, tags=["big"]), linear((1,), 8192, 8192, dtype=F16, tags=["big"]),
+    linear_q8((1,), 8192, 8192, tags=["big"]),
     *[linear((m,), n, k, tile=t, tags=["big"]) for m, n, k in ((750, 1536, 512), (4096, 4096, 4096))
       for t in (None, 64, 128)],
 ]

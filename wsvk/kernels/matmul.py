@@ -5,6 +5,11 @@ once; everything else runs a tiled kernel: 128x128 tiles when the product has at
 BIG_TILES of them (half the shared-memory traffic per FMA), else 64x64 tiles (4x as many
 workgroups to fill the GPU's cores). f32 accumulation for f32 and f16 storage.
 
+8-bit weights (`Q8Weight`, made by `quantize_q8`): int8 in blocks of Q8_BLOCK along K with one
+f32 scale per block, dequantized inside the GEMV's inner loop and accumulated in f32 (about 1.1
+bytes a weight against 2 in f16: the bytes are what a decode step costs on a GPU bound by memory
+bandwidth). The GEMV only: `linear` takes a Q8Weight for at most 8 rows.
+
 Variants are arguments: `tile` (None: by shape, or one of TILES) runs the tiled kernel with that
 tile edge (linear too, whatever its rows); `subgroups=False` runs the GEMV's workgroup-memory reduction on an adapter that has
 subgroups (tests, selftest and benchmarks compare them).
@@ -13,6 +18,7 @@ subgroups (tests, selftest and benchmarks compare them).
 from __future__ import annotations
 
 import math
+from dataclasses import dataclass
 
 import numpy as np
 
@@ -32,6 +38,69 @@ GEMV_ROWS = 8       # weight rows per gemv workgroup (256 threads, 8 partial sum
 MAX_STAGED = 1792   # gemv XMODE 1/2 stage K floats in workgroup memory (+ 4.5 KiB of wg_sums <= 16 KiB)
 WG_BYTES = 16384    # workgroup memory every adapter has (WebGPU's default limit)
 WG_SUMS_BYTES = 4096 + 16 + 2 * 256  # shaders/lib/wg_sums.wgsl's arrays (each variable rounds up to 16 bytes)
+
+
+Q8_BLOCK = 32  # weights per scale along K (llama.cpp's Q8_0 block)
+
+
+def q8_layout(N: int, K: int) -> tuple[int, int]:
+    """(blocks per row, u32 words in all) of an [N, K] matrix in Q8: the codes (four a word, rows
+    padded to whole blocks), then one f32 scale per block."""
+    nb = -(-K // Q8_BLOCK)
+    return nb, N * nb * (Q8_BLOCK // 4 + 1)
+
+
+def quantize_q8(w) -> np.ndarray:
+    """An [N, K] float matrix as shaders/matmul.wgsl's Q8 buffer (uint32 words): per block of
+    Q8_BLOCK weights along K the scale max|w| / 127 and the codes round(w / scale) in [-127, 127]
+    (zero past K). Round to nearest keeps each weight within scale / 2 of its value."""
+    w = np.asarray(w, dtype=np.float32)
+    if w.ndim != 2 or min(w.shape) < 1:
+        raise ValueError(f"quantize_q8: needs a non-empty [N, K] matrix, got shape {w.shape}")
+    N, K = w.shape
+    nb, _ = q8_layout(N, K)
+    blocks = np.zeros((N, nb * Q8_BLOCK), np.float32)
+    blocks[:, :K] = w
+    blocks = blocks.reshape(N, nb, Q8_BLOCK)
+    scale = np.abs(blocks).max(axis=2) / np.float32(127)
+    inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
+    codes = np.rint(blocks * inv[:, :, None]).astype(np.int8)
+    return np.concatenate([codes.reshape(N, -1).view("<u4").ravel(), scale.astype("<f4").view("<u4").ravel()])
+
+
+def dequantize_q8(words, N: int, K: int) -> np.ndarray:
+    """The float32 [N, K] matrix a Q8 buffer stands for (the reference of the Q8 GEMV)."""
+    nb, total = q8_layout(N, K)
+    words = np.asarray(words, dtype="<u4")
+    if words.shape != (total,):
+        raise ValueError(f"dequantize_q8: {words.shape} words, expected ({total},) for [{N}, {K}]")
+    codes = words[:N * nb * Q8_BLOCK // 4].view(np.int8).reshape(N, nb, Q8_BLOCK).astype(np.float32)
+    scale = words[N * nb * Q8_BLOCK // 4:].view("<f4").reshape(N, nb)
+    return (codes * scale[:, :, None]).reshape(N, -1)[:, :K]
+
+
+@dataclass(frozen=True)
+class Q8Weight:
+    """An [N, K] weight matrix in Q8 on the GPU (quantize_q8's words in one storage buffer)."""
+
+    data: GpuArray
+    shape: tuple
+
+    @classmethod
+    def upload(cls, rt, w) -> Q8Weight:
+        return cls(rt.upload(quantize_q8(w)), tuple(int(s) for s in np.shape(w)))
+
+    @property
+    def K4(self) -> int:
+        """vec4s of 16 codes per row (the GEMV's uniform K4)."""
+        return 2 * q8_layout(*self.shape)[0]
+
+    @property
+    def nbytes(self) -> int:
+        return self.data.nbytes
+
+    def numpy(self) -> np.ndarray:
+        return dequantize_q8(self.data.numpy(), *self.shape)
 
 
 def cw_max(K: int) -> int:
@@ -55,7 +124,8 @@ def _pipeline(rt, entry: str, dt, subgroups: bool | None, wt=None, **constants):
     (and `subgroups` is not False). dt: the storage type of the activations (every array of
     `tiled`); wt: the gemv's weights (default dt)."""
     sg = rt.has_subgroups and subgroups is not False
-    aliases = {"T": alias(dt), "X": alias(dt), "WT": alias(dt if wt is None else wt)}
+    wt_name = "u32" if constants.get("Q8") else alias(dt if wt is None else wt)
+    aliases = {"T": alias(dt), "X": alias(dt), "WT": wt_name}
     return rt.pipeline("matmul", entry, {**constants, "SUBGROUPS": sg}, aliases=aliases, subgroups=sg)
 
 
@@ -63,12 +133,21 @@ def gemv_pipeline(rt, x_dtype, w_dtype, *, xmode=0, step=False, bias=False, gelu
                   group=0, combine=None, subgroups=None):
     """The gemv entry for a resident plan: xmode 0 (x from memory), 1 (layer norm of x in front)
     or 2 (the attention splits merged in front: combine = dict of the G_* constants); step: the
-    active columns come from the step buffer. K: the input length (staged by xmode 1/2)."""
+    active columns come from the step buffer. K: the input length (staged by xmode 1/2).
+    w_dtype: float32, float16 or "q8" (Q8Weight)."""
     if xmode and K > MAX_STAGED:
         raise ValueError(f"gemv with a fused prologue needs K <= {MAX_STAGED}, got {K}")
-    consts = {"XMODE": xmode, "STEP": step, "HAS_BIAS": bias, "GELU": gelu, "RESID": resid, "VEC4": K % 4 == 0,
-              "XS": K if xmode else 4, "GROUP": group, **(combine or {})}
-    return _pipeline(rt, "gemv", np.dtype(x_dtype), subgroups, wt=np.dtype(w_dtype), **consts)
+    q8 = isinstance(w_dtype, str) and w_dtype == "q8"
+    consts = {"XMODE": xmode, "STEP": step, "HAS_BIAS": bias, "GELU": gelu, "RESID": resid,
+              "VEC4": K % 4 == 0 and not q8, "Q8": q8, "XS": K if xmode else 4, "GROUP": group, **(combine or {})}
+    return _pipeline(rt, "gemv", np.dtype(x_dtype), subgroups, wt=None if q8 else np.dtype(w_dtype), **consts)
+
+
+def gemv_weight(w) -> tuple:
+    """(storage type for gemv_pipeline, the uniform's K4, the buffer) of a gemv weight."""
+    if isinstance(w, Q8Weight):
+        return "q8", w.K4, w.data
+    return w.dtype, int(w.shape[-1]) // 4, w
 
 
 def _check_size(rt, what: str, shape) -> None:
@@ -109,22 +188,49 @@ def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape, subgroups):
     """out[M, N] = x[M, K] @ w[N, K]^T (+ bias, GELU) for M <= 8: the gemv with M columns."""
     out = rt.empty(out_shape, dt)
     groups = -(-N // GEMV_ROWS)
-    pipe = gemv_pipeline(rt, dt, dt, bias=bias is not None, gelu=gelu, K=K, subgroups=subgroups)
-    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups, eps=0.0, x_stride=K, cols=M, ss=0)
+    wt, K4, wbuf = gemv_weight(w)
+    pipe = gemv_pipeline(rt, dt, wt, bias=bias is not None, gelu=gelu, K=K, subgroups=subgroups)
+    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K4, groups=groups, eps=0.0, x_stride=K, cols=M, ss=0)
     step = rt.empty((4,), np.uint32)  # unread: the columns come from the uniform
     # bindings: step, x, w, w as vec4, bias, layer-norm gamma and beta (unread), out, params
-    rt.run(pipe, [step, x, w, w, w if bias is None else bias, x, x, out, params], rt.grid(groups * M))
+    rt.run(pipe, [step, x, wbuf, wbuf, x if bias is None else bias, x, x, out, params], rt.grid(groups * M))
     return out
+
+
+def _linear_q8(x, weight: Q8Weight, bias, gelu: bool, subgroups):
+    """linear() with 8-bit weights: float32 x with at most GEMV_MAX_M rows."""
+    N, K = weight.shape
+    xs = _dims("linear: x", x, 1)
+    if xs[-1] != K:
+        raise ValueError(f"linear: x has {xs[-1]} features (shape {xs}) but weight expects {K} ({N}x{K} q8)")
+    M = math.prod(xs[:-1])
+    if M > GEMV_MAX_M:
+        raise ValueError(f"linear: q8 weights run in the GEMV only (at most {GEMV_MAX_M} rows), got {M}")
+    if bias is not None and tuple(bias.shape) != (N,):
+        raise ValueError(f"linear: bias must have shape ({N},), got {tuple(bias.shape)}")
+    dt = common_dtype(x=x, bias=bias)
+    if dt != np.float32:
+        raise TypeError(f"linear: q8 weights take float32 inputs, got {dt}")
+    rt = runtime()
+    gx = to_gpu(x, dt)
+    gb = None if bias is None else to_gpu(bias, dt)
+    out = _gemv(rt, gx, weight, gb, dt, M, N, K, bool(gelu), xs[:-1] + (N,), subgroups)
+    return finish(out, on_gpu(x, bias))
 
 
 def linear(x, weight, bias=None, gelu: bool = False, *, tile: int | None = None, subgroups: bool | None = None):
     """torch's F.linear: x[..., K] @ weight[N, K].T + bias[N] -> [..., N]; gelu=True applies nn.GELU().
 
     float32 (float64 is computed as float32) or float16 with shader-f16; all GpuArray inputs
-    give a GpuArray, otherwise numpy. tile / subgroups: the variant (module docstring).
+    give a GpuArray, otherwise numpy. weight may be a Q8Weight (float32 x of at most 8 rows).
+    tile / subgroups: the variant (module docstring).
     """
-    x, weight = as_array(x), as_array(weight)
     bias = None if bias is None else as_array(bias)
+    if isinstance(weight, Q8Weight):
+        if tile is not None:
+            raise ValueError("linear: q8 weights run in the GEMV only (no tile)")
+        return _linear_q8(as_array(x), weight, bias, gelu, subgroups)
+    x, weight = as_array(x), as_array(weight)
     xs = _dims("linear: x", x, 1)
     ws = _dims("linear: weight", weight, 2)
     if len(ws) != 2:
