@@ -5,6 +5,7 @@ from __future__ import annotations
 import torch
 import torch.nn.functional as F
 
+from ..errors import InputError
 from ..gpu import Runtime
 from .decoder import HeadStage, ResidentDecoder
 from .encoder import ResidentEncoder
@@ -14,27 +15,24 @@ from .whisper import Resident, rope_tables
 
 def t2s_inputs(m, txt, lang, cps):
     """(ttoks [1, ttoks_len], langs, cpss) exactly as TSARTransformer.generate builds them for one
-    text (lang: a code, a list of codes with txt a list of texts, or a tensor of ids)."""
+    text (lang: a code, or a tensor of language ids).
+
+    A list of codes (whisperspeech's per-segment languages, with txt a list of texts) is refused:
+    whisperspeech's run_encoder broadcasts the per-token language ids into a batch of ttoks_len
+    encoder outputs, which its own generate cannot decode (it fails on its batch-1 KV cache), and
+    the encoder input taken here would silently be the first language's alone."""
     from whisperspeech import languages
 
+    if isinstance(lang, (list, tuple)):
+        raise InputError(f"T2S takes one language code per text (such as 'en'), not a list ({lang!r}): "
+                         "whisperspeech's per-segment languages do not run in its own generate either; "
+                         "synthesize each language's text on its own")
+    if not isinstance(txt, str):
+        raise InputError(f"T2S takes one text (a str) per sequence, not a {type(txt).__name__}")
     m.ensure_tokenizer()
-    ttoks, langs, lang0 = [], [], lang
-    if isinstance(lang, list):
-        lang0 = lang[0]
-        assert isinstance(txt, list), "lang and txt have to be both lists or strings"
-        for t, code in zip(txt, lang):
-            tt = m.tokenizer.encode(t)
-            ttoks += tt
-            langs += [languages.to_id(code)] * len(tt)
-    elif isinstance(lang, torch.Tensor):
-        langs = lang
-        ttoks = m.tokenizer.encode(txt)
-    else:
-        ttoks = m.tokenizer.encode(txt)
-        langs = torch.tensor([languages.to_id(lang)])
+    ttoks = m.tokenizer.encode(txt)
+    langs = lang if isinstance(lang, torch.Tensor) else torch.tensor([languages.to_id(lang)])
     ttoks = F.pad(torch.tensor(ttoks), (1, m.ttoks_len - len(ttoks) - 1), value=m.tokenizer.eot)
-    if not isinstance(langs, torch.Tensor):
-        langs = F.pad(torch.tensor(langs), (1, m.ttoks_len - len(langs) - 1), value=languages.to_id(lang0))
     return ttoks[None], langs, torch.tensor([cps])
 
 
@@ -98,7 +96,7 @@ class ResidentT2S(Resident):
     `slots` sequences."""
 
     def __init__(self, model, rt: Runtime | None = None, ch: int | None = None, subgroups: bool | None = None,
-                 slots: int = 1):
+                 slots: int = 1, precision: str | None = None):
         super().__init__(model)
         emb = model.embeddings.embedding
         if emb.merged_in is None:
@@ -110,7 +108,7 @@ class ResidentT2S(Resident):
         self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
             extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=self_len, cross_len=cross_len,
-            head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
+            head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots, precision=precision))
         enc = model.encoder
         self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
                                                 causal=model.tunables.causal_encoder,
