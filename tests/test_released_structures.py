@@ -13,16 +13,17 @@ decoders' teacher-forced logits stay within the bound of LOGIT_BOUNDS (tests/tes
 derives the f16 one: 4u, u = 2^-11).
 """
 
-
 import numpy as np
 import pytest
 import torch
+from whisperspeech import languages
 
 import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err
 from wsvk.errors import InputError
 from wsvk.resident import ResidentS2A, ResidentT2S
+from wsvk.resident.t2s import t2s_inputs
 from wsvk.tts.models import load_s2a, load_t2s
 from wsvk.tts.pipeline import load_pipeline
 
@@ -203,19 +204,17 @@ def test_language_lists_are_refused(files):
     batch of ttoks_len rows from the per-token languages): the resident T2S refuses it in one line
     instead of silently speaking the first language; one code (the pipeline's way) is taken."""
     model = load_t2s(str(files["t2s_v195"]))
-    with torch.no_grad(), pytest.raises(RuntimeError):  # whisperspeech's own: a shape error deep inside
+    # whisperspeech's own: a shape error deep inside (should it ever run, supporting lists is the way)
+    with torch.no_grad(), pytest.raises(RuntimeError):
         model.generate(["Hello ", "świat"], lang=["en", "pl"], N=4, show_progress_bar=False)
-    from wsvk.resident.t2s import t2s_inputs
-
+    refused = r"^T2S takes one language code per text \(such as 'en'\), not a list"
     for txt, lang in ((["Hello ", "świat"], ["en", "pl"]), ("Hello świat", ("en", "pl")), ("Hello", ["en"])):
-        with pytest.raises(InputError, match=r"^T2S takes one language code per text \(such as 'en'\), not a list") as e:
+        with pytest.raises(InputError, match=refused) as e:
             t2s_inputs(model, txt, lang, 15)
         assert "\n" not in str(e.value)
     with pytest.raises(InputError, match="one text"):
         t2s_inputs(model, ["Hello ", "świat"], "en", 15)
     ttoks, langs, cpss = t2s_inputs(model, "Hello", "pl", 15)
-    from whisperspeech import languages
-
     assert ttoks.shape == (1, model.ttoks_len) and langs.tolist() == [languages.to_id("pl")] and cpss.tolist() == [15]
 
 

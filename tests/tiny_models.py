@@ -100,6 +100,7 @@ def build_s2a(seed: int = 0):
 RELEASED_STOKS_CODES = 513  # 512 VQ codes + the mask/padding code
 RELEASED_STOKS_WIDTH = 64  # the VQ codebook width
 RELEASED_HEADS, RELEASED_HEAD_WIDTH = 3, 32  # width 96: wider than the semantic embeddings
+LOGIT_GAIN = 3.0  # the tiny T2S' final layer-norm gain: ~5 bits of entropy per sampled token
 _S2A_RELEASED_CONFIG = dict(depth=2, ctx_n=3 * STOKS_LEN, stoks_len=STOKS_LEN, stoks_codes=RELEASED_STOKS_CODES,
                             stoks_width=RELEASED_STOKS_WIDTH, spk_width=SPK_WIDTH, atoks_width=None,
                             n_head=RELEASED_HEADS, head_width=RELEASED_HEAD_WIDTH, ffn_mult=2, quantizers=4,
@@ -116,8 +117,6 @@ def _released_spec(model, config: dict, tunables, drop=(), fp16=False) -> dict:
     tunables = {k: v for k, v in dataclasses.asdict(tunables).items() if k not in drop}
     return dict(config=config, tunables=tunables, state_dict=sd)
 
-
-LOGIT_GAIN = 3.0
 
 
 def _t2s_released(tunables, end_scale: float, seed: int, depth: int = 2, stoks_width=None):
