@@ -9,7 +9,7 @@ from .errors import ConfigError
 
 BACKENDS = ("auto", "wgpu", "cpu")
 LIMITS = ("adapter", "default")
-PRECISIONS = ("auto", "f32", "f16")
+PRECISIONS = ("auto", "f32", "f16", "q8")
 
 
 def _choice(name: str, valid: tuple[str, ...], default: str) -> str:
@@ -45,7 +45,8 @@ def limits() -> str:
 
 
 def precision() -> str:
-    """WSVK_PRECISION: auto (f16 storage where the adapter has shader-f16), f32 or f16."""
+    """WSVK_PRECISION: auto (q8 on integrated GPUs, else f16 where the adapter has shader-f16, else
+    f32), f32, f16 or q8 (8-bit decoder weights; see Runtime.precision)."""
     return _choice("WSVK_PRECISION", PRECISIONS, "auto")
 
 

@@ -44,6 +44,28 @@ def gpu_errors(what: str):
         raise
 
 
+def choose_precision(info: dict, has_f16: bool, choice: str | None = None) -> tuple[str, str]:
+    """(f32 | f16 | q8, why) for an adapter (adapter_summary) under WSVK_PRECISION, or `choice` (one
+    of config.PRECISIONS) in its place. auto: q8 on an integrated GPU, whose decode steps cost what
+    their weight bytes cost in shared memory (70-120 GB/s) and where 8 bits are safe (llama.cpp's
+    Q8_0 within 0.04% of f16 perplexity; an autoregressive TTS over codec tokens word-exact in
+    Q8_0, gibberish in 4 bits; wsvk.quality gates it); f16 on other adapters with shader-f16 (a
+    discrete GPU's steps are bound by dispatch latency, not bytes); f32 without shader-f16."""
+    source = "WSVK_PRECISION" if choice is None else "asked for"
+    choice = config.precision() if choice is None else choice
+    if choice not in config.PRECISIONS:
+        raise ConfigError(f"precision {choice!r} is not valid; use one of: {', '.join(config.PRECISIONS)}")
+    if choice == "f16" and not has_f16:
+        raise ConfigError(f"WSVK_PRECISION=f16 but {info['name']} lacks shader-f16 (use auto, q8 or f32)")
+    if choice != "auto":
+        return choice, source
+    if info.get("type") == "IntegratedGPU":
+        return "q8", "auto: an integrated GPU is bound by memory bandwidth, and 8-bit weights halve the bytes"
+    if has_f16:
+        return "f16", "auto: shader-f16" + (", a discrete GPU" if info.get("type") == "DiscreteGPU" else "")
+    return "f32", "auto: no shader-f16"
+
+
 class Runtime:
     """One wgpu device and everything cached on it. Get it with `get_runtime()`."""
 
@@ -111,13 +133,20 @@ class Runtime:
     def has_timestamps(self) -> bool:
         return "timestamp-query" in self.features
 
+    def precision(self, choice: str | None = None) -> tuple[str, str]:
+        """(f32 | f16 | q8, why) on this device under WSVK_PRECISION, or `choice` (choose_precision)."""
+        return choose_precision(self.info, self.has_f16, choice)
+
     @property
     def weight_dtype(self) -> np.dtype:
-        """Storage type for transformer weights/activations under WSVK_PRECISION (math stays f32)."""
-        choice = config.precision()
-        if choice == "f16" and not self.has_f16:
-            raise ConfigError(f"WSVK_PRECISION=f16 but {self.info['name']} lacks shader-f16 (use auto or f32)")
-        return np.dtype(np.float16 if choice == "f16" or (choice == "auto" and self.has_f16) else np.float32)
+        """Storage type of transformer weights and activations under WSVK_PRECISION: f16 or f32
+        (math stays f32). Under q8 the decoders' weight matrices are 8-bit (kernels.matmul.Q8Weight)
+        and everything else here stored is f16 where the adapter has shader-f16, else f32."""
+        return self.storage_dtype(self.precision()[0])
+
+    def storage_dtype(self, precision: str) -> np.dtype:
+        """What a resolved precision (f32, f16, q8) stores its non-8-bit arrays as."""
+        return np.dtype(np.float16 if precision == "f16" or (precision == "q8" and self.has_f16) else np.float32)
 
     @property
     def max_groups(self) -> int:

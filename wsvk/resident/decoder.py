@@ -45,18 +45,19 @@ class ResidentDecoder:
     sequences share a step; ch: keys per attention split (None: 64 where it fits; tests pass small
     ones to get many splits); prerecord: record the next step while this one runs (off only to
     measure what it saves); subgroups: False runs the GEMVs' workgroup-memory reduction on an
-    adapter with subgroups.
+    adapter with subgroups; precision: f32, f16, q8 or auto (None: WSVK_PRECISION; see plan.py).
     """
 
     PREFILL_CHUNK = 64  # positions per prefill submit: keeps each one short (OS GPU watchdogs)
 
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
-                 ch: int | None = None, prerecord: bool = True, subgroups: bool | None = None, slots: int = 1):
+                 ch: int | None = None, prerecord: bool = True, subgroups: bool | None = None, slots: int = 1,
+                 precision: str | None = None):
         self.rt = rt = rt or get_runtime()
         self.plan = plan = DecoderPlan(rt, layers, n_head, tables, pos_emb, extra, rope, ksub, self_len, cross_len,
-                                       head, slots, ch, subgroups)
-        for name in ("dtype", "W", "NH", "DH", "NQ", "V", "self_len", "cross_len", "ch", "n_layers", "slots",
+                                       head, slots, ch, subgroups, precision)
+        for name in ("precision", "dtype", "W", "NH", "DH", "NQ", "V", "self_len", "cross_len", "ch", "n_layers", "slots",
                      "n_logits", "layers", "extra"):
             setattr(self, name, getattr(plan, name))
         self.labels = [d.label for d in plan.dispatches]

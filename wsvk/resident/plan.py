@@ -13,12 +13,15 @@ Per layer, 8 dispatches (shaders/matmul.wgsl gemv, shaders/attention.wgsl decode
     gemv  LN(mlp_ln) -> fc1 + bias + GELU      gemv  fc2 + bias, x +=
 plus the embedding (shaders/embed.wgsl) and the head stages (ln_post fused into the first).
 
-Precision (WSVK_PRECISION, read once through Runtime.weight_dtype): the weight matrices, embedding
+Precision (WSVK_PRECISION, read once through Runtime.precision): the weight matrices, embedding
 tables and KV caches are stored as `dtype` (f16 or f32, the shaders' WT); activations, biases,
 layer-norm parameters, softmax and layer-norm statistics, the attention partials and the logits
 stay f32, and every dot product accumulates in f32. The KV caches follow the weights because at
 S2A lengths they are read as many bytes per step as the weights are, while the activation
-vectors are a few KiB per column.
+vectors are a few KiB per column. Under q8 the matrices the step's GEMVs read (every layer's
+qkv, out, cross_q, cross_out, fc1, fc2 and the head stages) are 8-bit (matmul.Q8Weight,
+quantized here at load) and `dtype` (f16 with shader-f16, else f32) holds the rest: the tables,
+the caches, and cross_kv, which runs once per chunk through the tiled matmul.
 """
 
 from __future__ import annotations
@@ -76,6 +79,29 @@ class Dispatch:
     label: str
 
 
+def matrix_bytes(N: int, K: int, precision: str, itemsize: int) -> int:
+    """GPU memory of an [N, K] GEMV weight matrix at a precision (itemsize: f32's or f16's)."""
+    return 4 * matmul.q8_layout(N, K)[1] if precision == "q8" else N * K * itemsize
+
+
+def weight_bytes(layers, matrices, tables, precision: str, itemsize: int) -> int:
+    """What a DecoderPlan of these decoder layers will store of the model's parameters, before
+    it exists (to plan memory): the layers as _upload_weights stores them, plus the head's
+    `matrices` (GEMV weights, with f32 biases) and the embedding `tables` (tensors)."""
+    total = 0
+    for g in layers:
+        total += sum(4 * (ln.weight.numel() + ln.bias.numel()) for ln in (g.attn_ln, g.cross_attn_ln, g.mlp_ln))
+        for lin in (g.attn.qkv, g.attn.out, g.cross_attn.q, g.cross_attn.out, g.mlp[0], g.mlp[2]):
+            total += matrix_bytes(*lin.weight.shape, precision, itemsize) + 4 * _numel(lin.bias)
+        total += (g.cross_attn.kv.weight.numel() + _numel(g.cross_attn.kv.bias)) * itemsize
+    total += sum(matrix_bytes(*w.shape, precision, itemsize) + 4 * _numel(b) for w, b in matrices)
+    return int(total + sum(t.numel() * itemsize for t in tables))
+
+
+def _numel(t) -> int:
+    return 0 if t is None else int(t.numel())
+
+
 def kv_bytes(n_layers: int, width: int, self_len: int, cross_len: int, itemsize: int) -> int:
     """GPU memory of one slot's caches: self-attention K and V plus cross-attention K and V."""
     return n_layers * 2 * width * (self_len + cross_len) * itemsize
@@ -92,9 +118,11 @@ class DecoderPlan:
 
     def __init__(self, rt: Runtime, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], slots: int, ch: int | None,
-                 subgroups: bool | None):
+                 subgroups: bool | None, precision: str | None = None):
         self.rt = rt
-        self.dtype = rt.weight_dtype  # raises ConfigError for WSVK_PRECISION=f16 without shader-f16
+        # f32, f16 or q8 (None: WSVK_PRECISION); ConfigError for f16 without shader-f16
+        self.precision = rt.precision(precision)[0]
+        self.dtype = rt.storage_dtype(self.precision)
         self.subgroups = subgroups
         self.n_layers = len(layers)
         W = int(layers[0].attn.n_state)
@@ -141,12 +169,20 @@ class DecoderPlan:
 
     def _upload_weights(self, layers, tables, pos_emb, extra, rope, head):
         rt, W, B = self.rt, self.W, self.slots
+        self.weight_bytes = 0  # the model's parameters as stored here (caches and work buffers apart)
+
+        def held(arr):
+            self.weight_bytes += arr.nbytes
+            return arr
 
         def up(a):
-            return rt.upload(f32(a))
+            return held(rt.upload(f32(a)))
 
-        def upw(a):  # weight matrices / tables in the storage type
-            return rt.upload(f32(a).astype(self.dtype))
+        def upw(a):  # tables in the storage type
+            return held(rt.upload(f32(a).astype(self.dtype)))
+
+        def upm(a):  # a matrix the step's GEMVs read: 8-bit under q8
+            return held(matmul.Q8Weight.upload(rt, f32(a))) if self.precision == "q8" else upw(a)
 
         self.step_buf = rt.empty((4 + B * self.ss,), np.uint32)
         self.x = rt.empty((B, W))
@@ -179,14 +215,15 @@ class DecoderPlan:
             def norm(ln):
                 return (up(ln.weight), up(ln.bias), float(ln.eps))
 
-            def linear(lin, bias_dtype=np.float32):
-                return (upw(lin.weight), None if lin.bias is None else rt.upload(f32(lin.bias).astype(bias_dtype)))
+            def linear(lin, bias_dtype=np.float32, up_weight=upm):
+                bias = None if lin.bias is None else held(rt.upload(f32(lin.bias).astype(bias_dtype)))
+                return (up_weight(lin.weight), bias)
 
             kv_shape, ckv_shape = (B, self.NH, self.self_len, self.DH), (B, self.NH, self.cross_len, self.DH)
             self.layers.append(LayerWeights(
                 attn_ln=norm(l.attn_ln), cross_ln=norm(l.cross_attn_ln), mlp_ln=norm(l.mlp_ln),
                 qkv=linear(l.attn.qkv), out=linear(l.attn.out), cross_q=linear(l.cross_attn.q),
-                cross_kv=linear(l.cross_attn.kv, self.dtype), cross_out=linear(l.cross_attn.out),
+                cross_kv=linear(l.cross_attn.kv, self.dtype, upw), cross_out=linear(l.cross_attn.out),
                 fc1=linear(l.mlp[0]), fc2=linear(l.mlp[2]),
                 k_cache=rt.empty(kv_shape, self.dtype), v_cache=rt.empty(kv_shape, self.dtype),
                 cross_k=rt.empty(ckv_shape, self.dtype), cross_v=rt.empty(ckv_shape, self.dtype)))
@@ -197,7 +234,7 @@ class DecoderPlan:
         self.head_w = []
         for st in head:
             ln = None if st.ln is None else (up(st.ln[0]), up(st.ln[1]), float(st.ln[2]))
-            self.head_w.append((st, upw(st.w), None if st.b is None else up(st.b), ln))
+            self.head_w.append((st, upm(st.w), None if st.b is None else up(st.b), ln))
 
     # ------------------------------------------------------------ the dispatch list
     def _add(self, pipe, resources, kind, per_col, label):
@@ -211,11 +248,12 @@ class DecoderPlan:
         if combine is not None:
             consts = dict(G_DH=self.DH, G_CH=self.ch, G_NSPLIT=combine[0], G_MAXS=combine[1],
                           G_CW=self.NH * combine[1])
-        pipe = matmul.gemv_pipeline(self.rt, np.float32, self.dtype, xmode=xmode, step=True, bias=b is not None,
+        wt, K4, w = matmul.gemv_weight(w)
+        pipe = matmul.gemv_pipeline(self.rt, np.float32, wt, xmode=xmode, step=True, bias=b is not None,
                                     gelu=gelu, resid=resid, K=K, group=group, combine=consts, subgroups=self.subgroups)
         groups = -(-N // matmul.GEMV_ROWS)
         x_stride = x.size // self.slots
-        uni = self.rt.uniform_buffer(matmul.GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups,
+        uni = self.rt.uniform_buffer(matmul.GEMV_PARAMS, N=N, K=K, K4=K4, groups=groups,
                                      eps=ln[2] if ln is not None else 0.0, x_stride=x_stride, cols=self.slots,
                                      ss=self.ss)
         gam, bet = (ln[0], ln[1]) if ln is not None else (self.dummy, self.dummy)

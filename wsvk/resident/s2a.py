@@ -93,7 +93,7 @@ class ResidentS2A(Resident):
     """whisperspeech's SADelARTransformer with a GPU-resident decoder of `slots` sequences."""
 
     def __init__(self, model, rt: Runtime | None = None, ch: int | None = None, subgroups: bool | None = None,
-                 slots: int = 1):
+                 slots: int = 1, precision: str | None = None):
         super().__init__(model)
         embs = model.embds.embeddings
         if any(e.merged_in is None for e in embs):
@@ -115,7 +115,8 @@ class ResidentS2A(Resident):
         self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, tables, None, extra=False,
             rope=rope_tables(model.decoder.layers[0]), ksub=model.decoder.layers[0].cross_attn.key_subsampling,
-            self_len=self_len, cross_len=cross_len, head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots))
+            self_len=self_len, cross_len=cross_len, head=head, rt=rt, ch=ch, subgroups=subgroups,
+            slots=slots, precision=precision))
         self.resident_encoder = ResidentEncoder(model.encoder, model.n_head, model.ln_post,
                                                 causal=model.tunables.causal_encoder,
                                                 rope=rope_tables(model.encoder[0]), rt=rt)
