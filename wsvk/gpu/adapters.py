@@ -2,6 +2,12 @@
 
 from __future__ import annotations
 
+import atexit
+import os
+import shutil
+import tempfile
+import threading
+
 from .. import config
 from ..errors import ConfigError, NoAdapterError
 from .vram import device_memory
@@ -11,8 +17,21 @@ NO_ADAPTER_HINT = ("install a Vulkan/Metal/D3D12 driver (on Debian/Ubuntu withou
                    "apt-get install mesa-vulkan-drivers) or set WSVK_BACKEND=cpu")
 
 
+_adapters: list | None = None  # listed once per process: each listing loads and probes every driver
+_adapters_lock = threading.Lock()
+
+
 def list_adapters() -> list:
     """Every adapter wgpu finds, in its own order (the indices WSVK_ADAPTER takes)."""
+    global _adapters
+    with _adapters_lock:
+        if _adapters is None:
+            _adapters = _enumerate()
+        return list(_adapters)
+
+
+def _enumerate() -> list:
+    quiet_runtime_dir()
     try:
         import wgpu
     except ImportError as e:  # pragma: no cover - wgpu is a hard dependency
@@ -21,6 +40,17 @@ def list_adapters() -> list:
         return list(wgpu.gpu.enumerate_adapters_sync())
     except Exception:  # no loader / no driver: wgpu-native raises rather than returning []
         return []
+
+
+def quiet_runtime_dir() -> None:
+    """Mesa's drivers print "error: XDG_RUNTIME_DIR is invalid or not set in the environment." four
+    times per adapter listing where that variable names no folder (a headless server, a container,
+    ssh without a login session; a Ray actor on another node). Hiding the GL backend does not stop
+    them, a folder does: give this process a private one (0700, removed at exit) before any driver loads."""
+    if not os.path.isdir(os.environ.get("XDG_RUNTIME_DIR") or "/nonexistent"):
+        path = tempfile.mkdtemp(prefix="wsvk-runtime-")
+        atexit.register(shutil.rmtree, path, ignore_errors=True)
+        os.environ["XDG_RUNTIME_DIR"] = path
 
 
 def adapter_summary(adapter) -> dict:
