@@ -152,14 +152,24 @@ def test_bad_rows_are_reported_and_good_rows_finish(models, tmp_path):
     with open(inp, "a") as f:
         f.write("{this is not json\n")
     r = batch(inp, "--out", tmp_path / "out", *model_args(paths))
-    assert r.returncode == 0, r.stderr
+    assert r.returncode == 1, r.stderr  # not every row ended in a file
     for words in ("line 2: id '../etc' is not a safe file name", "line 3: id 'good1' appears twice",
                   "line 4: row empty: the text is empty", "line 5: row lang: unknown language 'xx'",
                   "line 6: row novoice: voice file not found", "line 7: row cps: cps must be a number",
                   "line 8: row seed: seed must be an integer",
-                  "line 9: row big: seed must be an integer from 0 to 4294967295", "line 11: not valid JSON"):
+                  "line 9: row big: seed must be an integer from 0 to 4294967295", "line 11: not valid JSON",
+                  "done: 2 of 2 valid rows; 9 invalid (in the manifest)"):
         assert words in r.stderr, words
     assert sorted(p.name for p in (tmp_path / "out").glob("*.flac")) == ["good1.flac", "good2.flac"]
+    entries = manifest(tmp_path / "out")  # one per row, in input order, the invalid ones with their line
+    assert [(e.get("line"), e["id"], e["status"]) for e in entries] == [
+        (None, "good1", "done"), (2, "../etc", "invalid"), (3, "good1", "invalid"), (4, "empty", "invalid"),
+        (5, "lang", "invalid"), (6, "novoice", "invalid"), (7, "cps", "invalid"), (8, "seed", "invalid"),
+        (9, "big", "invalid"), (None, "good2", "done"), (11, None, "invalid")]
+    assert "appears twice" in entries[2]["error"] and "not valid JSON" in entries[10]["error"]
+    again = batch(inp, "--out", tmp_path / "out", *model_args(paths))  # resumed: the same manifest, still 1
+    assert again.returncode == 1 and "2 already done, 0 to synthesize" in again.stderr
+    assert manifest(tmp_path / "out") == entries
     strict = batch(inp, "--out", tmp_path / "strict", "--strict", *model_args(paths))
     assert strict.returncode == 2 and "--strict: nothing synthesized" in strict.stderr
     assert not list((tmp_path / "strict").glob("*"))
@@ -320,3 +330,24 @@ def test_rows_without_audio_fail_and_other_errors_are_one_line(models, tmp_path,
     assert cli.main(argv) == 1
     err = capsys.readouterr().err
     assert err.strip() == "error: KeyError: 'surprise'" and "Traceback" not in err
+
+
+def test_progress_lines_come_on_a_timer_and_count_rows_as_they_finish():
+    """Without a terminal: a plain line every `every` seconds, whether rows finish or not (a batch
+    can take longer), counting each row; audio in the unit that fits; a last line at the end."""
+    import io
+
+    from wsvk.corpus.job import Progress
+
+    out = io.StringIO()
+    p = Progress(3, stream=out, every=0.2)
+    time.sleep(0.5)  # nothing finished yet: lines all the same
+    p.update([{"audio_seconds": 100.0}])
+    p.update([{"audio_seconds": 20.0}])
+    time.sleep(0.3)
+    p.update([{"audio_seconds": 5.0}])
+    p.close()
+    lines = out.getvalue().splitlines()
+    assert len(lines) >= 3 and lines[0].startswith("0/3 rows, 0 s of audio") and "ETA ?" in lines[0]
+    assert any(line.startswith("2/3 rows, 2.0 min of audio") for line in lines), lines
+    assert lines[-1].startswith("3/3 rows, 2.1 min of audio") and lines[-1].endswith("ETA 0 s"), lines

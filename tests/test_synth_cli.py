@@ -1,6 +1,7 @@
 """synth.py as a user runs it: a subprocess per case, exit codes, one-line errors, no stray files."""
 
 import os
+import re
 import subprocess
 import sys
 from pathlib import Path
@@ -169,6 +170,53 @@ def test_runtime_failures_exit_1_without_a_file(tiny, tmp_path, monkeypatch, cap
         err = capsys.readouterr().err
         assert code == 1 and f"error: {words}" in err, err
         assert not any(p.suffix == ".wav" for p in tmp_path.iterdir())
+
+
+def test_the_wsvk_command_without_xdg_runtime_dir(tiny, tmp_path):
+    """The installed `wsvk synth`, as on a headless server (no XDG_RUNTIME_DIR: Mesa's drivers then
+    printed "error: XDG_RUNTIME_DIR is invalid" per adapter listing): no `error:` line on success,
+    and the text's chunk count and length up front."""
+    env = synth_env("auto")  # lists the adapters (then runs on CPU torch: auto skips lavapipe)
+    del env["XDG_RUNTIME_DIR"]
+    wsvk = Path(sys.executable).with_name("wsvk")  # the console script the set-up installs
+    res = subprocess.run([str(wsvk), "synth", "Hello there. " * 3, "-o", str(tmp_path / "x.wav"), *model_args(tiny)],
+                         capture_output=True, text=True, env=env, cwd=tmp_path, timeout=300)
+    assert res.returncode == 0, res.stderr
+    assert "error" not in res.stderr.lower(), res.stderr
+    assert re.search(r"^text: 39 characters in \d+ chunks?, about 3 s of speech$", res.stderr, re.M), res.stderr
+    assert sf.info(tmp_path / "x.wav").frames > 0
+    helped = subprocess.run([str(wsvk), "synth", "--help"], capture_output=True, text=True, env=env, timeout=60)
+    assert helped.returncode == 0 and helped.stdout.startswith("usage: wsvk synth")
+
+
+def test_progress_without_a_terminal_has_a_plain_line_with_an_eta():
+    """Not a terminal (a log): a plain line every `every` seconds with steps, time and ETA; T2S's
+    steps, only bounded by the model, are estimated from the speech the text makes."""
+    import io
+
+    from wsvk.tts.cli import ConsoleProgress
+
+    out = io.StringIO()
+    p = ConsoleProgress(out, every=0.0)
+    p.speech_s = 4.0  # 100 semantic tokens at 25 a second
+    p.stage_start("t2s", 0, 2, 1496)
+    p.step("t2s")
+    p.step("t2s")
+    p.stage_end("t2s", 0, 2, 1.5)
+    p.stage_start("s2a", 0, 2, 300)
+    p.step("s2a")
+    lines = out.getvalue().splitlines()
+    assert lines[0].startswith("t2s (2 chunks): 0/~100 steps, 0 s, ETA ?"), lines
+    assert lines[2].startswith("t2s (2 chunks): 2/~100 steps") and "ETA" in lines[2], lines
+    assert lines[3] == "t2s (2 chunks): 1.50 s, 2 steps"
+    assert lines[-1].startswith("s2a (2 chunks): 1/300 steps"), lines  # S2A's steps are known: no "~"
+
+
+def test_durations_read_as_a_person_reads_them():
+    from wsvk.tts.cli import duration
+
+    assert [duration(s) for s in (0.4, 42, 89, 95, 3000, 5400, 9000)] == ["0 s", "42 s", "89 s", "1.6 min", "50.0 min",
+                                                                         "1.50 h", "2.50 h"]
 
 
 def test_help_is_fast_and_needs_no_torch():

@@ -1,7 +1,9 @@
-"""`python -m wsvk info`: what wgpu sees on this machine and what wsvk would use;
-`python -m wsvk deps`: whether every runtime dependency imports;
-`python -m wsvk serve`: the OpenAI-compatible speech server;
-`python -m wsvk batch`: a corpus of texts to audio files."""
+"""The `wsvk` command (also `python -m wsvk`):
+`wsvk synth`: text to speech into an audio file (what synth.py does);
+`wsvk serve`: the OpenAI-compatible speech server;
+`wsvk batch`: a corpus of texts to audio files;
+`wsvk info`: what wgpu sees on this machine and what wsvk would use;
+`wsvk deps`: whether every runtime dependency imports."""
 
 from __future__ import annotations
 
@@ -68,18 +70,24 @@ def _selftest() -> int:
 
 
 def main(argv=None) -> int:
-    parser = argparse.ArgumentParser(prog="python -m wsvk", description=__doc__)
+    parser = argparse.ArgumentParser(prog="wsvk", description=__doc__,
+                                     formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = parser.add_subparsers(dest="cmd", required=True)
+    sub.add_parser("synth", help="text to speech into an audio file (wsvk synth --help)", add_help=False)
     p_info = sub.add_parser("info", help="list the adapters wgpu finds and the one wsvk selects")
     p_info.add_argument("--selftest", action="store_true",
                         help="also run every kernel once against numpy on the selected adapter, and the "
                              "resident T2S/S2A/Vocos against CPU torch on small random models")
     sub.add_parser("deps", help="import every runtime dependency; one line per package that does not load")
-    sub.add_parser("serve", help="the OpenAI-compatible speech server (python -m wsvk serve --help)", add_help=False)
-    sub.add_parser("batch", help="a corpus of texts to audio files, resumable (python -m wsvk batch --help)",
+    sub.add_parser("serve", help="the OpenAI-compatible speech server (wsvk serve --help)", add_help=False)
+    sub.add_parser("batch", help="a corpus of texts to audio files, resumable (wsvk batch --help)",
                    add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
-    if argv[:1] == ["serve"]:  # their own parsers: the model options of synth.py and more
+    if argv[:1] == ["synth"]:  # their own parsers: the model options and more
+        from .tts.cli import main as synth_main
+
+        return synth_main(argv[1:], prog="wsvk synth")
+    if argv[:1] == ["serve"]:
         from .serve.cli import main as serve_main
 
         return serve_main(argv[1:])

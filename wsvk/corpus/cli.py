@@ -1,7 +1,8 @@
 """`python -m wsvk batch INPUT --out DIR`: a corpus of texts to audio files, resumable.
 
-Exit codes: 0 every valid row done, 1 some failed (or the job stopped: full disk), 2 bad arguments
-or input (no valid row; with --strict, any bad row; the folder in use by another run).
+Exit codes: 0 every row done, 1 some row did not end in a file (invalid, or failed; or the job
+stopped: full disk), 2 bad arguments or input (no valid row; with --strict, any bad row; the folder
+in use by another run).
 """
 
 from __future__ import annotations
@@ -17,7 +18,7 @@ FORMATS = ("flac", "wav", "opus")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wsvk batch", description="Synthesize every row of INPUT (JSONL or "
+    p = argparse.ArgumentParser(prog="wsvk batch", description="Synthesize every row of INPUT (JSONL or "
                                 "CSV: id, text, and optional voice, lang, cps, seed) into DIR/<id>.<format>, with "
                                 "DIR/manifest.jsonl. Run it again to resume: done rows are skipped, failed ones retried.")
     p.add_argument("input", help="a .jsonl (one JSON object per line) or .csv file (with a header)")
@@ -66,7 +67,7 @@ def run(args) -> int:
     made_from = {k: v for k, v in model_args.items() if k != "no_resident"}  # what changes the audio
     rows, problems = check_rows(records, Path(args.input).resolve().parent, check_language, made_from, args.seed)
     for p in problems:
-        print(f"bad row: {p}", file=sys.stderr)
+        print(f"bad row: line {p['line']}: {p['error']}", file=sys.stderr)
     if problems and args.strict:
         raise InputError(f"{len(problems)} bad row(s) and --strict: nothing synthesized")
     if not rows:
@@ -81,7 +82,6 @@ def run(args) -> int:
     print(f"{len(rows)} valid row{'s' * (len(rows) != 1)} ({len(problems)} bad): {skipped} already done, "
           f"{len(pending)} to synthesize", file=sys.stderr)
     progress = Progress(len(pending))
-    order = [r.id for r in rows]
 
     def record(entries):  # as rows finish: a stopped job keeps every row written so far
         for e in entries:
@@ -115,13 +115,14 @@ def run(args) -> int:
     finally:
         progress.close()
         try:
-            manifest.compact(order)
+            manifest.compact(rows, problems)
         finally:
             lock.close()
     failed = [r.id for r in rows if manifest.entries.get(r.id, {}).get("status") != "done"]
     print(f"done: {len(rows) - len(failed)} of {len(rows)} valid rows" + (f"; failed: {', '.join(failed)}"
-                                                                          if failed else ""), file=sys.stderr)
-    return 1 if failed else 0
+                                                                          if failed else "")
+          + (f"; {len(problems)} invalid (in the manifest)" if problems else ""), file=sys.stderr)
+    return 1 if failed or problems else 0  # every row must end in a file
 
 
 def _slots(pipe) -> int:

@@ -5,8 +5,9 @@ Each row's audio is written to a temporary file and renamed, then its manifest e
 the entry's `inputs` (rows.fingerprint) match the row's. A run
 first reads the manifest (the last entry of an id wins, a line cut short by a crash is ignored),
 drops temporary files a killed run left, and skips the rows that are done; at the end it rewrites
-the manifest with exactly one entry per row, in input order. So a rerun after `kill -9` at any
-moment completes the job with every row done once.
+the manifest with exactly one entry per row, in input order, invalid rows included (status
+"invalid", with their line number). So a rerun after `kill -9` at any moment completes the job
+with every row done once.
 """
 
 from __future__ import annotations
@@ -15,11 +16,13 @@ import json
 import os
 import sys
 import tempfile
+import threading
 import time
 from pathlib import Path
 
 from ..errors import InputError, WsvkError
 from ..tts.audio import file_mode, write_file
+from ..tts.cli import duration
 from ..tts.pipeline import SAMPLE_RATE
 from .rows import Row
 
@@ -42,8 +45,8 @@ class Manifest:
                     entry = json.loads(line)
                 except ValueError:
                     continue  # a line cut short by a crash: that row is simply not done
-                if isinstance(entry, dict) and "id" in entry:
-                    self.entries[str(entry["id"])] = entry
+                if isinstance(entry, dict) and "id" in entry and entry.get("status") != "invalid":
+                    self.entries[str(entry["id"])] = entry  # (invalid rows are checked again each run)
 
     def done(self, row: Row, fmt: str, folder: Path) -> bool:
         """Done: recorded as done, its file present, made from the row's inputs as they are now
@@ -67,14 +70,17 @@ class Manifest:
         except OSError as e:
             raise JobError(f"cannot write {self.path}: {e.strerror or e}") from None
 
-    def compact(self, order: list[str]) -> None:
-        """One entry per id (input order first), written to a temporary file and renamed."""
-        ids = [i for i in order if i in self.entries] + sorted(set(self.entries) - set(order))
+    def compact(self, rows: list[Row], invalid: list[dict] = ()) -> None:
+        """One entry per row in input order, the invalid rows' among them (then the entries of ids
+        no longer in the input), written to a temporary file and renamed."""
+        listed = [(r.line, self.entries[r.id]) for r in rows if r.id in self.entries] + [(e["line"], e) for e in invalid]
+        gone = sorted(set(self.entries) - {r.id for r in rows})
+        entries = [e for _, e in sorted(listed, key=lambda t: t[0])] + [self.entries[i] for i in gone]
         fd, tmp = tempfile.mkstemp(dir=self.path.parent, prefix=".manifest-", suffix=".part")
         try:
             with os.fdopen(fd, "w", encoding="utf-8") as f:
-                for i in ids:
-                    f.write(json.dumps(self.entries[i], ensure_ascii=False) + "\n")
+                for entry in entries:
+                    f.write(json.dumps(entry, ensure_ascii=False) + "\n")
                 f.flush()
                 os.fsync(f.fileno())
             os.chmod(tmp, file_mode())
@@ -173,34 +179,53 @@ def _entry(row: Row, fmt: str, backend: str, audio_s: float = 0.0, synth_s: floa
 
 
 class Progress:
-    """Rows, hours of audio, x real time and ETA: a tqdm bar on a terminal, a plain line every
-    `every` seconds otherwise."""
+    """Rows done, audio made, x real time and ETA, counted as rows finish: a tqdm bar on a
+    terminal; otherwise a plain line every `every` seconds from a timer (a batch can take longer
+    than that, and its rows finish together), and one at the end."""
 
     def __init__(self, total: int, stream=None, every: float = 10.0):
         self.total, self.stream, self.every = total, stream or sys.stderr, every
-        self.rows = self.audio = 0.0
-        self.t0 = self.last = time.perf_counter()
-        self.bar = None
+        self.rows, self.audio = 0, 0.0
+        self.t0 = time.perf_counter()
+        self.lock = threading.Lock()
+        self.bar = self.timer = None
+        self.stopped = threading.Event()
         if self.stream.isatty():
             from tqdm import tqdm
 
             self.bar = tqdm(total=total, unit="row", file=self.stream, dynamic_ncols=True)
+        elif total:
+            self.timer = threading.Thread(target=self._tick, name="wsvk-progress", daemon=True)
+            self.timer.start()
+
+    def status(self) -> str:
+        with self.lock:
+            rows, audio = self.rows, self.audio
+        elapsed = time.perf_counter() - self.t0
+        eta = duration(elapsed / rows * (self.total - rows)) if rows else "?"
+        return (f"{rows}/{self.total} rows, {duration(audio)} of audio in {duration(elapsed)}, "
+                f"{audio / elapsed if elapsed > 0 else 0.0:.2f}x real time, ETA {eta}")
 
     def update(self, entries: list[dict]) -> None:
-        self.rows += len(entries)
-        self.audio += sum(e["audio_seconds"] for e in entries)
-        elapsed = time.perf_counter() - self.t0
-        rtf = self.audio / elapsed if elapsed > 0 else 0.0
-        eta = elapsed / self.rows * (self.total - self.rows) if self.rows else 0.0
-        text = f"{self.audio / 3600:.3f} h of audio, {rtf:.2f}x real time"
+        with self.lock:
+            self.rows += len(entries)
+            self.audio += sum(e["audio_seconds"] for e in entries)
         if self.bar is not None:
             self.bar.update(len(entries))
-            self.bar.set_postfix_str(text)
-        elif time.perf_counter() - self.last >= self.every or self.rows == self.total:
-            self.last = time.perf_counter()
-            self.stream.write(f"{int(self.rows)}/{self.total} rows, {text}, ETA {eta:.0f} s\n")
-            self.stream.flush()
+            self.bar.set_postfix_str(f"{duration(self.audio)} of audio")
+
+    def _tick(self) -> None:
+        while not self.stopped.wait(self.every):
+            self._line()
+
+    def _line(self) -> None:
+        self.stream.write(self.status() + "\n")
+        self.stream.flush()
 
     def close(self) -> None:
         if self.bar is not None:
             self.bar.close()
+        if self.timer is not None:
+            self.stopped.set()
+            self.timer.join()
+            self._line()

@@ -99,10 +99,11 @@ def _csv_records(path: Path, text: str) -> list[tuple[int, dict]]:
 
 
 def check_rows(records, base: Path, check_lang, models: dict | None = None,
-               seed: int = 0) -> tuple[list[Row], list[str]]:
-    """The valid rows, each with its fingerprint over `models` (the model options), and one message
-    per bad one ('line N: ...'), in input order. check_lang(code) returns the language code or
-    raises InputError; seed: the seed of rows without one."""
+               seed: int = 0) -> tuple[list[Row], list[dict]]:
+    """The valid rows, each with its fingerprint over `models` (the model options), and the bad
+    ones as manifest entries ({"line", "id" (as given, or None), "status": "invalid", "error"}), in
+    input order. check_lang(code) returns the language code or raises InputError; seed: the seed
+    of rows without one."""
     rows, problems, seen, voices = [], [], set(), {}
     for line, raw in records:
         try:
@@ -112,7 +113,9 @@ def check_rows(records, base: Path, check_lang, models: dict | None = None,
             row.key = fingerprint(row, models or {}, voices)
             rows.append(row)
         except InputError as e:
-            problems.append(f"line {line}: {e}")
+            rid = raw.get("id")
+            problems.append({"line": line, "id": rid if isinstance(rid, (str, int)) and not isinstance(rid, bool)
+                             else None, "status": "invalid", "error": str(e)})
     return rows, problems
 
 

@@ -23,7 +23,7 @@ VOICE_EXTENSIONS = (".wav", ".flac", ".ogg", ".opus", ".mp3")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="python -m wsvk serve", description="An OpenAI-compatible text-to-speech "
+    p = argparse.ArgumentParser(prog="wsvk serve", description="An OpenAI-compatible text-to-speech "
                                 "server (POST /v1/audio/speech) with a small page at /.")
     p.add_argument("--host", default="127.0.0.1", help="address to bind (default 127.0.0.1: this machine only)")
     p.add_argument("--port", type=port_number, default=8880, help="port (default 8880; 0: any free one)")

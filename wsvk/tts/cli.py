@@ -1,4 +1,4 @@
-"""The command line behind synth.py: text to speech into an audio file.
+"""The command line behind synth.py and `wsvk synth`: text to speech into an audio file.
 
 Exit codes: 0 done, 2 bad input (one `error:` line, nothing written), 1 run-time failure.
 Heavy imports (torch, whisperspeech) wait until the cheap checks have passed.
@@ -26,8 +26,8 @@ class _Parser(argparse.ArgumentParser):
         raise BadInput(message)
 
 
-def build_parser() -> argparse.ArgumentParser:
-    p = _Parser(prog="synth.py", description="Speak TEXT with WhisperSpeech and write 24 kHz mono audio (the format -o names). "
+def build_parser(prog: str = "synth.py") -> argparse.ArgumentParser:
+    p = _Parser(prog=prog, description="Speak TEXT with WhisperSpeech and write 24 kHz mono audio (the format -o names). "
                 "The backend comes from WSVK_BACKEND (auto, wgpu or cpu).")
     p.add_argument("text", nargs="?", help="the text to speak; '-' reads it from stdin")
     p.add_argument("-o", "--output", required=True, metavar="OUT",
@@ -55,7 +55,7 @@ def seed_number(text: str) -> int:
 
 def add_model_args(p, seed_help: str = "sampling seed: the same seed gives the same speech (on every backend "
                                            "with WSVK_PRECISION=f32)") -> None:
-    """The model options synth.py, `python -m wsvk serve` and `python -m wsvk batch` share."""
+    """The model options `wsvk synth` (synth.py), `wsvk serve` and `wsvk batch` share."""
     p.add_argument("--t2s", metavar="REF", help="T2S model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--s2a", metavar="REF", help="S2A model: a file or owner/repo:file on Hugging Face")
     p.add_argument("--vocoder", metavar="REF", help="Vocos: a folder (config.yaml + pytorch_model.bin) or a repo id")
@@ -165,21 +165,39 @@ def cheap_checks(args):
 # ---------------------------------------------------------------- progress
 
 
-class ConsoleProgress:
-    """A redrawn bar on a terminal; one line per finished stage otherwise."""
+def duration(seconds: float) -> str:
+    """A length of audio or time as a person reads it: 42 s, 3.5 min, 1.25 h."""
+    if seconds < 90:
+        return f"{seconds:.0f} s"
+    return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
 
-    def __init__(self, stream=None):
+
+class ConsoleProgress:
+    """A redrawn bar on a terminal; otherwise a line per finished stage and, on long work, a plain
+    line every `every` seconds. Both show an ETA: a stage's steps against the steps it should take
+    (S2A's and Vocos's are known when they start; T2S's, for a trained model, only bounded, so
+    they are estimated from the speech the text makes: `speech_s`, at 25 semantic tokens a second)."""
+
+    T2S_RATE = 25  # semantic tokens per second of speech
+
+    def __init__(self, stream=None, every: float = 10.0):
         self.stream = stream or sys.stderr  # looked up now: a default bound at import goes stale
         self.tty = self.stream.isatty()
+        self.every = every
+        self.speech_s = None  # set by run() once the text is known (None: totals are exact)
         self.stage = None
-        self.total = None
+        self.total = self.expected = None
         self.done = 0
         self.label = ""
-        self.last_draw = 0.0
+        self.t0 = self.last_draw = self.last_line = 0.0
 
     def stage_start(self, stage, chunk, n_chunks, total_steps):
         self.stage, self.total, self.done = stage, total_steps, 0
+        self.expected = total_steps
+        if stage == "t2s" and total_steps and self.speech_s:
+            self.expected = max(1, min(total_steps, round(self.T2S_RATE * self.speech_s)))
         self.label = stage + (f" ({n_chunks} chunks)" if n_chunks > 1 else "")
+        self.t0 = self.last_line = time.monotonic()
         self._draw(force=True)
 
     def step(self, stage):
@@ -191,19 +209,30 @@ class ConsoleProgress:
         self.stream.write(("\r\x1b[K" if self.tty else "") + f"{self.label}: {seconds:.2f} s{steps}\n")
         self.stream.flush()
 
+    def status(self) -> str:
+        """Steps done of those expected, the time so far and the time left (at this stage's pace)."""
+        elapsed = time.monotonic() - self.t0
+        if not self.expected:
+            return f"{elapsed:.0f} s"
+        about = "~" if self.expected != self.total else ""
+        left = elapsed / self.done * max(0, self.expected - self.done) if self.done else None
+        return (f"{self.done}/{about}{self.expected} steps, {duration(elapsed)}, "
+                f"ETA {'?' if left is None else duration(left)}")
+
     def _draw(self, force=False):
-        if not self.tty:
-            return
         now = time.monotonic()
+        if not self.tty:  # a log: a plain line now and then, only on long work
+            if now - self.last_line >= self.every:
+                self.last_line = now
+                self.stream.write(f"{self.label}: {self.status()}\n")
+                self.stream.flush()
+            return
         if not force and now - self.last_draw < 0.1:
             return
         self.last_draw = now
-        if self.total:
-            frac = min(1.0, self.done / self.total)
-            bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
-            self.stream.write(f"\r\x1b[K{self.label} [{bar}] {self.done}/{self.total} (max)")
-        else:
-            self.stream.write(f"\r\x1b[K{self.label} ...")
+        frac = min(1.0, self.done / self.expected) if self.expected else 0.0
+        bar = "#" * int(30 * frac) + "-" * (30 - int(30 * frac))
+        self.stream.write(f"\r\x1b[K{self.label} [{bar}] {self.status()}")
         self.stream.flush()
 
 
@@ -226,10 +255,12 @@ def run(args) -> int:
     from .audio import format_for_path, write_file
     from .pipeline import SAMPLE_RATE, STAGES
     from .speaker import read_voice
+    from .textsplit import split_text
 
     backend, adapter = active_backend()
     t0 = time.perf_counter()
-    pipe = load_models(args, progress=ConsoleProgress(), speaker=args.speaker is not None)
+    progress = ConsoleProgress()
+    pipe = load_models(args, progress=progress, speaker=args.speaker is not None)
     speaker = None
     if args.speaker is not None:
         pipe.speaker_encoder()  # load it now: a bad speaker model fails before any synthesis
@@ -239,6 +270,11 @@ def run(args) -> int:
     note(f"backend: {backend} ({adapter}); models loaded in {load_s:.1f} s")
     if args.random_weights:
         note(f"random {args.random_weights} weights: the output is noise, not speech")
+    chunks = split_text(text, pipe.max_text_bytes, pipe.first_chunk_bytes)
+    speech_s = len("".join(chunks)) / args.cps  # T2S is told this rate
+    progress.speech_s = None if pipe.random_t2s else speech_s  # a random T2S runs to its cap: totals exact
+    note(f"text: {len(text)} characters in {len(chunks)} chunk{'s' * (len(chunks) != 1)}, "
+         f"about {duration(speech_s)} of speech")
 
     if out == "-":
         return stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter)
@@ -315,10 +351,10 @@ def stream_to_stdout(pipe, text, speaker, lang, args, backend, adapter) -> int:
     return 0
 
 
-def main(argv=None) -> int:
+def main(argv=None, prog: str = "synth.py") -> int:
     args = None
     try:
-        args = build_parser().parse_args(argv)
+        args = build_parser(prog).parse_args(argv)
         return run(args)
     except BadInput as e:
         note(f"error: {e}")
