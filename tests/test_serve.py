@@ -6,12 +6,14 @@ import base64
 import io
 import json
 import os
+import shutil
 import signal
 import socket
 import subprocess
 import sys
 import threading
 import time
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -20,7 +22,7 @@ import pytest
 import soundfile as sf
 
 import tiny_models as tm
-from conftest import rss_mb
+from conftest import REQUIRE, rss_mb
 from wsvk.serve.app import Options, create_app
 
 pytestmark = pytest.mark.usefixtures("f32_precision")
@@ -170,8 +172,42 @@ def test_sse_events(server):
     plain = httpx.post(f"{server.url}/v1/audio/speech", timeout=300,
                        json={"input": TEXT, "response_format": "pcm", "seed": 3}).content
     assert pcm == plain
-    usage = events[-1]["usage"]
-    assert usage == {"input_tokens": len(TEXT), "output_tokens": len(pcm) // 2, "total_tokens": len(TEXT) + len(pcm) // 2}
+    usage = events[-1]["usage"]  # the model's tokens: text bytes in, acoustic frames (320 samples each) out
+    frames = len(pcm) // 2 // 320
+    assert usage == {"input_tokens": len(TEXT.encode()), "output_tokens": frames, "total_tokens": len(TEXT.encode()) + frames}
+
+
+def test_the_official_node_sdk(server, pipe):
+    """OpenAI's Node SDK (tests/openai_node, from its lock) with a dated model of its own types,
+    the voices marin and cedar, SSE, and an unknown voice as the SDK's error class. A failure under
+    WSVK_REQUIRE_ADAPTER (CI, where scripts/ensure_naga.sh installs it), a skip elsewhere."""
+    script = Path(__file__).with_name("openai_node") / "speech.mjs"
+    if not shutil.which("node") or not (script.parent / "node_modules" / "openai").is_dir():
+        msg = "node or tests/openai_node/node_modules missing: run scripts/ensure_naga.sh"
+        if REQUIRE:
+            pytest.fail(msg)
+        pytest.skip(msg)
+    proc = subprocess.run(["node", str(script), f"{server.url}/v1"], capture_output=True, text=True, timeout=300)
+    assert proc.returncode == 0, proc.stderr
+    out = json.loads(proc.stdout)
+    audio, rate = sf.read(io.BytesIO(base64.b64decode(out["wav"])), dtype="float64")
+    ref = pipe.generate(TEXT, seed=3)
+    assert rate == 24000 and audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767
+    assert "gpt-4o-mini-tts" in out["models"]
+    assert out["sse"][-1] == "speech.audio.done" and set(out["sse"][:-1]) == {"speech.audio.delta"}
+    assert np.array_equal(np.frombuffer(base64.b64decode(out["pcm"]), "<i2"), (pcm_of(ref) * 32767).round())
+    assert out["usage"]["output_tokens"] == ref.size // 320 and out["usage"]["input_tokens"] == len(TEXT)
+    assert out["error"]["status"] == 400 and out["error"]["name"] == "BadRequestError"
+    assert "unknown voice 'nobody'" in out["error"]["message"] and "marin" in out["error"]["message"]
+
+
+def test_the_python_sdk_with_current_names(server, pipe):
+    """The official Python SDK with a dated snapshot and a voice its current types list."""
+    r = server.client().audio.speech.create(model="gpt-4o-mini-tts-2025-12-15", voice="marin", input=TEXT,
+                                            response_format="wav", extra_body={"seed": 3})
+    audio, _ = decode(r.content, "wav")
+    ref = pipe.generate(TEXT, seed=3)
+    assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767
 
 
 def test_four_concurrent_requests_equal_their_solo_outputs(server, pipe):
@@ -209,8 +245,17 @@ def test_voice_names():
     from wsvk.serve.app import check_request
 
     opts = Options(voices={"default": 0, "alloy": 1, "anna": 2})
-    for voice, want in (("alloy", "alloy"), ("nova", "default"), ({"id": "anna"}, "anna"), ("anna", "anna")):
+    for voice, want in (("alloy", "alloy"), ("nova", "default"), ("marin", "default"), ("cedar", "default"),
+                        ({"id": "anna"}, "anna"), ("anna", "anna")):
         assert check_request({"input": "hi", "voice": voice}, opts)["voice"] == want, voice
+
+
+@pytest.mark.parametrize("model", ["wsvk", "tts-1", "tts-1-hd", "gpt-4o-mini-tts", "tts-1-1106", "tts-1-hd-1106",
+                                   "gpt-4o-mini-tts-2025-03-20", "gpt-4o-mini-tts-2025-12-15"])
+def test_model_names_and_dated_snapshots(model):
+    from wsvk.serve.app import check_request
+
+    assert check_request({"input": "hi", "model": model}, Options(voices={"default": 0}))["text"] == "hi"
 
 
 def test_voices_folder(pipe, tmp_path):
@@ -239,7 +284,8 @@ def test_voices_folder(pipe, tmp_path):
 @pytest.mark.parametrize("body,status,param,words", [
     ({"input": ""}, 400, "input", "non-empty"),
     ({"input": "x" * 4097}, 400, "input", "4096"),
-    ({"input": "hi", "voice": "nobody"}, 400, "voice", "unknown voice 'nobody'"),
+    ({"input": "hi", "voice": "nobody"}, 400, "voice", "unknown voice 'nobody'; valid: default, anna, and OpenAI's "
+                                                       "names alloy, ash,"),
     ({"input": "hi", "response_format": "ogg"}, 400, "response_format", "unknown response_format"),
     ({"input": "hi", "response_format": "aac"}, 400, "response_format", "aac is not supported"),
     ({"input": "hi", "speed": 5}, 400, "speed", "0.25 to 4.0"),
@@ -249,6 +295,8 @@ def test_voices_folder(pipe, tmp_path):
     ({"input": "hi", "seed": 2**32}, 400, "seed", "from 0 to 4294967295"),
     ({"input": "hi", "seed": "7"}, 400, "seed", "from 0 to 4294967295"),
     ({"input": "hi", "model": "gpt-5"}, 400, "model", "unknown model"),
+    ({"input": "hi", "model": "tts-1-latest"}, 400, "model", "unknown model"),
+    ({"input": "hi", "model": "gpt-4o-mini-tts-"}, 400, "model", "unknown model"),
     ({"input": "hi", "stream_format": "chunks"}, 400, "stream_format", "audio or sse"),
     ({"input": "hi", "voice": ["anna"]}, 400, "voice", "voice must be a voice name"),
     ({"input": "hi", "voice": {"id": 3}}, 400, "voice", "voice must be a voice name"),

@@ -17,6 +17,7 @@ from __future__ import annotations
 import base64
 import json
 import logging
+import re
 import time
 import uuid
 from dataclasses import dataclass, field
@@ -34,7 +35,10 @@ from ..tts.pipeline import check_language, check_seed
 log = logging.getLogger("wsvk.serve")
 
 MODELS = ("wsvk", "tts-1", "tts-1-hd", "gpt-4o-mini-tts")  # OpenAI's names too: clients send them
-OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse")
+# ... and their dated snapshots (tts-1-1106, gpt-4o-mini-tts-2025-12-15): one speech model here
+SNAPSHOT = re.compile(r"(tts-1|tts-1-hd|gpt-4o-mini-tts)-\d[\d-]*")
+OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
+                 "marin", "cedar")  # every voice the official SDKs list: "default" unless a --voices file has the name
 BASE_CPS = 15.0  # speed 1.0
 
 
@@ -82,8 +86,9 @@ def check_request(body, opts: Options) -> dict:
         raise ApiError(400, f"input has {len(text)} characters, more than the {opts.max_input} allowed", "input",
                        "string_above_max_length")
     model = body.get("model", "wsvk")
-    if model not in MODELS:
-        raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(MODELS)}", "model", "model_not_found")
+    if model not in MODELS and not (isinstance(model, str) and SNAPSHOT.fullmatch(model)):
+        raise ApiError(400, f"unknown model {model!r}; valid: {', '.join(MODELS)} and OpenAI's dated snapshots "
+                            "(tts-1-1106, gpt-4o-mini-tts-2025-12-15)", "model", "model_not_found")
     voice = body.get("voice", "default")
     if isinstance(voice, dict) and isinstance(voice.get("id"), str):  # OpenAI's custom voice object
         voice = voice["id"]
@@ -92,7 +97,9 @@ def check_request(body, opts: Options) -> dict:
     if voice not in opts.voices and voice in OPENAI_VOICES:  # a --voices file may take an OpenAI name
         voice = "default"
     if voice not in opts.voices:
-        raise ApiError(400, f"unknown voice {voice!r}; valid: {', '.join(opts.voices)}", "voice", "invalid_value")
+        raise ApiError(400, f"unknown voice {voice!r}; valid: {', '.join(opts.voices)}, and OpenAI's names "
+                            f"{', '.join(v for v in OPENAI_VOICES if v not in opts.voices)} (the default voice)",
+                       "voice", "invalid_value")
     fmt = body.get("response_format", "mp3")
     if fmt == "aac":
         raise ApiError(400, "response_format aac is not supported: no well-kept library writes AAC without FFmpeg; "
@@ -131,6 +138,7 @@ def create_app(pipe, opts: Options):
     app = FastAPI(title="wsvk", description="WhisperSpeech text to speech, OpenAI-compatible")
     state = {"active": 0}  # and one key per open request id (release() is once per request)
     backend, adapter = active_backend()
+    hop = int(pipe.vocos.head.istft.hop_length)  # samples per acoustic frame (usage's output tokens)
 
     @app.exception_handler(ApiError)
     async def api_error(request: Request, e: ApiError):
@@ -216,7 +224,7 @@ def create_app(pipe, opts: Options):
             log.warning("request %s failed: %s", rid, e)
             raise ApiError(500, f"synthesis failed: {e}", code="synthesis_failed", kind="server_error") from None
         media = "text/event-stream" if req["sse"] else MEDIA_TYPES[req["fmt"]]
-        return Releasing(_body(job, first, req, rid, t0, SAMPLE_RATE, next_block), release, media_type=media,
+        return Releasing(_body(job, first, req, rid, t0, SAMPLE_RATE, hop, next_block), release, media_type=media,
                          headers={"X-Request-Id": rid})
 
     async def next_block(job):
@@ -303,7 +311,7 @@ class Releasing(StreamingResponse):
             self.release()
 
 
-async def _body(job, block, req: dict, rid: str, t0: float, rate: int, next_block):
+async def _body(job, block, req: dict, rid: str, t0: float, rate: int, hop: int, next_block):
     """The response body as it is made: encoded audio, or SSE events of it (a failure after the
     first byte ends an SSE stream with an error event; an audio stream can only be cut short). The
     request leaves the engine (its slots freed) when the client goes away: Releasing cancels it."""
@@ -321,7 +329,9 @@ async def _body(job, block, req: dict, rid: str, t0: float, rate: int, next_bloc
                     if data:
                         yield _sse({"type": "speech.audio.delta", "audio": base64.b64encode(data).decode()})
                     if block is None:
-                        usage = {"input_tokens": len(req["text"]), "output_tokens": samples}  # characters, samples
+                        # the model's tokens: T2S reads the text's UTF-8 bytes; S2A makes one acoustic
+                        # frame (4 EnCodec codes) per hop of the vocoder, 75 a second
+                        usage = {"input_tokens": len(req["text"].encode()), "output_tokens": samples // hop}
                         yield _sse({"type": "speech.audio.done",
                                     "usage": {**usage, "total_tokens": sum(usage.values())}})
                 elif data:
