@@ -2,10 +2,12 @@
 """One sequence's decode step, position by position: where its time goes (issue #17).
 
     python scripts/bench_step.py [--size small --s2a-size medium] [--chunk-seconds 10]
-                                 [--positions 0,0.5,1] [--steps 20] [--compile] [--cpu] [--json OUT]
+                                 [--positions 0,0.5,1] [--steps 20] [--precision f16,q8] [--gate]
+                                 [--compile] [--cpu] [--json OUT]
 
 For the resident T2S and S2A decoders (random weights of whisperspeech's presets; the released
-pair, T2S small + S2A medium, by default) at the precision WSVK_PRECISION gives:
+pair, T2S small + S2A medium, by default) at each --precision (default: what WSVK_PRECISION gives),
+with the weight bytes a step reads (its GEMV matrices; the KV caches come on top):
   chunk    ms per step over a whole chunk of --chunk-seconds of speech (T2S 25 tokens/s, S2A 75
            steps/s; whisperspeech's generate(), sampling included), from position 0 to its end:
            what a listener waits per step on average. A step attends over every key before it,
@@ -16,6 +18,8 @@ pair, T2S small + S2A medium, by default) at the precision WSVK_PRECISION gives:
            the sum runs a little over a real step's), by kind of dispatch, and the host's time to
            record a step (hidden behind the GPU's while it is the shorter: the next step is
            recorded while one runs).
+--gate: the precision gate (wsvk.quality) on these presets, random and trained-like weights, each
+decoder teacher-forced over a whole chunk against CPU f32 at every --precision but f32.
 Baselines in the same run, over --steps steps from the start (torch attends over its whole
 fixed-size cache every step, so its time does not depend on the position): torch CUDA eager
 (f32) and, with --compile, whisperspeech's fastest path (what its optimize() does: f16,
@@ -75,16 +79,42 @@ def time_at(dec, pos: int, steps: int) -> dict:
     return row
 
 
+STEP_MATRICES = ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2")
+
+
+def step_weight_bytes(dec) -> int:
+    """Bytes of the matrices one decode step's GEMVs read (every layer's and the head's)."""
+    return (sum(getattr(g, m)[0].nbytes for g in dec.plan.layers for m in STEP_MATRICES)
+            + sum(w.nbytes for _, w, _, _ in dec.plan.head_w))
+
+
 def bench_wsvk(args, out: dict) -> None:
-    """Fills `out` stage by stage (args.save() after each)."""
+    """Fills `out` precision by precision and stage by stage (args.save() after each)."""
     from wsvk.gpu import get_runtime
-    from wsvk.resident import ResidentS2A, ResidentT2S
 
     rt = get_runtime()
-    out.update(adapter=f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})",
-               precision=np.dtype(rt.weight_dtype).name)
+    out["adapter"] = f"{rt.info['name']} ({rt.info['backend']}, {rt.info['type']})"
     t2s, s2a = random_t2s(args.size), random_s2a(args.s2a_size)
-    for stage, mod in (("t2s", ResidentT2S(t2s)), ("s2a", ResidentS2A(s2a))):
+    for precision in args.precision or [rt.precision()[0]]:
+        out[precision] = {}
+        bench_precision(args, out[precision], precision, t2s, s2a)
+    if args.gate:
+        from wsvk import quality
+
+        kinds = [p for p in args.precision or [rt.precision()[0]] if p != "f32"]
+        out["gate"] = []
+        for decoder, make in (("t2s", lambda: random_t2s(args.size)), ("s2a", lambda: random_s2a(args.s2a_size))):
+            for weights, redraw in (("random", quality.unit_scale), ("trained-like", quality.trained_like)):
+                for r in quality.gate(decoder, redraw(make(), seed=1), kinds, weights):
+                    print(r.line(), flush=True)
+                    out["gate"].append({**r.__dict__, "passed": r.passed})
+                args.save()
+
+
+def bench_precision(args, out: dict, precision: str, t2s, s2a) -> None:
+    from wsvk.resident import ResidentS2A, ResidentT2S
+
+    for stage, mod in (("t2s", ResidentT2S(t2s, precision=precision)), ("s2a", ResidentS2A(s2a, precision=precision))):
         dec = mod.resident_decoder
         n = min(chunk_steps(stage, args.chunk_seconds), dec.self_len - 4)
         if stage == "t2s":
@@ -100,7 +130,8 @@ def bench_wsvk(args, out: dict) -> None:
             print(f"note: {stage.upper()} sampled its end token after {ran} of {n} steps: its chunk figure "
                   "covers those", file=sys.stderr)
         limit = min(dec.self_len, dec.plan.P_pos or dec.self_len)  # positions a step may take
-        out[stage] = {"dispatches_per_step": dec.dispatches_per_step, "chunk_steps": ran, "chunk_ms_per_step": ms,
+        out[stage] = {"dispatches_per_step": dec.dispatches_per_step, "weight_bytes_per_step": step_weight_bytes(dec),
+                      "chunk_steps": ran, "chunk_ms_per_step": ms,
                       "at": [time_at(dec, p, args.steps) for p in positions(args.positions, n, args.steps, limit)]}
         args.save()
 
@@ -130,23 +161,33 @@ def bench_torch(args, device: str, compiled: bool) -> dict:
 
 def print_report(res: dict) -> None:
     w = res["wsvk"]
-    print(f"adapter: {w['adapter']}, weights {w['precision']}; T2S {res['size']}, S2A {res['s2a_size']}")
+    print(f"adapter: {w['adapter']}; T2S {res['size']}, S2A {res['s2a_size']}")
+    for precision, r_p in w.items():
+        if precision in ("adapter", "gate"):
+            continue
+        print_precision(precision, r_p)
+    for g in w.get("gate", []):
+        print(f"gate: {g['decoder']} {g['weights']} {g['precision']}: SNR {g['snr_db']:.1f} dB, top-1 "
+              f"{100 * g['top1']:.2f}% over {g['steps']} steps: {'pass' if g['passed'] else 'FAIL'}")
+    for name, b in res.items():
+        if name.startswith("torch_"):
+            figures = b.get("error") or ", ".join(f"{k.split('_')[0].upper()} {v:.3f} ms/step" for k, v in b.items())
+            print(f"{name}: {figures}")
+
+
+def print_precision(precision: str, w: dict) -> None:
     for stage in ("t2s", "s2a"):
         r = w.get(stage)
         if r is None:
             continue
         S = stage.upper()
-        print(f"{S}: {r['dispatches_per_step']} dispatches/step; {r['chunk_ms_per_step']:.3f} ms/step over a whole "
-              f"chunk of {r['chunk_steps']} steps")
+        print(f"{S} {precision}: {r['dispatches_per_step']} dispatches/step, {r['weight_bytes_per_step'] / 2**20:.1f} MiB "
+              f"of weights/step; {r['chunk_ms_per_step']:.3f} ms/step over a whole chunk of {r['chunk_steps']} steps")
         print(f"  {'pos':>6} {'ms/step':>9} {'GPU ms':>8} {'record ms':>10}  GPU ms by kind")
         for a in r["at"]:
             kinds = ", ".join(f"{k} {v:.3f}" for k, v in list(a.get("gpu_ms_by_kind", {}).items())[:6])
             gpu = f"{a['gpu_ms']:>8.3f}" if "gpu_ms" in a else f"{'-':>8}"
             print(f"  {a['pos']:>6} {a['ms_per_step']:>9.3f} {gpu} {a['record_ms']:>10.3f}  {kinds}")
-    for name, b in res.items():
-        if name.startswith("torch_"):
-            figures = b.get("error") or ", ".join(f"{k.split('_')[0].upper()} {v:.3f} ms/step" for k, v in b.items())
-            print(f"{name}: {figures}")
 
 
 def main(argv=None) -> int:
@@ -157,6 +198,9 @@ def main(argv=None) -> int:
     p.add_argument("--chunk-seconds", type=float, default=10.0, help="speech in the whole-chunk timing")
     p.add_argument("--positions", default="0,0.5,1", help="comma-separated fractions of the chunk to profile at")
     p.add_argument("--steps", type=int, default=20, help="steps timed at each position and by each baseline (>= 3)")
+    p.add_argument("--precision", help="comma-separated precisions to time in this run: f32, f16, q8 (default: "
+                   "WSVK_PRECISION's)")
+    p.add_argument("--gate", action="store_true", help="also run the precision gate on these presets (whole chunks)")
     p.add_argument("--compile", action="store_true", help="add torch.compile + CUDA graphs (f16) where CUDA exists")
     p.add_argument("--cpu", action="store_true", help="add torch CPU eager")
     p.add_argument("--json", type=Path, help="write the results here (after each part)")
@@ -172,6 +216,9 @@ def main(argv=None) -> int:
     if not all(0.0 <= f <= 1.0 for f in args.positions):
         p.error("--positions must lie in [0, 1]")
     args.s2a_size = args.s2a_size or ("medium" if args.size == "small" else args.size)
+    args.precision = args.precision and args.precision.split(",")
+    if args.precision and not set(args.precision) <= {"f32", "f16", "q8"}:
+        p.error(f"--precision takes f32, f16 and q8, got {','.join(args.precision)}")
     torch.set_num_threads(os.cpu_count() or 1)
     res = {"size": args.size, "s2a_size": args.s2a_size, "torch": torch.__version__, "wsvk": {}}
 

@@ -71,13 +71,19 @@ def test_bench_e2e_batch_tiny(rt, tmp_path):
 
 
 def test_bench_step_tiny(rt, tmp_path):
+    precisions = ["f32", "q8"]
     r = run_script("bench_step.py", "--size", "tiny", "--chunk-seconds", "0.2", "--positions", "0,1", "--steps", "3",
-                   "--cpu", "--json", str(tmp_path / "step.json"))
+                   "--precision", ",".join(precisions), "--cpu", "--json", str(tmp_path / "step.json"))
     assert r.returncode == 0, r.stderr
     res = json.loads((tmp_path / "step.json").read_text())
     w = res["wsvk"]
-    for stage, chunk in (("t2s", 5), ("s2a", 15)):  # 25 and 75 steps per second of speech
-        s = w[stage]  # (random T2S weights may sample the end token before the chunk's end)
+    assert set(w) == {"adapter", *precisions}
+    for stage in ("t2s", "s2a"):  # 8-bit weights: 36 bytes a block of 32 against 4 bytes a weight (f32's head stays)
+        f32_bytes, q8_bytes = (w[p][stage]["weight_bytes_per_step"] for p in precisions)
+        assert 0.25 < q8_bytes / f32_bytes < 0.6, (stage, q8_bytes, f32_bytes)
+        assert f"{stage.upper()} q8: {w['q8'][stage]['dispatches_per_step']} dispatches/step, " in r.stdout
+    for (precision, stage), chunk in [((p, "t2s"), 5) for p in precisions] + [((p, "s2a"), 15) for p in precisions]:
+        s = w[precision][stage]  # 25 and 75 steps per second of speech (random T2S weights may end early)
         assert (s["chunk_steps"] == chunk or stage == "t2s" and 2 <= s["chunk_steps"] < chunk)
         assert s["chunk_ms_per_step"] > 0 and s["dispatches_per_step"] > 0
         assert [a["pos"] for a in s["at"]] == [0, chunk - 3]  # windows of 3 steps: the chunk's first and last
@@ -89,13 +95,14 @@ def test_bench_step_tiny(rt, tmp_path):
                 assert abs(sum(kinds.values()) - a["gpu_ms"]) < 1e-9
                 assert {"attn self", "attn cross", "embed"} <= set(kinds)
                 assert sum(k.endswith("+self-combine") or k.endswith("+cross-combine") for k in kinds) == 2
-        assert f"{stage.upper()}: {s['dispatches_per_step']} dispatches/step" in r.stdout
+        assert f"{stage.upper()} {precision}: {s['dispatches_per_step']} dispatches/step" in r.stdout
     base = res["torch_cpu_eager_f32"]
     assert base["t2s_ms_per_step"] > 0 and base["s2a_ms_per_step"] > 0
     assert "torch_cpu_eager_f32: T2S" in r.stdout
     for flags, words in ((["--positions", "0,2"], "--positions must lie in [0, 1]"),
                          (["--steps", "1000"], "--steps must be from 3 to 256"),
-                         (["--chunk-seconds", "nan"], "--chunk-seconds must be a positive number")):
+                         (["--chunk-seconds", "nan"], "--chunk-seconds must be a positive number"),
+                         (["--precision", "f16,q4"], "--precision takes f32, f16 and q8, got f16,q4")):
         bad = run_script("bench_step.py", *flags)
         assert bad.returncode == 2 and words in bad.stderr, bad.stderr
 

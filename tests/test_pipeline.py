@@ -198,6 +198,7 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     GPU: as many as half its memory holds), the caches cost what slot_bytes says, and a number
     asked for that the memory cannot hold is refused with one line saying how many fit."""
     from wsvk.resident import ResidentS2A, ResidentT2S
+    from wsvk.tts import stages
     from wsvk.tts.stages import default_slots
 
     backend("wgpu")
@@ -212,17 +213,32 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     t2s, s2a = pipe.stages.gpu_runner("t2s"), pipe.stages.gpu_runner("s2a")
     assert t2s.slots == s2a.slots == n
     assert sum(dec.resident_decoder.plan.slot_bytes() for dec in (t2s, s2a)) == per_slot
-    monkeypatch.setitem(rt.info, "type", "DiscreteGPU")  # a small discrete GPU: half of it holds 3 slots
-    monkeypatch.setitem(rt.info, "memory", 6 * per_slot)
-    assert tiny_pipeline(tiny).stages.slots() == 3
+    precision = rt.precision()[0]
+    weights = sum(cls.weight_estimate(m, precision, size) for cls, m in decoders)
+    monkeypatch.setitem(rt.info, "type", "DiscreteGPU")  # a small discrete GPU: the weights and 6 slots
+    monkeypatch.setitem(rt.info, "memory", 6 * per_slot + weights)
+    assert tiny_pipeline(tiny).stages.slots() == default_slots(rt, per_slot, fit, weights) < 6
     assert pipe.stages.slots() == n  # decoders already built keep theirs
     assert load_pipeline(t2s=str(tiny["t2s"]), s2a=str(tiny["s2a"]), vocoder=str(tiny["vocoder"]),
                          slots=2).stages.slots() == 2
     monkeypatch.setenv("WSVK_SLOTS", "6")  # asked for: allowed up to all of the memory
     assert tiny_pipeline(tiny).stages.slots() == 6
     monkeypatch.setenv("WSVK_SLOTS", "7")  # more than the memory holds: one clear error, before any work
-    with pytest.raises(ConfigError, match=r"7 slots need .* of KV caches .* use at most 6 \(WSVK_SLOTS"):
+    with pytest.raises(ConfigError, match=r"7 slots need .* of KV caches .* of weights at .* use at most 6 \(WSVK_SLOTS"):
         tiny_pipeline(tiny).generate("Hi.", seed=1)
+    # an integrated GPU whose share of the host's memory cannot hold the models at f16: q8 named
+    monkeypatch.delenv("WSVK_SLOTS")
+    monkeypatch.setitem(rt.info, "type", "IntegratedGPU")
+    q8_size = rt.storage_dtype("q8").itemsize
+    q8 = sum(cls.weight_estimate(m, "q8", q8_size) for cls, m in decoders)
+    q8_slot = sum(cls.slot_bytes(m, q8_size) for cls, m in decoders)
+    monkeypatch.setattr(stages, "host_memory", lambda: 2 * (q8 + 2 * q8_slot))  # half of it: q8 and 2 slots
+    assert precision != "q8"
+    with pytest.raises(ConfigError, match=rf"need .* of weights at {precision} plus .* per slot, more than .*: "
+                                          r"use WSVK_PRECISION=q8 \(WSVK_SLOTS=2 fits\)"):
+        tiny_pipeline(tiny).stages.slots()
+    monkeypatch.setenv("WSVK_PRECISION", "q8")
+    assert tiny_pipeline(tiny).stages.slots() == 2
 
 
 def test_s2a_padding_code_decodes_as_on_the_cpu(tiny, rt, backend, tmp_path):

@@ -8,6 +8,10 @@ f32 accumulation adds nothing visible. Through a few layers (qkv, attention with
 values, out, fc1, fc2, head) these compound to a few times u: the logit bound is
 LOGIT_BOUND = 4u ~ 2e-3 relative L2 (measured on lavapipe: T2S 3.3e-4, S2A 3.5e-4).
 A real bug (wrong row, unconverted f16 bits, a lost bias) gives > 1e-1.
+q8 (8-bit weights in blocks of 32 with an f32 scale each, the decoders' GEMV matrices only): the
+quality gate of wsvk.quality, teacher-forced logits of whole chunks against CPU f32: SNR >= 30 dB
+and top-1 agreement >= 99%, on unit-scale random weights and on trained-like ones (heavy tails, a
+few input channels 20x the rest), at the tiny test shapes and at the released models' widths.
 Vocos: f16 weights and activations inside the backbone, f32 residual stream and ISTFT head;
 the floor is SNR >= 40 dB, i.e. relative error <= 1e-2 (measured on lavapipe: 57.6 dB with the
 stressed weights of tests/test_resident_vocos.py, 72 dB with vocos' own init).
@@ -21,8 +25,10 @@ import torch
 
 import test_resident as tr
 from conftest import rel_err
+from wsvk import quality
 from wsvk.errors import ConfigError
 from wsvk.gpu import Runtime
+from wsvk.kernels.matmul import Q8Weight, q8_layout
 from wsvk.resident import ResidentS2A, ResidentT2S, ResidentVocos
 from wsvk.tts.models import random_vocos, s2a_from_spec, t2s_from_spec
 
@@ -98,6 +104,158 @@ def test_s2a_f16_logits(rt, monkeypatch):
     assert 2 * d16.layers[0].fc1[0].nbytes == d32.layers[0].fc1[0].nbytes
 
 
+# ---------------------------------------------------------------- the quality gate (q8, f16)
+
+
+def gate_t2s(head_width=32, n_head=2, depth=1, stoks_len=200, seed=0):
+    """A T2S of tests/tiny_models' kind with a longer semantic window (a chunk of stoks_len - 1
+    steps: enough rows for a top-1 share) and the released vocabulary (513 codes)."""
+    import dataclasses
+
+    from whisperspeech import t2s_up_wds_mlang_enclm as t2s
+
+    torch.manual_seed(seed)
+    tunables = t2s.Tunables(encoder_depth_ratio=0.5)
+    config = dict(depth=depth, n_head=n_head, head_width=head_width, ffn_mult=4, ttoks_len=tr.tm.TTOKS_LEN,
+                  ttoks_codes=256, ttoks_width=None, stoks_len=stoks_len, stoks_codes=513, stoks_width=None)
+    model = t2s.TSARTransformer(**config, tunables=tunables)
+    tr.tm._redraw(model)
+    sd = model.state_dict()
+    for k in sd:  # as tests/test_resident.t2s_spec: unit-scale token embeddings make it repeat its input
+        if k.startswith("embeddings.embedding."):
+            sd[k] = sd[k] * 0.2
+    return t2s_from_spec(dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=sd))
+
+
+def gate_s2a(head_width=32, n_head=2, depth=1, stoks_len=40, seed=0):
+    """An S2A of tests/tiny_models' kind with a chunk of 3 * stoks_len - 1 steps (4 rows each)."""
+    import dataclasses
+
+    from whisperspeech import s2a_delar_mup_wds_mlang as s2a
+
+    torch.manual_seed(seed + 1)
+    tunables = s2a.Tunables(encoder_depth_ratio=0.5)
+    config = dict(depth=depth, ctx_n=3 * stoks_len, stoks_len=stoks_len, stoks_codes=513, stoks_width=None,
+                  spk_width=tr.tm.SPK_WIDTH, atoks_width=None, n_head=n_head, head_width=head_width, ffn_mult=4,
+                  quantizers=4, speaker_map={"1": 0})
+    model = s2a.SADelARTransformer(**config, tunables=tunables)
+    tr.tm._redraw(model)
+    return s2a_from_spec(dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=model.state_dict()))
+
+
+# (decoder, shape): small test models, and the released T2S small / S2A medium widths (768 and
+# 1024, 64-wide heads, ffn 4x; one layer and shorter windows, which a software adapter runs in
+# seconds). The released shapes whole: scripts/bench_step.py --gate on a GPU.
+GATE_MODELS = {
+    ("t2s", "64 wide"): lambda: gate_t2s(depth=2),
+    ("s2a", "64 wide"): lambda: gate_s2a(depth=2),
+    ("t2s", "768 wide"): lambda: gate_t2s(head_width=64, n_head=12, stoks_len=100),
+    ("s2a", "1024 wide"): lambda: gate_s2a(head_width=64, n_head=16, stoks_len=30),
+}
+
+
+@pytest.mark.parametrize("weights", ["random", "trained-like"])
+@pytest.mark.parametrize("decoder,shape", list(GATE_MODELS))
+def test_quality_gate(rt, decoder, shape, weights):
+    model = GATE_MODELS[decoder, shape]()
+    if weights == "trained-like":
+        quality.trained_like(model, seed=1)
+    precisions = ("f16", "q8") if rt.has_f16 else ("q8",)
+    results = quality.gate(decoder, model, precisions, weights)
+    for r in results:
+        print(f"{shape}: {r.line()}")  # shown by pytest -rP
+        assert r.steps == (model.stoks_len - 1 if decoder == "t2s" else model.ctx_n - 1)  # a whole chunk
+        assert r.passed, r.line()
+        assert r.snr_db < 150  # the precision really differs from f32
+    if len(results) == 2:  # 8 bits lose more than f16 (2^-11): a q8 that silently ran f16 would not
+        assert results[1].snr_db < results[0].snr_db - 10
+
+
+def test_gate_fails_4_bit_weights(rt, monkeypatch):
+    """The gate's teeth: the same buffers with the codes cut to 4 bits (16 levels, as the formats
+    that the public evidence found to break codec-token TTS) miss it."""
+    from wsvk.kernels import matmul
+
+    def four_bits(w):
+        words = matmul.quantize_q8(w)
+        nb, _ = q8_layout(*np.shape(w))
+        codes = words[:np.shape(w)[0] * nb * 8].view(np.int8)
+        codes[:] = np.clip(np.rint(codes / 17.0) * 17, -127, 127).astype(np.int8)  # 15 levels
+        return words
+
+    monkeypatch.setattr(Q8Weight, "upload", classmethod(lambda cls, rt, w: cls(rt.upload(four_bits(w)), np.shape(w))))
+    model = GATE_MODELS["t2s", "768 wide"]()
+    (r,) = quality.gate("t2s", model, ("q8",))
+    print(r.line())
+    assert not r.passed and r.snr_db < quality.GATE_SNR_DB
+
+
+def test_trained_like_has_outliers():
+    lin = torch.nn.Linear(256, 64)
+    quality.trained_like(lin, seed=2)
+    col = lin.weight.abs().mean(0)
+    assert (col > 10 * col.median()).sum() == quality.OUTLIERS
+    w = lin.weight.flatten().numpy()
+    kurt = np.mean((w - w.mean()) ** 4) / np.var(w) ** 2
+    assert kurt > 5  # heavy tails (a normal's is 3)
+
+
+def _plan_bytes(plan):
+    """Weight bytes a plan holds per its layers' matrices (the GEMVs' and cross_kv's)."""
+    return {name: getattr(plan.layers[0], name)[0].nbytes
+            for name in ("qkv", "out", "cross_q", "cross_kv", "cross_out", "fc1", "fc2")}
+
+
+@pytest.mark.parametrize("limits", ["adapter", "f32 caches"])
+def test_q8_storage(rt, monkeypatch, limits):
+    """q8: the GEMV matrices (and the head) 8-bit, 36 bytes per block of 32; tables, caches and
+    cross_kv in the storage dtype (f16 with shader-f16, else f32: WSVK_LIMITS=default's case)."""
+    if limits == "f32 caches":
+        monkeypatch.setattr(Runtime, "has_f16", property(lambda self: False))
+    model = t2s_from_spec(tr.t2s_spec(head_width=33))  # K = 66: blocks cut short
+    _set(monkeypatch, "q8")
+    res = ResidentT2S(model)
+    d = res.resident_decoder
+    dt = np.float16 if rt.has_f16 and limits == "adapter" else np.float32
+    assert d.precision == "q8" and d.dtype == dt
+    g = d.plan.layers[0]
+    for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2"):
+        w = getattr(g, name)[0]
+        N, K = w.shape
+        assert isinstance(w, Q8Weight) and w.nbytes == 4 * q8_layout(N, K)[1] == N * -(-K // 32) * 36
+    assert g.cross_kv[0].dtype == dt and g.k_cache.dtype == dt and d.plan.tables_buf.dtype == dt
+    assert all(w.dtype == dt for _, w, _, _ in d.plan.head_w)  # the head stays: its error reaches the argmax
+    ref, got = tr.t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
+    assert quality.snr_db(got.numpy(), ref.numpy()) >= quality.GATE_SNR_DB
+
+
+@pytest.mark.parametrize("precision", ["f32", "f16", "q8"])
+def test_memory_figures_are_the_buffers_allocated(rt, precision):
+    """memory() (what -v prints and the slot defaults plan with) against the GPU buffers the module
+    really took, and weight_estimate (before building) against memory()."""
+    if precision == "f16" and not rt.has_f16:
+        pytest.skip("no shader-f16")
+    import gc
+
+    for cls, model in ((ResidentT2S, gate_t2s(head_width=64, n_head=12, depth=1, stoks_len=50)),
+                       (ResidentS2A, gate_s2a(head_width=64, n_head=16, depth=1, stoks_len=20))):
+        gc.collect()
+        rt.pool.trim()
+        before = rt.pool.allocated_bytes
+        res = cls(model, precision=precision, slots=2)
+        mem = res.memory()
+        took = rt.pool.allocated_bytes - before
+        held = mem["weight_bytes"] + 2 * mem["cache_bytes_per_slot"]
+        print(f"{cls.__name__} {precision}: {mem}, {took} bytes allocated")
+        assert mem["precision"] == precision and mem["slots"] == 2
+        assert held <= took <= 1.13 * held + (1 << 20)  # pool size classes round up by <= 1/8; work buffers
+        est = cls.weight_estimate(model, precision, rt.storage_dtype(precision).itemsize)
+        assert abs(est - mem["weight_bytes"]) <= 0.01 * mem["weight_bytes"]
+        assert mem["cache_bytes_per_slot"] == cls.slot_bytes(model, rt.storage_dtype(precision).itemsize)
+        assert res.counters()["weights_mib"] == mem["weight_bytes"] / 2**20
+        del res
+
+
 # ---------------------------------------------------------------- Vocos
 
 
@@ -156,3 +314,15 @@ def test_f16_without_shader_f16_is_a_config_error(rt, vocos, monkeypatch):
 def test_auto_follows_the_adapter(rt, vocos, monkeypatch):
     _set(monkeypatch, "auto")
     assert ResidentVocos(vocos).dtype == (np.float16 if rt.has_f16 else np.float32)
+    assert rt.precision()[0] == ("f16" if rt.has_f16 else "f32")  # a software adapter: not integrated
+    monkeypatch.setitem(rt.info, "type", "IntegratedGPU")
+    choice, why = rt.precision()
+    assert choice == "q8" and "integrated" in why
+    assert ResidentT2S(t2s_from_spec(tr.t2s_spec())).resident_decoder.precision == "q8"
+    monkeypatch.setitem(rt.info, "type", "DiscreteGPU")
+    assert rt.precision()[0] == ("f16" if rt.has_f16 else "f32")
+    _set(monkeypatch, "q8")  # one setting away on any adapter
+    assert rt.precision() == ("q8", "WSVK_PRECISION")
+    _set(monkeypatch, "q4")
+    with pytest.raises(ConfigError, match="WSVK_PRECISION='q4' is not valid; use one of: auto, f32, f16, q8"):
+        rt.precision()

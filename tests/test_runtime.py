@@ -337,25 +337,33 @@ def test_adapter_memory_from_vulkan(rt):
     assert f"memory: {rt.info['memory'] / 2**30:.1f} GiB" in r.stdout, r.stdout
 
 
-@pytest.mark.parametrize("kind, memory, fit, env, expect", [
-    ("DiscreteGPU", 141 << 30, None, None, 16),   # a large GPU: the cap
-    ("DiscreteGPU", 8 << 30, None, None, 8),      # half of 8 GiB over 0.5 GiB a slot
-    ("DiscreteGPU", 3 << 30, None, None, 3),
-    ("DiscreteGPU", 512 << 20, None, None, 1),    # never fewer than one
-    ("DiscreteGPU", None, None, None, 8),         # memory unknown (Metal, D3D12)
-    ("IntegratedGPU", 32 << 30, None, None, 4),   # shares the host's memory
-    ("IntegratedGPU", 256 << 20, None, None, 4),  # a small carve-out says little about what it can use
-    ("DiscreteGPU", 141 << 30, 5, None, 5),       # one KV-cache binding holds 5
-    ("DiscreteGPU", 1 << 30, None, "12", 12),     # WSVK_SLOTS decides
+GiB = 1 << 30
+
+
+@pytest.mark.parametrize("kind, memory, fit, env, weights, host, expect", [
+    ("DiscreteGPU", 141 * GiB, None, None, 0, None, 16),  # a large GPU: the cap
+    ("DiscreteGPU", 8 * GiB, None, None, 0, None, 8),     # half of 8 GiB over 0.5 GiB a slot
+    ("DiscreteGPU", 8 * GiB, None, None, 6 * GiB, None, 2),  # what 0.9 of it leaves after the weights
+    ("DiscreteGPU", 3 * GiB, None, None, 0, None, 3),
+    ("DiscreteGPU", 512 << 20, None, None, 0, None, 1),   # never fewer than one
+    ("DiscreteGPU", None, None, None, 0, None, 8),        # memory unknown (Metal, D3D12)
+    ("IntegratedGPU", 256 << 20, None, None, 0, 16 * GiB, 8),  # half the host's memory (the carve-out says little): the cap
+    ("IntegratedGPU", 32 * GiB, None, None, GiB, 4 * GiB, 2),  # half of 4 GiB after 1 GiB of weights
+    ("IntegratedGPU", 32 * GiB, None, None, 2 * GiB, 4 * GiB, 0),  # none: the caller says what fits
+    ("IntegratedGPU", 32 * GiB, None, None, GiB, None, 4),     # the host's memory unknown
+    ("CPU", None, None, None, 0, 16 * GiB, 4),                # a software adapter
+    ("DiscreteGPU", 141 * GiB, 5, None, 0, None, 5),      # one KV-cache binding holds 5
+    ("DiscreteGPU", GiB, None, "12", 0, None, 12),        # WSVK_SLOTS decides
 ])
-def test_default_slots_by_memory(monkeypatch, kind, memory, fit, env, expect):
+def test_default_slots_by_memory(monkeypatch, kind, memory, fit, env, weights, host, expect):
     from types import SimpleNamespace
 
-    from wsvk.tts.stages import default_slots
+    from wsvk.tts import stages
 
     if env is None:
         monkeypatch.delenv("WSVK_SLOTS", raising=False)
     else:
         monkeypatch.setenv("WSVK_SLOTS", env)
+    monkeypatch.setattr(stages, "host_memory", lambda: host)
     fake = SimpleNamespace(info={"type": kind, "memory": memory})
-    assert default_slots(fake, 512 << 20, fit) == expect
+    assert stages.default_slots(fake, 512 << 20, fit, weights) == expect

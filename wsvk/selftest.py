@@ -18,12 +18,14 @@ from .kernels.cases import rel_err
 def resident_cases(rt):
     """The resident modules' own kernels (decoder, heads, conv1d, istft) against CPU torch on
     random models of whisperspeech's "tiny" presets: teacher-forced logits of a T2S and an S2A
-    chunk (encoder + 4 decode steps) and 0.4 s of Vocos audio. Bounds follow WSVK_PRECISION."""
+    chunk (encoder + 4 decode steps) and 0.4 s of Vocos audio. Bounds follow WSVK_PRECISION (under
+q8 Vocos stays f16, as on a shader-f16 adapter's f16)."""
     import torch
 
     from .resident import ResidentS2A, ResidentT2S, ResidentVocos
     from .tts.models import random_s2a, random_t2s, random_vocos
 
+    precision = rt.precision()[0]
     f16 = rt.weight_dtype == np.float16
     g = torch.Generator().manual_seed(0)
 
@@ -58,7 +60,8 @@ def resident_cases(rt):
         ref = v.decode(v.codes_to_features(codes.permute(1, 0, 2)), bandwidth_id=torch.tensor(1))
         return ResidentVocos(v).decode_codes(codes, bandwidth_id=1), ref
 
-    logit_bound = 2e-3 if f16 else 2e-5  # f16: weights/KV rounded to 2^-11 (tests/test_precision.py)
+    # f16: weights/KV rounded to 2^-11 (tests/test_precision.py); q8: the gate's 30 dB
+    logit_bound = {"f32": 2e-5, "f16": 2e-3, "q8": 10 ** (-30 / 20)}[precision]
     for name, pair, bound in (("resident T2S (tiny)", t2s, logit_bound), ("resident S2A (tiny)", s2a, logit_bound),
                               ("resident Vocos", vocos, 1e-2 if f16 else 1e-5)):  # 1e-2: SNR 40 dB
         cached = {}
@@ -72,6 +75,24 @@ def resident_cases(rt):
         yield name, lambda both=both: both()["got"], lambda both=both: both()["ref"].astype(np.float64), bound
 
 
+def gate_checks(rt):
+    """The precision gate (wsvk.quality) at every lower precision the adapter runs: one check
+    per decoder, kind of weights and precision."""
+    from . import quality
+
+    precisions = ["f16", "q8"] if rt.has_f16 else ["q8"]
+    results = {}
+
+    def result(i):
+        if not results:
+            results.update(enumerate(quality.selftest_gate(precisions)))
+        r = results[i]
+        return r.passed, f"SNR {r.snr_db:.1f} dB, top-1 {100 * r.top1:.1f}% over {r.steps} steps"
+
+    names = [f"gate {d} {w} {p}" for d in ("t2s", "s2a") for w in ("random", "trained-like") for p in precisions]
+    return [(name, lambda i=i: result(i)) for i, name in enumerate(names)]
+
+
 def _check(ours, ref, bound) -> tuple[bool, str]:
     err = rel_err(ours(), ref())
     return bool(np.isfinite(err) and err <= bound), f"rel err {err:.2e} (bound {bound:.0e})"
@@ -82,9 +103,12 @@ def run(out=print) -> bool:
     module; True when all pass."""
     rt = get_runtime()
     out(f"selftest on {rt.info['name']} ({rt.info['backend']}, {rt.info['type']})")
+    precision, why = rt.precision()
+    out(f"precision {precision} ({why}); the gate: logits SNR >= 30 dB and top-1 >= 99% against CPU f32")
     checks = [(c.name, lambda c=c: (True, f"rel err {c.run():.2e} (bound {c.bound:.0e})"))
               for c in cases.tagged("selftest") if not c.needs_f16 or rt.has_f16]
     checks += [(name, lambda o=ours, r=ref, b=bound: _check(o, r, b)) for name, ours, ref, bound in resident_cases(rt)]
+    checks += gate_checks(rt)
     ok = True
     for name, check in checks:
         t0 = time.perf_counter()

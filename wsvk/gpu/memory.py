@@ -86,6 +86,16 @@ class BufferPool:
             self.allocated_bytes += size
         return buf
 
+    def trim(self) -> None:
+        """Free the buffers kept for reuse: allocated_bytes is then what live arrays hold."""
+        with self.lock:
+            bufs = [b for stack in self.free.values() for b in stack]
+            self.free.clear()
+            self.free_bytes = 0
+            self.allocated_bytes -= sum(b.size for b in bufs)
+        for b in bufs:
+            b.destroy()
+
     def give(self, buf) -> None:
         size = buf.size
         with self.lock:

@@ -35,6 +35,16 @@ class EncoderLayer:
     fc2: tuple
 
 
+def encoder_weight_bytes(layers, ln_post) -> int:
+    """What a ResidentEncoder of these layers stores of their parameters (float32)."""
+    n = 2 * ln_post.weight.numel()
+    for g in layers:
+        n += sum(2 * ln.weight.numel() for ln in (g.attn_ln, g.mlp_ln))
+        n += sum(lin.weight.numel() + (0 if lin.bias is None else lin.bias.numel())
+                 for lin in (g.attn.qkv, g.attn.out, g.mlp[0], g.mlp[2]))
+    return 4 * int(n)
+
+
 class ResidentEncoder:
     """layers: ResidualAttentionBlocks without cross-attention (QKV merged); ln_post: the final
     LayerNorm; causal: the model's encoder attends causally (tunables.causal_encoder); rope:
@@ -80,6 +90,12 @@ class ResidentEncoder:
             self.rope = rt.upload(np.concatenate([cos, sin]))
             self.P = cos.shape[0]
         self.dispatches_per_chunk = 11 * len(self.layers) + 1
+
+    @property
+    def weight_bytes(self) -> int:
+        """GPU memory of the parameters (layers and ln_post; the RoPE tables apart)."""
+        parts = [x for g in self.layers for t in vars(g).values() for x in t] + list(self.ln_post)
+        return sum(x.nbytes for x in parts if isinstance(x, GpuArray))
 
     def run(self, x0, extra=None, out_dtype=np.float32) -> GpuArray:
         """ln_post(layers(x0)) (+ extra [W]) as a GpuArray [L, W] of out_dtype; x0 [L, W] (or

@@ -125,6 +125,13 @@ class ResidentS2A(Resident):
     def cache_lengths(model) -> tuple[int, int]:
         return int(model.ctx_n), int(model.stoks_len)
 
+    @staticmethod
+    def parts(model) -> tuple:
+        embs, split = model.embds.embeddings, model.head.splitter[0]
+        bias = None if embs[0].bias_out is None else torch.cat([e.bias_out for e in embs])
+        return (model.decoder.layers, [(split.weight, split.bias), (torch.cat([e.merged_out for e in embs]), bias)],
+                [e.merged_in.weight for e in embs], model.encoder, model.ln_post)
+
     @torch.no_grad()
     def start_chunk(self, stoks, speakers, slot: int = 0) -> None:
         """One submit per chunk: the encoder (resident, the speaker/condition term added through

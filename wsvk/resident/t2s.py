@@ -118,6 +118,14 @@ class ResidentT2S(Resident):
     def cache_lengths(model) -> tuple[int, int]:
         return int(model.stoks_len), int(model.ttoks_len)
 
+    @staticmethod
+    def parts(model) -> tuple:
+        emb = model.embeddings.embedding
+        tables = [emb.merged_in.weight] + ([] if model.embeddings.positional_embedding is None
+                                           else [model.embeddings.positional_embedding])
+        return (model.decoder.layers, [(emb.merged_out, emb.bias_out)], tables, model.encoder.layers,
+                model.encoder.ln_post)
+
     @torch.no_grad()
     def start_chunk(self, ttoks, langs, cpss, slot: int = 0) -> None:
         """One submit per chunk: the encoder (resident) and the cross-attention K/V of every

@@ -23,7 +23,8 @@ import copy
 import torch
 
 from .batching import SharedLoop
-from .plan import kv_bytes, slots_per_binding
+from .encoder import encoder_weight_bytes
+from .plan import kv_bytes, slots_per_binding, weight_bytes
 
 
 def rope_tables(layer):
@@ -111,6 +112,26 @@ class Resident:
         return slots_per_binding(int(model.decoder.layers[0].attn.n_state), *cls.cache_lengths(model), itemsize,
                                  max_binding)
 
+    @staticmethod
+    def parts(model) -> tuple:
+        """(decoder layers, head matrices [(w, b)], embedding tables, encoder layers, encoder
+        ln_post) of `model` as the resident modules store them (for weight_estimate)."""
+        raise NotImplementedError
+
+    @classmethod
+    def weight_estimate(cls, model, precision: str, itemsize: int) -> int:
+        """GPU memory the model's parameters will take at a resolved precision (f32, f16, q8;
+        itemsize: what the non-8-bit arrays store), before the module is built."""
+        dec, matrices, tables, enc, enc_ln = cls.parts(model)
+        return weight_bytes(dec, matrices, tables, precision, itemsize) + encoder_weight_bytes(enc, enc_ln)
+
+    def memory(self) -> dict:
+        """What this module holds on the GPU: its precision, the parameters, one slot's KV
+        caches and the number of slots (bytes)."""
+        d = self.resident_decoder
+        return {"precision": d.precision, "weight_bytes": d.plan.weight_bytes + self.resident_encoder.weight_bytes,
+                "cache_bytes_per_slot": d.plan.slot_bytes(), "slots": d.slots}
+
     @property
     def slots(self) -> int:
         return self.resident_decoder.slots
@@ -144,15 +165,17 @@ class Resident:
         return seq.result
 
     def counters(self) -> dict:
-        """The decoder's counters (dispatches_per_step, steps, record_s, wait_s, step_s, ...), the
-        host time feeding the logits to the sequences between steps (feed_s: sampling, not hidden
-        behind the GPU) and the encoder's dispatches per chunk (which also computes the cross K/V:
-        2 per decoder layer)."""
+        """Its precision and GPU memory (MiB), the decoder's counters (dispatches_per_step, steps,
+        record_s, wait_s, step_s, ...), the host time feeding the logits to the sequences between
+        steps (feed_s: sampling, not hidden behind the GPU) and the encoder's dispatches per chunk
+        (which also computes the cross K/V: 2 per decoder layer)."""
         dec = self.resident_decoder
         enc = self.resident_encoder.dispatches_per_chunk + 2 * dec.n_layers
         feed = self.loop.loop.feed_seconds
-        return {"encoder_dispatches_per_chunk": enc, **dec.counters(), "feed_s": feed,
-                "feed_s_per_step": feed / max(dec.steps, 1)}
+        mem = self.memory()
+        return {"precision": mem["precision"], "weights_mib": mem["weight_bytes"] / 2**20,
+                "cache_mib_per_slot": mem["cache_bytes_per_slot"] / 2**20, "encoder_dispatches_per_chunk": enc,
+                **dec.counters(), "feed_s": feed, "feed_s_per_step": feed / max(dec.steps, 1)}
 
     def reset_counters(self) -> None:
         self.resident_decoder.reset_counters()

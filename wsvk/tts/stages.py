@@ -12,6 +12,7 @@ uninterrupted CPU run, and one warning says so.
 from __future__ import annotations
 
 import math
+import os
 import threading
 import time
 import warnings
@@ -51,25 +52,40 @@ class Chunk:
 
 
 CACHE_SHARE = 0.5  # of a discrete GPU's memory for the decoders' KV caches; weights, Vocos and the rest take less
+USABLE_SHARE = 0.9  # of a discrete GPU's memory for the weights and caches together
+HOST_SHARE = 0.5    # of the host's memory for an integrated GPU's weights and caches (the desktop shares it)
 
 
-def default_slots(rt, slot_bytes: int = 0, fit: int | None = None) -> int:
-    """WSVK_SLOTS, else sequences per decode step by the adapter: on a discrete GPU as many as fit
-    in CACHE_SHARE of its memory (slot_bytes: one slot of every decoder; memory known on Vulkan),
-    at most 16 (8 where the memory is unknown); 4 elsewhere (integrated and software adapters
-    share the host's memory, and their device-local heap is often a small carve-out). Never more
-    than one KV-cache binding holds (fit)."""
+def host_memory() -> int | None:
+    """The host's physical memory in bytes, where the OS says."""
+    try:
+        return os.sysconf("SC_PAGE_SIZE") * os.sysconf("SC_PHYS_PAGES")
+    except (AttributeError, ValueError, OSError):
+        return None
+
+
+def default_slots(rt, slot_bytes: int = 0, fit: int | None = None, weight_bytes: int = 0) -> int:
+    """WSVK_SLOTS, else sequences per decode step from the memory left after the weights
+    (weight_bytes; slot_bytes: one slot of every decoder): on a discrete GPU as many as fit in
+    USABLE_SHARE of its memory after the weights and in CACHE_SHARE of it (memory known on Vulkan),
+    at most 16 (8 where the memory is unknown), never fewer than one; on an integrated GPU as many
+    as fit in HOST_SHARE of the host's memory after the weights, at most 8 -- 0 when not even one
+    does (the caller says what would fit); 4 on a software adapter (or where the host's memory is
+    unknown). Never more than one KV-cache binding holds (fit)."""
     n = config.slots()
     if n:
         return n
-    memory = rt.info.get("memory")
-    if rt.info["type"] != "DiscreteGPU":
-        n = 4
-    elif memory and slot_bytes:
-        n = min(16, int(memory * CACHE_SHARE) // slot_bytes)
-    else:
+    memory, kind = rt.info.get("memory"), rt.info["type"]
+    host = host_memory() if kind == "IntegratedGPU" else None
+    if kind == "DiscreteGPU" and memory and slot_bytes:
+        n = max(1, min(16, int(memory * CACHE_SHARE) // slot_bytes, int(memory * USABLE_SHARE - weight_bytes) // slot_bytes))
+    elif kind == "DiscreteGPU":
         n = 8
-    return max(1, min(n, fit) if fit is not None else n)
+    elif host and slot_bytes:
+        n = max(0, min(8, int(host * HOST_SHARE - weight_bytes) // slot_bytes))
+    else:
+        n = 4
+    return min(n, fit) if fit is not None else n
 
 
 def _size(nbytes: float) -> str:
@@ -105,17 +121,39 @@ class Stages:
         if built:
             return built[0]
         rt = get_runtime()
-        size = rt.weight_dtype.itemsize
+        precision = rt.precision()[0]
+        size = rt.storage_dtype(precision).itemsize
         decoders = ((ResidentT2S, self.pipe.t2s), (ResidentS2A, self.pipe.s2a))
         per_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
+        weights = sum(cls.weight_estimate(m, precision, size) for cls, m in decoders)
         asked = self.pipe.slots or config.slots()
-        n = asked or default_slots(rt, per_slot, min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders))
+        fit = min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders)
+        n = asked or default_slots(rt, per_slot, fit, weights)
+        if n == 0:  # an integrated GPU whose share of the host's memory holds not one slot
+            raise ConfigError(self._no_room(rt, precision, weights, per_slot, decoders))
         memory = rt.info.get("memory") if rt.info["type"] == "DiscreteGPU" else None
-        if asked and memory and n * per_slot > memory:  # the caches alone would not fit
-            raise ConfigError(f"{n} slots need {_size(n * per_slot)} of KV caches for these models, more than the "
-                              f"{_size(memory)} of {rt.info['name']}: use at most {max(1, memory // per_slot)} "
+        if asked and memory and n * per_slot + weights > memory:  # the weights and caches would not fit
+            raise ConfigError(f"{n} slots need {_size(n * per_slot)} of KV caches for these models (and "
+                              f"{_size(weights)} of weights at {precision}), more than the {_size(memory)} of "
+                              f"{rt.info['name']}: use at most {max(1, (memory - weights) // per_slot)} "
                               "(WSVK_SLOTS, --max-batch)")
         return n
+
+    @staticmethod
+    def _no_room(rt, precision, weights, per_slot, decoders) -> str:
+        """One line: what the models need at this precision, and what would fit instead."""
+        budget = int(host_memory() * HOST_SHARE)
+        need = f"{_size(weights)} of weights at {precision} plus {_size(per_slot)} per slot"
+        if precision != "q8":
+            size = rt.storage_dtype("q8").itemsize
+            q8 = sum(cls.weight_estimate(m, "q8", size) for cls, m in decoders)
+            q8_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
+            n = int(budget - q8) // q8_slot
+            if n >= 1:
+                return (f"these models need {need}, more than {rt.info['name']} can take ({_size(budget)}: half of "
+                        f"the host's memory): use WSVK_PRECISION=q8 (WSVK_SLOTS={min(n, 8)} fits)")
+        return (f"these models need {need}, more than {rt.info['name']} can take ({_size(budget)}: half of the "
+                "host's memory): use smaller models or WSVK_BACKEND=cpu")
 
     def make_resident(self, stage: str):
         """A new resident GPU module for a stage, with self.slots() sequences per decode step."""
