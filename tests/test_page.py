@@ -5,6 +5,7 @@ import json
 import os
 import shutil
 import subprocess
+import threading
 import time
 from contextlib import ExitStack
 from pathlib import Path
@@ -160,3 +161,46 @@ def test_a_new_request_or_stop_ends_what_plays_and_errors_read_plainly(pipe, tmp
     finally:
         browser.close()
         server.close()
+
+
+def test_the_page_shows_backend_elapsed_time_and_place_in_line(pipe, tmp_path):  # noqa: F811
+    """With the one slot taken by another client: the page says which backend serves, counts the
+    seconds and shows its place in line while it waits, sends its language and seed, and the
+    browser's favicon request is answered (no 404 line per visit)."""
+    server = Server(pipe, slots=1, queue=2, voices={"default": pipe.default_speaker()})
+    browser = Browser(tmp_path / "profile")
+    try:
+        browser.call("Page.navigate", url=server.url + "/")
+        browser.until("window.wsvk && window.wsvk.voices.length")
+        assert browser.until("window.wsvk.backend") == "served by GPU: " + pipe_adapter()
+        assert browser.js("fetch('/favicon.ico').then(r => [r.status, r.headers.get('content-type')])", wait=True) == [
+            200, "image/svg+xml"]
+        other = threading.Thread(target=lambda: httpx.post(f"{server.url}/v1/audio/speech", timeout=300, json={
+            "input": "A longer text that holds the only slot. " * 3, "response_format": "pcm", "seed": 1}))
+        other.start()
+        deadline = time.time() + 60
+        while httpx.get(f"{server.url}/health").json()["active"] != 1:
+            assert time.time() < deadline, "the other request never started"
+            time.sleep(0.1)
+        browser.js("window.sent = []; const f = window.fetch; window.fetch = (u, o) => "
+                   "{ if (String(u).endsWith('/speech')) window.sent.push(JSON.parse(o.body)); return f(u, o); }; "
+                   "document.getElementById('format').value = 'pcm'; document.getElementById('lang').value = 'pl'; "
+                   "document.getElementById('seed').value = '7'; document.getElementById('text').value = 'Cześć.'")
+        browser.js("document.getElementById('speak').click()")
+        assert browser.until("window.wsvk.place && window.wsvk.place.waiting && "
+                             "document.getElementById('status').textContent").startswith("speaking... ")
+        assert "place 1 in line" in browser.until(
+            "(t => t.includes('in line') && t)(document.getElementById('status').textContent)")
+        browser.until("window.wsvk.done || window.wsvk.error", timeout=300)
+        assert browser.js("window.wsvk.error") is None
+        assert browser.js("window.sent.map(b => [b.lang, b.seed])") == [["pl", 7]]
+        other.join(timeout=300)
+    finally:
+        browser.close()
+        server.close()
+
+
+def pipe_adapter() -> str:
+    from wsvk.router import active_backend
+
+    return active_backend()[1]

@@ -237,6 +237,11 @@ def test_lists(server):
     assert {m.id for m in models.data} >= {"wsvk", "tts-1"}
     health = httpx.get(f"{server.url}/health").json()
     assert health["status"] == "ok" and health["backend"] == "wgpu" and health["path"] == "gpu"
+    assert health["random_weights"] is None
+    r = httpx.get(f"{server.url}/v1/audio/speech/place/nobody")
+    assert r.status_code == 404 and "X-Client-Request-Id 'nobody'" in r.json()["error"]["message"]
+    icon = httpx.get(f"{server.url}/favicon.ico")
+    assert icon.status_code == 200 and icon.headers["content-type"] == "image/svg+xml" and b"<svg" in icon.content
 
 
 def test_voice_names():

@@ -5,6 +5,7 @@
     GET  /v1/audio/voices   the default voice and one per audio file of --voices DIR
     GET  /v1/models         the model names a request may give
     GET  /health            backend, adapter, requests running and waiting
+    GET  /v1/audio/speech/place/{id}  where the request with X-Client-Request-Id `id` is in line
     GET  /                  a small page: text, voice, format, audio that plays while it streams
 
 Requests share the GPU through the engine's decoder slots (they join at step boundaries); a
@@ -40,6 +41,8 @@ SNAPSHOT = re.compile(r"(tts-1|tts-1-hd|gpt-4o-mini-tts)-\d[\d-]*")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
                  "marin", "cedar")  # every voice the official SDKs list: "default" unless a --voices file has the name
 BASE_CPS = 15.0  # speed 1.0
+FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
+           b'fill="#2a6"/><path d="M3 8h2M6 5v6M9 3v10M12 6v4" stroke="#fff" stroke-width="1.6"/></svg>')
 
 
 @dataclass
@@ -136,7 +139,8 @@ def create_app(pipe, opts: Options):
     from ..tts.pipeline import SAMPLE_RATE
 
     app = FastAPI(title="wsvk", description="WhisperSpeech text to speech, OpenAI-compatible")
-    state = {"active": 0}  # and one key per open request id (release() is once per request)
+    state = {"active": 0}
+    arrivals: dict[str, str] = {}  # open request id -> the client's X-Client-Request-Id, in arrival order
     backend, adapter = active_backend()
     hop = int(pipe.vocos.head.istft.hop_length)  # samples per acoustic frame (usage's output tokens)
 
@@ -163,7 +167,22 @@ def create_app(pipe, opts: Options):
         degraded = backend != "cpu" and engine["path"] == "cpu" and engine["faults"] > 0
         return {"status": "degraded" if degraded else "ok", "backend": backend, "adapter": adapter,
                 "path": engine["path"], "faults": engine["faults"], "last_fault": engine["last_fault"],
-                "active": state["active"], "slots": opts.slots, "queue": opts.queue}
+                "active": state["active"], "slots": opts.slots, "queue": opts.queue,
+                "random_weights": pipe.random_weights}
+
+    @app.get("/v1/audio/speech/place/{client_id}")
+    async def place(client_id: str):
+        """Where a request is in line: `ahead` open requests came before it, and it waits while
+        that is at least the slots (the engine serves requests in their order of arrival)."""
+        order = list(arrivals.values())
+        if client_id not in order:
+            raise ApiError(404, f"no open request has X-Client-Request-Id {client_id!r}", code="not_found")
+        ahead = order.index(client_id)
+        return {"ahead": ahead, "waiting": ahead >= opts.slots, "slots": opts.slots}
+
+    @app.get("/favicon.ico")
+    async def favicon():  # browsers ask for it on every visit
+        return Response(FAVICON, media_type="image/svg+xml", headers={"Cache-Control": "max-age=86400"})
 
     @app.get("/v1/models")
     async def models():
@@ -204,12 +223,12 @@ def create_app(pipe, opts: Options):
         job = None
 
         def release():  # once per request, whichever way it ends: the count and the engine's slots
-            if state.pop(rid, None) is not None:
+            if arrivals.pop(rid, None) is not None:
                 state["active"] -= 1
                 if job is not None:
                     job.cancel()
 
-        state[rid] = True
+        arrivals[rid] = request.headers.get("x-client-request-id", "")
         try:  # the first block before the response starts: a failure is still a clean 500
             job = pipe.engine().submit(chunks)
             first = await _first_block(job, request, next_block)
