@@ -348,6 +348,6 @@ def test_progress_lines_come_on_a_timer_and_count_rows_as_they_finish():
     p.update([{"audio_seconds": 5.0}])
     p.close()
     lines = out.getvalue().splitlines()
-    assert len(lines) >= 3 and lines[0].startswith("0/3 rows, 0 s of audio") and "ETA ?" in lines[0]
+    assert len(lines) >= 3 and lines[0].startswith("0/3 rows, 0.0 s of audio") and "ETA ?" in lines[0]
     assert any(line.startswith("2/3 rows, 2.0 min of audio") for line in lines), lines
-    assert lines[-1].startswith("3/3 rows, 2.1 min of audio") and lines[-1].endswith("ETA 0 s"), lines
+    assert lines[-1].startswith("3/3 rows, 2.1 min of audio") and lines[-1].endswith("ETA 0.0 s"), lines

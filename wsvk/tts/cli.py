@@ -166,9 +166,9 @@ def cheap_checks(args):
 
 
 def duration(seconds: float) -> str:
-    """A length of audio or time as a person reads it: 42 s, 3.5 min, 1.25 h."""
+    """A length of audio or time as a person reads it: 2.5 s, 42 s, 3.5 min, 1.25 h."""
     if seconds < 90:
-        return f"{seconds:.0f} s"
+        return f"{seconds:.1f} s" if seconds < 10 else f"{seconds:.0f} s"
     return f"{seconds / 60:.1f} min" if seconds < 5400 else f"{seconds / 3600:.2f} h"
 
 
