@@ -286,6 +286,108 @@ def test_voices_folder(pipe, tmp_path):
         voice_files(str(tmp_path))
 
 
+def voice_server(pipe, folder: Path, **options) -> "Server":
+    """A server over the voices of `folder` (its --voices DIR), which it may add voices to."""
+    from wsvk.serve.cli import load_voices, voice_files
+
+    return Server(pipe, voices=load_voices(pipe, voice_files(str(folder))), slots=2, queue=2,
+                  **{"voice_dir": folder, "voice_upload": True, **options})
+
+
+def test_an_added_voice_is_saved_listed_and_spoken_at_once(pipe, tmp_path):
+    """POST /v1/audio/voices/{name} with an audio file as the body (over the speech route's 64 KiB
+    cap, under its own): written into the folder under its container's extension, listed, and
+    speech with it equals generate() with that file as the speaker, without a restart."""
+    from wsvk.serve.cli import voice_files
+    from wsvk.tts.audio import write_file
+
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    tm.write_voice(folder / "anna.wav", seed=2)
+    s = voice_server(pipe, folder)
+    try:
+        assert httpx.get(f"{s.url}/health").json()["voice_upload"] is True
+        data = tm.write_voice(tmp_path / "upload.wav", seed=5).read_bytes()
+        assert len(data) > s.opts.max_body
+        r = httpx.post(f"{s.url}/v1/audio/voices/bob", content=data, timeout=300)
+        assert r.status_code == 201, r.text
+        assert r.json()["id"] == "bob" and r.json()["object"] == "audio.voice"
+        assert (folder / "bob.wav").read_bytes() == data
+        mono = sf.read(str(folder / "anna.wav"), dtype="float32")[0].mean(axis=1)
+        write_file(tmp_path / "ola.opus", mono, 24000)  # Ogg: Vorbis or Opus, told apart by its codec
+        r = httpx.post(f"{s.url}/v1/audio/voices/ola", content=(tmp_path / "ola.opus").read_bytes(), timeout=300)
+        assert r.status_code == 201, r.text
+        assert httpx.get(f"{s.url}/v1/audio/voices").json() == {"voices": ["default", "anna", "bob", "ola"]}
+        assert sorted(f.name for f in folder.iterdir()) == ["anna.wav", "bob.wav", "ola.opus"]  # no temporary left
+        assert sorted(voice_files(str(folder))) == ["anna", "bob", "ola"]  # and the next start loads them
+        got = s.client().audio.speech.create(model="tts-1", voice="bob", input=TEXT, response_format="pcm",
+                                             extra_body={"seed": 3}).content
+        audio = np.frombuffer(got, "<i2").astype(np.float64) / 32767
+        ref = pipe.generate(TEXT, speaker=str(folder / "bob.wav"), seed=3)
+        assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767
+        other = pipe.generate(TEXT, speaker=str(folder / "anna.wav"), seed=3)  # the voice mattered
+        assert other.size != ref.size or np.abs(other - ref).max() > 0.01
+    finally:
+        s.close()
+
+
+def test_adding_a_voice_is_refused_clearly(pipe, tmp_path):
+    """Off unless --voices DIR and --voice-upload (403 naming both); with them: the API key, its
+    own size cap (Content-Length or a chunked body), a safe new name, audio that is readable, in a
+    format --voices loads and not silent. A refused voice leaves the folder and the list as they were."""
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    tm.write_voice(folder / "anna.wav", seed=2)
+    voice = tm.write_voice(tmp_path / "upload.wav", seed=5).read_bytes()
+    for options in ({"voice_upload": False}, {"voice_dir": None}):
+        s = voice_server(pipe, folder, **options)
+        try:
+            assert httpx.get(f"{s.url}/health").json()["voice_upload"] is False
+            r = httpx.post(f"{s.url}/v1/audio/voices/bob", content=voice, timeout=60)
+            err = r.json()["error"]
+            assert r.status_code == 403 and err["type"] == "permission_error", r.text
+            assert "--voices DIR --voice-upload" in err["message"] and err["code"] == "voice_upload_disabled"
+        finally:
+            s.close()
+    assert Options().max_voice_bytes == 10 << 20  # the documented cap
+    s = voice_server(pipe, folder, api_key="sesame", max_voice_bytes=len(voice) - 1)
+    key = {"Authorization": "Bearer sesame"}
+    silent = io.BytesIO()
+    sf.write(silent, np.zeros(24000, np.float32), 24000, format="WAV")
+    aiff = io.BytesIO()
+    sf.write(aiff, sf.read(io.BytesIO(voice))[0], 44100, format="AIFF")
+    (folder / "carl.flac").write_bytes(b"")  # put there after the start: its name is taken too
+
+    def chunked():
+        yield voice[:1000]
+        yield voice[1000:]
+
+    try:
+        assert httpx.post(f"{s.url}/v1/audio/voices/bob", content=voice[:1000], timeout=60).status_code == 401
+        for name, body, status, param, words in (
+                ("bob", voice, 413, None, f"more than the {len(voice) - 1} allowed"),
+                ("bob", chunked(), 413, None, f"over the {len(voice) - 1} bytes allowed"),
+                (".hidden", voice[:1000], 400, "name", "not a safe file name"),
+                ("con", voice[:1000], 400, "name", "not a safe file name"),
+                ("a b", voice[:1000], 400, "name", "not a safe file name"),
+                ("x" * 201, voice[:1000], 400, "name", "not a safe file name"),
+                ("Anna", voice[:1000], 400, "name", "voice name 'Anna' is taken"),
+                ("alloy", voice[:1000], 400, "name", "is taken"),
+                ("default", voice[:1000], 400, "name", "is taken"),
+                ("carl", voice[:1000], 400, "name", "is taken"),
+                ("bob", b"", 400, None, "the request body is empty"),
+                ("bob", b"hello, not audio" * 10, 400, None, "not an audio file soundfile reads"),
+                ("bob", aiff.getvalue()[:len(voice) - 2], 400, None, "the audio is AIFF"),
+                ("bob", silent.getvalue(), 400, None, "the audio is silent")):
+            r = httpx.post(f"{s.url}/v1/audio/voices/{name}", content=body, headers=key, timeout=60)
+            err = r.json()["error"]
+            assert r.status_code == status and err["param"] == param and words in err["message"], (name, r.text)
+        assert httpx.get(f"{s.url}/v1/audio/voices", headers=key).json() == {"voices": ["default", "anna"]}
+        assert sorted(f.name for f in folder.iterdir()) == ["anna.wav", "carl.flac"]
+    finally:
+        s.close()
+
+
 @pytest.mark.parametrize("body,status,param,words", [
     ({"input": ""}, 400, "input", "non-empty"),
     ({"input": "x" * 4097}, 400, "input", "4096"),

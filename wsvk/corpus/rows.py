@@ -24,6 +24,13 @@ SAFE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,199}")  # fullmatch: a file n
 RESERVED = {"con", "prn", "aux", "nul"} | {f"{d}{i}" for d in ("com", "lpt") for i in range(1, 10)}
 LINE_BREAKS = re.compile(r"\r\n|\r|\n")  # only these end a JSONL line (not U+2028, U+0085, form feed)
 FIELDS = ("id", "text", "voice", "lang", "cps", "seed")
+SAFE_NAME_RULES = ("letters, digits, '.', '_', '-'; at most 200, not starting with '.'; not a Windows device name "
+                   "such as CON or NUL")
+
+
+def safe_file_name(name: str) -> bool:
+    """Whether `name` may name a file on every system (no path; see SAFE_NAME_RULES)."""
+    return bool(SAFE_ID.fullmatch(name)) and name.split(".")[0].lower() not in RESERVED
 
 
 @dataclass
@@ -127,9 +134,8 @@ def _check(line: int, raw: dict, base: Path, check_lang, seen: set, seed: int = 
     if rid is None or rid == "":
         raise InputError("the row has no id (each row needs one: it names the row's audio file)")
     rid = str(rid) if isinstance(rid, (int, str)) and not isinstance(rid, bool) else None
-    if not rid or not SAFE_ID.fullmatch(rid) or rid.split(".")[0].lower() in RESERVED:
-        raise InputError(f"id {raw.get('id')!r} is not a safe file name (letters, digits, '.', '_', '-'; "
-                         "at most 200, not starting with '.'; not a Windows device name such as CON or NUL)")
+    if not rid or not safe_file_name(rid):
+        raise InputError(f"id {raw.get('id')!r} is not a safe file name ({SAFE_NAME_RULES})")
     if rid.lower() in seen:  # case-insensitive file systems would give both one file
         raise InputError(f"id {rid!r} appears twice (ids that differ only in case count as one)")
     text = raw.get("text")

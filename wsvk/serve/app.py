@@ -3,6 +3,8 @@
     POST /v1/audio/speech   OpenAI's schema (model, input, voice, response_format, speed,
                             stream_format) plus `lang` and `seed`; the body leaves as it is made
     GET  /v1/audio/voices   the default voice and one per audio file of --voices DIR
+    POST /v1/audio/voices/{name}  the body (an audio file) becomes voice `name`, written into DIR
+                            (only with --voices DIR --voice-upload)
     GET  /v1/models         the model names a request may give
     GET  /health            backend, adapter, requests running and waiting
     GET  /v1/audio/speech/place/{id}  where the request with X-Client-Request-Id `id` is in line
@@ -24,14 +26,19 @@ import uuid
 from dataclasses import dataclass, field
 from pathlib import Path
 
+import asyncio
+import io
+
 import anyio
 from fastapi import FastAPI, Request
 from fastapi.responses import FileResponse, JSONResponse, Response, StreamingResponse
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
+from ..corpus.rows import SAFE_NAME_RULES, safe_file_name
 from ..errors import InputError
-from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder
+from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder, write_bytes
 from ..tts.pipeline import check_language, check_seed
+from .cli import VOICE_EXTENSIONS
 
 log = logging.getLogger("wsvk.serve")
 
@@ -41,6 +48,9 @@ SNAPSHOT = re.compile(r"(tts-1|tts-1-hd|gpt-4o-mini-tts)-\d[\d-]*")
 OPENAI_VOICES = ("alloy", "ash", "ballad", "coral", "echo", "fable", "nova", "onyx", "sage", "shimmer", "verse",
                  "marin", "cedar")  # every voice the official SDKs list: "default" unless a --voices file has the name
 BASE_CPS = 15.0  # speed 1.0
+VOICE_ROUTE = "/v1/audio/voices/"  # + name: adds a voice
+# soundfile's container -> the extension --voices loads (VOICE_EXTENSIONS; Ogg holds Vorbis or Opus)
+VOICE_SUFFIXES = {"WAV": ".wav", "FLAC": ".flac", "MP3": ".mp3", ("OGG", "VORBIS"): ".ogg", ("OGG", "OPUS"): ".opus"}
 FAVICON = (b'<svg xmlns="http://www.w3.org/2000/svg" viewBox="0 0 16 16"><rect width="16" height="16" rx="3" '
            b'fill="#2a6"/><path d="M3 8h2M6 5v6M9 3v10M12 6v4" stroke="#fff" stroke-width="1.6"/></svg>')
 
@@ -54,10 +64,22 @@ class Options:
     slots: int = 8                 # requests decoding at once
     api_key: str | None = None
     voices: dict = field(default_factory=dict)  # name -> speaker embedding
+    voice_dir: Path | None = None  # --voices DIR
+    voice_upload: bool = False     # --voice-upload: POST /v1/audio/voices/{name} writes into voice_dir
+    max_voice_bytes: int = 10 << 20  # an added voice's audio: 30 s (all the encoder reads) of 44.1 kHz
+                                     # stereo 16-bit WAV is 5 MiB
 
     def __post_init__(self):
         if self.max_body is None:
             self.max_body = 16 * self.max_input
+
+    @property
+    def can_add_voices(self) -> bool:
+        return self.voice_dir is not None and self.voice_upload
+
+    def body_cap(self, path: str) -> int:
+        """The bytes a request body to `path` may have: a voice's audio has its own cap."""
+        return self.max_voice_bytes if path.startswith(VOICE_ROUTE) else self.max_body
 
 
 class ApiError(Exception):
@@ -133,6 +155,59 @@ def check_request(body, opts: Options) -> dict:
                 seed=seed)
 
 
+async def read_body(request: Request, cap: int) -> bytes:
+    raw = bytearray()
+    async for piece in request.stream():  # capped as it arrives (a chunked body has no Content-Length)
+        raw += piece
+        if len(raw) > cap:
+            raise ApiError(413, f"the request body is over the {cap} bytes allowed", code="request_too_large")
+    return bytes(raw)
+
+
+def check_voice_name(name: str, opts: Options) -> None:
+    """An added voice's name: a safe file stem, new ignoring case (a case-insensitive file system
+    would give two names one file), and not OpenAI's names: a client that sends "alloy" must not
+    start hearing a voice someone uploaded."""
+    if not safe_file_name(name):
+        raise ApiError(400, f"voice name {name!r} is not a safe file name ({SAFE_NAME_RULES})", "name",
+                       "invalid_value")
+    taken = {v.lower() for v in (*opts.voices, *OPENAI_VOICES, "default")}
+    taken |= {f.stem.lower() for f in opts.voice_dir.iterdir() if f.suffix.lower() in VOICE_EXTENSIONS}
+    if name.lower() in taken:
+        raise ApiError(400, f"voice name {name!r} is taken (by a voice, a file in the voices folder or one of "
+                            "OpenAI's voice names, ignoring case): choose another", "name", "voice_exists")
+
+
+def save_voice(pipe, opts: Options, name: str, data: bytes):
+    """The embedding of `data` (an audio file's bytes), once written into the voices folder as
+    NAME.wav/.flac/.ogg/.opus/.mp3 (what --voices loads on the next start). The audio is checked
+    as --speaker checks a file (readable, finite, not silent, 0.1 s at least) before the file
+    takes its name: a refused voice leaves no file."""
+    import soundfile as sf
+
+    try:
+        info = sf.info(io.BytesIO(data))
+    except Exception:  # noqa: BLE001 - libsndfile's reasons ("unknown format") say less than this
+        raise ApiError(400, "the body is not an audio file soundfile reads (send wav, flac, ogg, opus or mp3)",
+                       code="invalid_value") from None
+    suffix = VOICE_SUFFIXES.get(info.format) or VOICE_SUFFIXES.get((info.format, info.subtype))
+    if suffix is None:
+        raise ApiError(400, f"the audio is {info.format_info}; send wav, flac, ogg, opus or mp3", code="invalid_value")
+
+    def embed(tmp: str):
+        try:
+            return pipe.speaker_embedding(tmp)
+        except InputError as e:  # its message names the temporary file: name the upload instead
+            raise ApiError(400, str(e).replace(f"speaker file {tmp}", "the audio"), code="invalid_value") from None
+
+    path = opts.voice_dir / f"{name}{suffix}"
+    try:
+        return write_bytes(path, data, embed), path
+    except OSError as e:
+        raise ApiError(500, f"cannot write {path.name} into the voices folder: {e.strerror or e}",
+                       kind="server_error", code="voice_not_saved") from None
+
+
 def create_app(pipe, opts: Options):
     """The FastAPI app serving `pipe` (its engine starts with the app)."""
     from ..router import active_backend
@@ -140,6 +215,7 @@ def create_app(pipe, opts: Options):
 
     app = FastAPI(title="wsvk", description="WhisperSpeech text to speech, OpenAI-compatible")
     state = {"active": 0}
+    adding = asyncio.Lock()  # one voice added at a time: its name is checked, then taken
     arrivals: dict[str, str] = {}  # open request id -> the client's X-Client-Request-Id, in arrival order
     backend, adapter = active_backend()
     hop = int(pipe.vocos.head.istft.hop_length)  # samples per acoustic frame (usage's output tokens)
@@ -168,7 +244,7 @@ def create_app(pipe, opts: Options):
         return {"status": "degraded" if degraded else "ok", "backend": backend, "adapter": adapter,
                 "path": engine["path"], "faults": engine["faults"], "last_fault": engine["last_fault"],
                 "active": state["active"], "slots": opts.slots, "queue": opts.queue,
-                "random_weights": pipe.random_weights}
+                "random_weights": pipe.random_weights, "voice_upload": opts.can_add_voices}
 
     @app.get("/v1/audio/speech/place/{client_id}")
     async def place(client_id: str):
@@ -193,18 +269,32 @@ def create_app(pipe, opts: Options):
     async def voices():
         return {"voices": list(opts.voices)}
 
+    @app.post(VOICE_ROUTE + "{name}", status_code=201)
+    async def add_voice(name: str, request: Request):
+        """The body, an audio file, becomes the voice `name` at once (listed, and usable by speech)."""
+        if not opts.can_add_voices:  # off by default: anyone who reaches the server could write files
+            raise ApiError(403, "adding voices is off: start the server with --voices DIR --voice-upload (the audio "
+                                "files are written into DIR)", code="voice_upload_disabled", kind="permission_error")
+        check_voice_name(name, opts)
+        data = await read_body(request, opts.max_voice_bytes)
+        if not data:
+            raise ApiError(400, "the request body is empty: send the voice's audio file as the body",
+                           code="invalid_value")
+        async with adding:
+            check_voice_name(name, opts)  # again: another upload may have taken it while this body arrived
+            emb, path = await anyio.to_thread.run_sync(save_voice, pipe, opts, name, data)
+            # the table is read and written on the event loop only: a request sees it with or without the voice
+            opts.voices[name] = emb
+        log.info("voice %s added: %s, %d bytes", name, path.name, len(data))
+        return {"id": name, "object": "audio.voice", "name": name, "created_at": int(time.time())}
+
     @app.get("/")
     async def page():
         return FileResponse(Path(__file__).with_name("page.html"), media_type="text/html")
 
     @app.post("/v1/audio/speech")
     async def speech(request: Request):
-        raw = bytearray()
-        async for piece in request.stream():  # capped as it arrives (a chunked body has no Content-Length)
-            raw += piece
-            if len(raw) > opts.max_body:
-                raise ApiError(413, f"the request body is over the {opts.max_body} bytes allowed",
-                               code="request_too_large")
+        raw = await read_body(request, opts.max_body)
         try:
             body = json.loads(raw or b"null")
         except (ValueError, RecursionError):  # RecursionError: arrays nested thousands deep
@@ -279,9 +369,9 @@ class Guard:
             if headers.get("authorization", "") != f"Bearer {self.opts.api_key}":
                 raise ApiError(401, "a valid API key is required (Authorization: Bearer KEY)", code="invalid_api_key",
                                kind="authentication_error")
-        size = headers.get("content-length")
-        if size is not None and size.isdigit() and int(size) > self.opts.max_body:
-            raise ApiError(413, f"the request body has {size} bytes, more than the {self.opts.max_body} allowed",
+        size, cap = headers.get("content-length"), self.opts.body_cap(scope["path"])
+        if size is not None and size.isdigit() and int(size) > cap:
+            raise ApiError(413, f"the request body has {size} bytes, more than the {cap} allowed",
                            code="request_too_large")
 
 

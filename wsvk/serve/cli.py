@@ -2,6 +2,7 @@
 
     python -m wsvk serve --random-weights tiny                  # http://127.0.0.1:8880/
     python -m wsvk serve --voices ~/voices --api-key KEY --max-batch 8 --queue 16
+    python -m wsvk serve --voices ~/voices --voice-upload       # the page may add voices there
 
 Binds 127.0.0.1 unless told otherwise. One log line per request.
 """
@@ -29,6 +30,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=port_number, default=8880, help="port (default 8880; 0: any free one)")
     add_model_args(p)
     p.add_argument("--voices", metavar="DIR", help="a folder of audio files: one voice per file, named by its stem")
+    p.add_argument("--voice-upload", action="store_true",
+                   help="let POST /v1/audio/voices/NAME (and the page) add a voice: its audio file is written into "
+                        "--voices DIR (off by default: whoever reaches the server could write files)")
     p.add_argument("--api-key", metavar="KEY", help="require 'Authorization: Bearer KEY' on /v1/ routes")
     p.add_argument("--max-batch", type=int, default=None, metavar="N",
                    help="requests decoded together (the decoders' slots; default WSVK_SLOTS or by the adapter)")
@@ -102,17 +106,20 @@ def main(argv=None) -> int:
         for name in ("max_batch", "queue", "max_input"):
             if getattr(args, name) is not None and getattr(args, name) < (0 if name == "queue" else 1):
                 raise InputError(f"--{name.replace('_', '-')} must be at least {0 if name == 'queue' else 1}")
+        if args.voice_upload and not args.voices:
+            raise InputError("--voice-upload needs --voices DIR: the folder added voices are written into")
         config.check_all()
         sock = bind(args.host, args.port)
         backend, adapter = active_backend()
         files = voice_files(args.voices)
-        pipe = load_models(args, slots=args.max_batch, speaker=bool(files))
+        pipe = load_models(args, slots=args.max_batch, speaker=bool(files) or args.voice_upload)
         slots = pipe.stages.slots() if pipe.stages.resident_available() else args.max_batch or 1
         voices = load_voices(pipe, files)
         engine = pipe.engine()
         for _ in pipe.stream("Warm up.", seed=0):  # pipelines and buffers built before the first caller
             pass
-        opts = Options(max_input=args.max_input, queue=args.queue, slots=slots, api_key=args.api_key, voices=voices)
+        opts = Options(max_input=args.max_input, queue=args.queue, slots=slots, api_key=args.api_key, voices=voices,
+                       voice_dir=Path(args.voices) if args.voices else None, voice_upload=args.voice_upload)
         app = create_app(pipe, opts)
     except WsvkError as e:
         if sock is not None:

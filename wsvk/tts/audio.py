@@ -168,19 +168,28 @@ def write_file(path, audio, rate: int, fmt: str | None = None) -> None:
     bad = np.size(audio) - np.count_nonzero(np.isfinite(audio))
     if bad:  # an encoder would fail on them (flac) or write noise (wav): say what broke instead
         raise ValueError(f"the audio has {bad} non-finite samples (NaN or inf): the models' output is broken")
+    if fmt == "wav":  # a complete header for a file
+        write_bytes(path, wav_header(rate, np.asarray(audio).size) + pcm16(audio))
+    else:
+        write_bytes(path, encode(audio, rate, fmt))
+
+
+def write_bytes(path, data: bytes, check=None):
+    """`data` into `path` through a temporary file in the same folder, renamed at the end with the
+    usual permissions: a reader never sees half a file, a failure leaves none. check(temporary
+    path), when given, runs before the rename (its exception leaves nothing); its result is returned."""
     path = os.fspath(path)
     fd, tmp = tempfile.mkstemp(dir=os.path.dirname(os.path.abspath(path)), prefix=".wsvk-", suffix=".part")
     try:
         with os.fdopen(fd, "wb") as f:
-            if fmt == "wav":  # a complete header for a file
-                f.write(wav_header(rate, np.asarray(audio).size) + pcm16(audio))
-            else:
-                f.write(encode(audio, rate, fmt))
+            f.write(data)
             f.flush()
             os.fsync(f.fileno())  # on disk before it takes its name (a job's manifest may say so next)
+        result = check(tmp) if check is not None else None
         os.chmod(tmp, file_mode())
         os.replace(tmp, path)
     except BaseException:
         if os.path.exists(tmp):
             os.unlink(tmp)
         raise
+    return result
