@@ -1,6 +1,7 @@
 """The server's page in a real headless browser (Debian's Chromium, driven over the DevTools
 protocol): it loads, lists the voices, and a click gives audio the browser can play."""
 
+import base64
 import json
 import os
 import shutil
@@ -11,9 +12,11 @@ from contextlib import ExitStack
 from pathlib import Path
 
 import httpx
+import numpy as np
 import pytest
 
-from test_serve import Server, files, pipe  # noqa: F401 (fixtures)
+import tiny_models as tm
+from test_serve import Server, files, pcm_of, pipe, voice_server  # noqa: F401 (fixtures)
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -198,6 +201,57 @@ def test_the_page_shows_backend_elapsed_time_and_place_in_line(pipe, tmp_path): 
     finally:
         browser.close()
         server.close()
+
+
+def test_the_page_adds_a_voice_when_the_server_allows_it_and_speaks_with_it(pipe, tmp_path):  # noqa: F811
+    """Without --voice-upload the page says how to add voices and shows no form; with it, a file
+    chosen in the browser becomes a voice (named after the file), selected, and speech with it is
+    generate()'s with that file as the speaker; a refused one reads as the server's message."""
+    folder = tmp_path / "voices"
+    folder.mkdir()
+    source = tm.write_voice(tmp_path / "My voice.wav", seed=5)
+    off, on = Server(pipe, slots=1, queue=1), voice_server(pipe, folder)
+    browser = Browser(tmp_path / "profile")
+    shown = "[document.getElementById('upload').hidden, document.getElementById('voices-note').hidden]"
+    try:
+        browser.call("Page.navigate", url=off.url + "/")
+        browser.until("window.wsvk && window.wsvk.backend")
+        assert browser.js(shown) == [True, False]
+        assert "--voices DIR --voice-upload" in browser.js("document.getElementById('voices-note').textContent")
+        browser.call("Page.navigate", url=on.url + "/")
+        browser.until("window.wsvk && window.wsvk.voiceUpload && window.wsvk.voices.length")
+        assert browser.js(shown) == [False, True]
+        root = browser.call("DOM.getDocument")["root"]["nodeId"]
+        node = browser.call("DOM.querySelector", nodeId=root, selector="#voice-file")["nodeId"]
+        browser.call("DOM.setFileInputFiles", files=[str(source)], nodeId=node)
+        assert browser.until("document.getElementById('voice-name').value") == "My-voice"
+        browser.js("document.getElementById('add-voice').click()")
+        browser.until("window.wsvk.added || window.wsvk.addError")
+        assert browser.js("[window.wsvk.added, window.wsvk.addError]") == ["My-voice", None]
+        assert browser.js("[[...document.querySelectorAll('#voice option')].map(o => o.value), "
+                          "document.getElementById('voice').value]") == [["default", "My-voice"], "My-voice"]
+        assert (folder / "My-voice.wav").read_bytes() == source.read_bytes()
+        browser.js("document.getElementById('format').value = 'pcm'; document.getElementById('seed').value = '7'; "
+                   "document.getElementById('text').value = 'Hello in my voice.'")
+        browser.js("document.getElementById('speak').click()")
+        browser.until("window.wsvk.done || window.wsvk.error")
+        assert browser.js("window.wsvk.error") is None
+        wav = base64.b64decode(browser.js("""fetch(document.getElementById('download').href)
+            .then(r => r.arrayBuffer()).then(b => {
+                const u = new Uint8Array(b); let s = "";
+                for (let i = 0; i < u.length; i += 8192) s += String.fromCharCode(...u.subarray(i, i + 8192));
+                return btoa(s);
+            })""", wait=True))
+        audio = np.frombuffer(wav[44:], "<i2").astype(np.float64) / 32767  # the page's copy: a WAV header first
+        ref = pipe.generate("Hello in my voice.", speaker=str(folder / "My-voice.wav"), seed=7)
+        assert audio.size == ref.size and np.abs(audio - pcm_of(ref)).max() < 1.5 / 32767
+        browser.js("document.getElementById('add-voice').click()")  # the same name again
+        assert "voice name 'My-voice' is taken" in browser.until("window.wsvk.addError")
+        assert "could not add the voice: " in browser.js("document.getElementById('status').textContent")
+    finally:
+        browser.close()
+        off.close()
+        on.close()
 
 
 def pipe_adapter() -> str:

@@ -603,19 +603,27 @@ def _serve(*args, env=None):
                             env={**os.environ, "WSVK_BACKEND": "cpu", **(env or {})})
 
 
-def test_the_serve_command_says_where_it_listens_once_it_does():
-    """`python -m wsvk serve --port 0`: the real port in its "serving on" line, /health there; a
-    port in use, a bad port and a bad WSVK_* value are one error line each, before any model loads;
-    SIGTERM stops it cleanly (exit 0)."""
-    proc = _serve("--random-weights", "tiny", "--port", "0", "--queue", "0")
+def test_the_serve_command_says_where_it_listens_once_it_does(tmp_path):
+    """`python -m wsvk serve --port 0`: the real port in its "serving on" line, /health there, a
+    voice added (--voices DIR --voice-upload); a port in use, a bad port, --voice-upload without
+    --voices and a bad WSVK_* value are one error line each, before any model loads; SIGTERM stops
+    it cleanly (exit 0)."""
+    (tmp_path / "voices").mkdir()
+    proc = _serve("--random-weights", "tiny", "--port", "0", "--queue", "0", "--voices", str(tmp_path / "voices"),
+                  "--voice-upload")
     try:
         line = proc.stderr.readline()
         while line and "serving on" not in line:
             line = proc.stderr.readline()
         port = int(line.split("http://127.0.0.1:")[1].split("/")[0])
-        assert port > 0 and httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()["status"] == "ok"
+        health = httpx.get(f"http://127.0.0.1:{port}/health", timeout=30).json()
+        assert port > 0 and health["status"] == "ok" and health["voice_upload"] is True
+        voice = tm.write_voice(tmp_path / "upload.flac", seed=5).read_bytes()
+        r = httpx.post(f"http://127.0.0.1:{port}/v1/audio/voices/bob", content=voice, timeout=120)
+        assert r.status_code == 201 and (tmp_path / "voices" / "bob.flac").read_bytes() == voice, r.text
         for args, env, want in ((("--port", str(port)), None, f"error: cannot listen on 127.0.0.1:{port}: "),
                                 (("--port", "99999"), None, "99999 is not a port"),
+                                (("--voice-upload",), None, "error: --voice-upload needs --voices DIR"),
                                 (("--host", "192.0.2.1"), None, "error: cannot listen on 192.0.2.1"),  # not ours
                                 ((), {"WSVK_PRECISION": "bf16"}, "error: WSVK_PRECISION='bf16' is not valid")):
             other = _serve(*args, env=env)
