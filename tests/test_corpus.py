@@ -235,7 +235,8 @@ def test_awkward_input_files_are_read_as_written(tmp_path):
     rows, problems = check_rows(read_rows(csv_file), tmp_path, lambda code: code)
     assert [(r.line, r.id, r.text, r.seed) for r in rows] == [
         (2, "a", "Hello, there", 1), (5, "c", "two\nlines\u2028and a separator", 3), (7, "d", "Last\u2028one", 0)]
-    assert problems == ["line 4: 4 values for 3 columns (quote a text that holds a comma)"]
+    assert problems == [{"line": 4, "id": None, "status": "invalid",
+                         "error": "4 values for 3 columns (quote a text that holds a comma)"}]
     rows, _ = check_rows(read_rows(csv_file), tmp_path, lambda code: code, seed=9)  # batch --seed 9
     assert [r.seed for r in rows] == [1, 3, 9]  # a row's own seed first, then --seed
 
@@ -246,9 +247,9 @@ def test_awkward_input_files_are_read_as_written(tmp_path):
     jsonl.write_text("\ufeff" + "\r\n".join(json.dumps(r, ensure_ascii=False) for r in lines), encoding="utf-8")
     rows, problems = check_rows(read_rows(jsonl), tmp_path, lambda code: code)
     assert [(r.line, r.id, r.text) for r in rows] == [(1, "x", lines[0]["text"]), (6, "console", "fine")]
-    assert [p.split(":")[0] for p in problems] == ["line 2", "line 3", "line 4", "line 5", "line 7", "line 8"]
-    assert all("not a safe file name" in p for p in problems[:4])
-    assert all("the row has no id" in p for p in problems[4:])
+    assert [p["line"] for p in problems] == [2, 3, 4, 5, 7, 8]
+    assert all("not a safe file name" in p["error"] for p in problems[:4])
+    assert all("the row has no id" in p["error"] for p in problems[4:])
 
 
 def test_a_row_whose_inputs_changed_is_made_again(models, tmp_path, monkeypatch, capsys):
