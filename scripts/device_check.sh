@@ -1,22 +1,24 @@
 #!/usr/bin/env bash
-# The prepared runs for the GPU test machine (see the device tool's README). A lease is 15 minutes
-# of device time, start-up included, and one command runs at most 10, so the checks come in two
-# parts, each one call, most important first, with step caps that sum well inside a call:
+# The prepared GPU checks, in parts that each fit one short run, most important first; every step
+# has its own time cap (a step that hangs or fails leaves the others their time) and the
+# benchmarks write their JSON as they go (a step cut short keeps what it measured):
 #   part 1 (~8.5 min of caps): selftest; batched decode (B = 1..16, the released pair, a 10-chunk
 #     text batched and one chunk at a time, torch CUDA's bs=B); the server under 1/4/16 clients;
 #     a 200-row corpus job against a loop over generate() (timed on a 20-row sample).
 #   part 2 (~4 min): the released pair single-stream at the default precision, kernel benchmarks
-#     with the issue's big shapes, the f16 accuracy tests (their figures printed).
-#   part 3 (~6 min, at most 8.5 of caps; issue #17, one sequence's step): bench_step.py on the
-#     released pair at the default precision (ms/step over a whole 10 s chunk and GPU time by
-#     kind at its start, middle and end; torch CUDA eager), then the small presets in f32 against
-#     torch CUDA eager and torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. A #17
-#     session runs it before its changes and after them (with start-up, one lease may hold only one run).
-# Each step has its own time cap, so one that hangs or fails leaves the others their time, and the
-# benchmarks write their JSON as they go (a step cut short keeps what it measured).
-# Writes log.txt plus up to three JSON files per part (the device tool brings back at most 8).
-# Usage: here `bash scripts/device_kit.sh`, then a run carrying .devicekit with the command
-#   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2|3]
+#     with the big shapes, the f16 accuracy tests (their figures printed).
+#   part 3 (~6 min, at most 8.5 of caps; one sequence's step): bench_step.py on the released pair
+#     at the default precision (ms/step over a whole 10 s chunk and GPU time by kind at its start,
+#     middle and end; torch CUDA eager), then the small presets in f32 against torch CUDA eager and
+#     torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. Run it before and after a
+#     change to the decode step.
+#   part 4 (~8 min of caps; 8-bit weights): GEMV 8192^2 and the released layers' GEMVs in f32, f16
+#     and q8 (GB/s of the bytes read); the released pair's step in f16 and q8 in one run (weight
+#     bytes and ms per step); batched decode at B = 1 and 16 in f16 and in q8; the precision gate
+#     on the released shapes, whole chunks.
+# Writes log.txt plus up to three JSON files per part.
+# Usage: here `bash scripts/device_kit.sh`, then, on the GPU machine with the kit,
+#   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2|3|4]
 set -uo pipefail
 out=${1:-${OUT:-/tmp/wsvk-device}}
 part=${2:-1}
@@ -52,5 +54,14 @@ case $part in
       --compile --json "$out/step_small_f32.json"
     step 60 gemv "$py" scripts/bench_ops.py --big --only 8192 --json "$out/gemv.json"
     ;;
-  *) echo "device_check.sh: part must be 1, 2 or 3, got '$part'" >&2; exit 2 ;;
+  4)
+    step 60 gemv-q8 "$py" scripts/bench_ops.py --big --only linear --json "$out/gemv_q8.json"
+    step 150 step-precisions "$py" scripts/bench_step.py --precision f16,q8 --json "$out/step_q8.json"
+    step 80 batch-f16 env WSVK_PRECISION=f16 "$py" scripts/bench_e2e.py --batch 1,16 --size small --s2a-size medium \
+      --steps 60 --skip-cpu --json "$out/batch_f16.json"
+    step 80 batch-q8 env WSVK_PRECISION=q8 "$py" scripts/bench_e2e.py --batch 1,16 --size small --s2a-size medium \
+      --steps 60 --skip-cpu --json "$out/batch_q8.json"
+    step 110 gate "$py" scripts/bench_step.py --precision q8 --gate --steps 3 --chunk-seconds 1 --positions 0
+    ;;
+  *) echo "device_check.sh: part must be 1, 2, 3 or 4, got '$part'" >&2; exit 2 ;;
 esac

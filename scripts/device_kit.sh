@@ -1,8 +1,7 @@
 #!/usr/bin/env bash
-# The kit for a lent GPU test machine (.devicekit/, git-ignored; pass it as the run's carry): the
-# shared prepare.sh (the Vulkan loader, the Python 3.12 wheels that machine lacks), less the wheels
-# scripts/device_check.sh never imports. Ray's wheel alone is ~76 MiB, and a run carries at most
-# 64 MiB with the working tree: with it the run would not start at all.
+# The kit for the GPU test machine (.devicekit/, git-ignored): the shared prepare.sh (the Vulkan
+# loader, the Python wheels that machine lacks), less the wheels scripts/device_check.sh never
+# imports (Ray's alone is ~76 MiB) so that the kit stays small enough to copy.
 set -euo pipefail
 root=$(cd "$(dirname "${BASH_SOURCE[0]}")/.." && pwd)
 cd "$root"

@@ -228,11 +228,13 @@ override G_CH: u32 = 256u;
 override G_NSPLIT: u32 = 0u;      // splits per head; 0: ceil((pos + 1) / G_CH) (self-attention)
 override G_MAXS: u32 = 1u;
 override G_CW: u32 = 1u;          // NH * MAXS: the per-(head, split) weights staged by XMODE 2
-// Q8 (WT = u32): each row is int8 in blocks of 32 along K with one f32 scale per block. Row n's
+// Q8 (WT = u32): weight[n, k] = code * block scale * column scale. Codes are int8 in blocks of 32
+// along K, one f32 scale per block; the column scales (one per input channel) take the outlier
+// channels of trained weights out of the blocks, and are applied to x as it is loaded. Row n's
 // codes are the u32 words [4 * K4 * n, 4 * K4 * (n + 1)) (four codes a word, the lowest byte
-// first; K4 counts vec4s of 16 codes, two per block, zero-padded past K), then come the scales'
-// bit patterns, row by row: word 4 * K4 * N + n * K4 / 2 + block. One buffer, so that the
-// kernel stays within 8 storage bindings.
+// first; K4 counts vec4s of 16 codes, two per block, zero-padded past K), then come the block
+// scales' bit patterns, row by row (word 4 * K4 * N + n * K4 / 2 + block), then the K column
+// scales'. One buffer, so that the kernel stays within 8 storage bindings.
 override Q8: bool = false;
 
 struct GP { N: u32, K: u32, K4: u32, groups: u32, eps: f32, x_stride: u32, cols: u32, ss: u32 }
@@ -334,9 +336,13 @@ fn term4(x0: u32, row0: u32, r: u32, k4: u32, xv: vec4<f32>, w: vec4<WT>) -> f32
     return dot(x, vec4<f32>(w));
 }
 
-// Q8: input elements i..i+15 at offset base of the column (a row's group under GROUP), 0 past K
-// where the row's codes are padding.
-fn xq(x0: u32, base: u32, i: u32) -> f32 { return select(0.0, xin(x0, base + i), i < gp.K); }
+// Q8: input elements i..i+15 at offset base of the column (a row's group under GROUP) times their
+// column scales, 0 past K where the row's codes are padding.
+fn xq(x0: u32, base: u32, i: u32) -> f32 {
+    let k = min(i, gp.K - 1u);
+    let scale = bitcast<f32>(u32(g_w[4u * gp.K4 * gp.N + gp.N * (gp.K4 / 2u) + k]));
+    return select(0.0, xin(x0, base + k) * scale, i < gp.K);
+}
 fn xq4(x0: u32, base: u32, i: u32) -> vec4<f32> {
     return vec4<f32>(xq(x0, base, i), xq(x0, base, i + 1u), xq(x0, base, i + 2u), xq(x0, base, i + 3u));
 }

@@ -8,10 +8,11 @@ f32 accumulation adds nothing visible. Through a few layers (qkv, attention with
 values, out, fc1, fc2, head) these compound to a few times u: the logit bound is
 LOGIT_BOUND = 4u ~ 2e-3 relative L2 (measured on lavapipe: T2S 3.3e-4, S2A 3.5e-4).
 A real bug (wrong row, unconverted f16 bits, a lost bias) gives > 1e-1.
-q8 (8-bit weights in blocks of 32 with an f32 scale each, the decoders' GEMV matrices only): the
-quality gate of wsvk.quality, teacher-forced logits of whole chunks against CPU f32: SNR >= 30 dB
-and top-1 agreement >= 99%, on unit-scale random weights and on trained-like ones (heavy tails, a
-few input channels 20x the rest), at the tiny test shapes and at the released models' widths.
+q8 (8-bit weights in blocks of 32 with an f32 scale each, over the weights divided by their input
+channel's RMS; the decoders' layer matrices only): the quality gate of wsvk.quality, teacher-forced
+logits of whole chunks against CPU f32: SNR >= 30 dB and top-1 agreement >= 98% (ties left out;
+see GATE_TOP1 for why not 99%), on unit-scale random weights and on trained-like ones (heavy tails,
+a few input channels 20x the rest), at the released widths.
 Vocos: f16 weights and activations inside the backbone, f32 residual stream and ISTFT head;
 the floor is SNR >= 40 dB, i.e. relative error <= 1e-2 (measured on lavapipe: 57.6 dB with the
 stressed weights of tests/test_resident_vocos.py, 72 dB with vocos' own init).
@@ -107,50 +108,12 @@ def test_s2a_f16_logits(rt, monkeypatch):
 # ---------------------------------------------------------------- the quality gate (q8, f16)
 
 
-def gate_t2s(head_width=32, n_head=2, depth=1, stoks_len=200, seed=0):
-    """A T2S of tests/tiny_models' kind with a longer semantic window (a chunk of stoks_len - 1
-    steps: enough rows for a top-1 share) and the released vocabulary (513 codes)."""
-    import dataclasses
-
-    from whisperspeech import t2s_up_wds_mlang_enclm as t2s
-
-    torch.manual_seed(seed)
-    tunables = t2s.Tunables(encoder_depth_ratio=0.5)
-    config = dict(depth=depth, n_head=n_head, head_width=head_width, ffn_mult=4, ttoks_len=tr.tm.TTOKS_LEN,
-                  ttoks_codes=256, ttoks_width=None, stoks_len=stoks_len, stoks_codes=513, stoks_width=None)
-    model = t2s.TSARTransformer(**config, tunables=tunables)
-    tr.tm._redraw(model)
-    sd = model.state_dict()
-    for k in sd:  # as tests/test_resident.t2s_spec: unit-scale token embeddings make it repeat its input
-        if k.startswith("embeddings.embedding."):
-            sd[k] = sd[k] * 0.2
-    return t2s_from_spec(dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=sd))
-
-
-def gate_s2a(head_width=32, n_head=2, depth=1, stoks_len=40, seed=0):
-    """An S2A of tests/tiny_models' kind with a chunk of 3 * stoks_len - 1 steps (4 rows each)."""
-    import dataclasses
-
-    from whisperspeech import s2a_delar_mup_wds_mlang as s2a
-
-    torch.manual_seed(seed + 1)
-    tunables = s2a.Tunables(encoder_depth_ratio=0.5)
-    config = dict(depth=depth, ctx_n=3 * stoks_len, stoks_len=stoks_len, stoks_codes=513, stoks_width=None,
-                  spk_width=tr.tm.SPK_WIDTH, atoks_width=None, n_head=n_head, head_width=head_width, ffn_mult=4,
-                  quantizers=4, speaker_map={"1": 0})
-    model = s2a.SADelARTransformer(**config, tunables=tunables)
-    tr.tm._redraw(model)
-    return s2a_from_spec(dict(config=config, tunables=dataclasses.asdict(tunables), state_dict=model.state_dict()))
-
-
-# (decoder, shape): small test models, and the released T2S small / S2A medium widths (768 and
-# 1024, 64-wide heads, ffn 4x; one layer and shorter windows, which a software adapter runs in
-# seconds). The released shapes whole: scripts/bench_step.py --gate on a GPU.
+# (decoder, shape): the released T2S small / S2A medium widths (768 and 1024, 64-wide heads, ffn
+# 4x) with one layer and shorter windows, which a software adapter runs in seconds. The released
+# shapes whole: scripts/bench_step.py --gate on a GPU.
 GATE_MODELS = {
-    ("t2s", "64 wide"): lambda: gate_t2s(depth=2),
-    ("s2a", "64 wide"): lambda: gate_s2a(depth=2),
-    ("t2s", "768 wide"): lambda: gate_t2s(head_width=64, n_head=12, stoks_len=100),
-    ("s2a", "1024 wide"): lambda: gate_s2a(head_width=64, n_head=16, stoks_len=30),
+    ("t2s", "768 wide"): lambda: quality.small_t2s(head_width=64, n_head=12, depth=1, stoks_len=100),
+    ("s2a", "1024 wide"): lambda: quality.small_s2a(head_width=64, n_head=16, depth=1, stoks_len=30),
 }
 
 
@@ -169,6 +132,13 @@ def test_quality_gate(rt, decoder, shape, weights):
         assert r.snr_db < 150  # the precision really differs from f32
     if len(results) == 2:  # 8 bits lose more than f16 (2^-11): a q8 that silently ran f16 would not
         assert results[1].snr_db < results[0].snr_db - 10
+
+
+def test_top1_leaves_ties_out():
+    ref = np.array([[5.0, 1.0, 0.0], [2.0, 2.01, 0.0], [0.0, 3.0, 1.0]])
+    got = np.array([[4.0, 1.0, 0.0], [2.01, 2.0, 0.0], [3.1, 3.0, 1.0]])
+    # row 1: 0.01 apart, e^(0.01 / 0.7) - 1 = 1.4% in probability: a tie; row 2 really flips
+    assert quality.top1(got, ref) == (0.5, 1, 1 / 3)
 
 
 def test_gate_fails_4_bit_weights(rt, monkeypatch):
@@ -191,11 +161,11 @@ def test_gate_fails_4_bit_weights(rt, monkeypatch):
 
 
 def test_trained_like_has_outliers():
-    lin = torch.nn.Linear(256, 64)
+    lin = torch.nn.Linear(1024, 64)
     quality.trained_like(lin, seed=2)
-    col = lin.weight.abs().mean(0)
-    assert (col > 10 * col.median()).sum() == quality.OUTLIERS
-    w = lin.weight.flatten().numpy()
+    col = lin.weight.detach().abs().mean(0)
+    assert (col > 10 * col.median()).sum() == quality.outliers(1024) == 4
+    w = lin.weight.detach().flatten().numpy()
     kurt = np.mean((w - w.mean()) ** 4) / np.var(w) ** 2
     assert kurt > 5  # heavy tails (a normal's is 3)
 
@@ -222,7 +192,7 @@ def test_q8_storage(rt, monkeypatch, limits):
     for name in ("qkv", "out", "cross_q", "cross_out", "fc1", "fc2"):
         w = getattr(g, name)[0]
         N, K = w.shape
-        assert isinstance(w, Q8Weight) and w.nbytes == 4 * q8_layout(N, K)[1] == N * -(-K // 32) * 36
+        assert isinstance(w, Q8Weight) and w.nbytes == 4 * q8_layout(N, K)[1] == N * -(-K // 32) * 36 + 4 * K
     assert g.cross_kv[0].dtype == dt and g.k_cache.dtype == dt and d.plan.tables_buf.dtype == dt
     assert all(w.dtype == dt for _, w, _, _ in d.plan.head_w)  # the head stays: its error reaches the argmax
     ref, got = tr.t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
@@ -237,8 +207,8 @@ def test_memory_figures_are_the_buffers_allocated(rt, precision):
         pytest.skip("no shader-f16")
     import gc
 
-    for cls, model in ((ResidentT2S, gate_t2s(head_width=64, n_head=12, depth=1, stoks_len=50)),
-                       (ResidentS2A, gate_s2a(head_width=64, n_head=16, depth=1, stoks_len=20))):
+    for cls, model in ((ResidentT2S, quality.small_t2s(head_width=64, n_head=12, depth=1, stoks_len=50)),
+                       (ResidentS2A, quality.small_s2a(head_width=64, n_head=16, depth=1, stoks_len=20))):
         gc.collect()
         rt.pool.trim()
         before = rt.pool.allocated_bytes

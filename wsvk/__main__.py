@@ -14,6 +14,15 @@ from . import __version__, config
 from .errors import WsvkError
 from .gpu import adapter_summary, list_adapters, select_adapter
 from .gpu.adapters import FEATURES
+from .gpu.runtime import choose_precision
+
+
+PRECISION_NOTES = {
+    "f32": "",
+    "f16": "; WSVK_PRECISION=q8 for 8-bit weights where memory bandwidth binds (integrated GPUs)",
+    "q8": ": 8-bit decoder weights, 44% fewer bytes a step than f16, gated at 30 dB of logit SNR "
+          "(llama.cpp's Q8_0: within 0.04% of f16's perplexity)",
+}
 
 
 def info() -> int:
@@ -51,7 +60,15 @@ def info() -> int:
         print(f"selected: CPU torch ({why})")
     else:
         idx = next(i for i, a in enumerate(adapters) if a is chosen)
-        print(f"selected: [{idx}] {adapter_summary(chosen)['name']} ({adapter_summary(chosen)['backend']})")
+        summary = adapter_summary(chosen)
+        print(f"selected: [{idx}] {summary['name']} ({summary['backend']})")
+        has_f16 = summary["shader-f16"] and config.limits() != "default"
+        try:
+            precision, why = choose_precision(summary, has_f16)
+        except WsvkError as e:
+            print(f"error: {e}", file=sys.stderr)
+            return 2
+        print(f"precision: {precision} ({why}){PRECISION_NOTES[precision]}")
     return 0
 
 

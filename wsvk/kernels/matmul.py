@@ -6,9 +6,11 @@ BIG_TILES of them (half the shared-memory traffic per FMA), else 64x64 tiles (4x
 workgroups to fill the GPU's cores). f32 accumulation for f32 and f16 storage.
 
 8-bit weights (`Q8Weight`, made by `quantize_q8`): int8 in blocks of Q8_BLOCK along K with one
-f32 scale per block, dequantized inside the GEMV's inner loop and accumulated in f32 (about 1.1
-bytes a weight against 2 in f16: the bytes are what a decode step costs on a GPU bound by memory
-bandwidth). The GEMV only: `linear` takes a Q8Weight for at most 8 rows.
+f32 scale per block, over the weights divided by their input channel's RMS (one f32 per column,
+applied to x in the kernel: an outlier channel no longer coarsens the blocks it falls in),
+dequantized inside the GEMV's inner loop and accumulated in f32 (about 1.1 bytes a weight against
+2 in f16: the bytes are what a decode step costs on a GPU bound by memory bandwidth). The GEMV
+only: `linear` takes a Q8Weight for at most 8 rows.
 
 Variants are arguments: `tile` (None: by shape, or one of TILES) runs the tiled kernel with that
 tile edge (linear too, whatever its rows); `subgroups=False` runs the GEMV's workgroup-memory reduction on an adapter that has
@@ -45,27 +47,31 @@ Q8_BLOCK = 32  # weights per scale along K (llama.cpp's Q8_0 block)
 
 def q8_layout(N: int, K: int) -> tuple[int, int]:
     """(blocks per row, u32 words in all) of an [N, K] matrix in Q8: the codes (four a word, rows
-    padded to whole blocks), then one f32 scale per block."""
+    padded to whole blocks), one f32 scale per block, one f32 scale per column."""
     nb = -(-K // Q8_BLOCK)
-    return nb, N * nb * (Q8_BLOCK // 4 + 1)
+    return nb, N * nb * (Q8_BLOCK // 4 + 1) + K
 
 
 def quantize_q8(w) -> np.ndarray:
-    """An [N, K] float matrix as shaders/matmul.wgsl's Q8 buffer (uint32 words): per block of
-    Q8_BLOCK weights along K the scale max|w| / 127 and the codes round(w / scale) in [-127, 127]
-    (zero past K). Round to nearest keeps each weight within scale / 2 of its value."""
+    """An [N, K] float matrix as shaders/matmul.wgsl's Q8 buffer (uint32 words): the column scales
+    c = the RMS of each input channel (1 for an all-zero one), then per block of Q8_BLOCK weights
+    of w / c along K the scale max|w / c| / 127 and the codes round(w / c / scale) in [-127, 127]
+    (zero past K). Round to nearest keeps each weight within scale * c / 2 of its value."""
     w = np.asarray(w, dtype=np.float32)
     if w.ndim != 2 or min(w.shape) < 1:
         raise ValueError(f"quantize_q8: needs a non-empty [N, K] matrix, got shape {w.shape}")
     N, K = w.shape
     nb, _ = q8_layout(N, K)
+    col = np.sqrt(np.mean(np.square(w, dtype=np.float64), axis=0)).astype(np.float32)
+    col[col == 0] = 1
     blocks = np.zeros((N, nb * Q8_BLOCK), np.float32)
-    blocks[:, :K] = w
+    np.divide(w, col, out=blocks[:, :K])
     blocks = blocks.reshape(N, nb, Q8_BLOCK)
     scale = np.abs(blocks).max(axis=2) / np.float32(127)
     inv = np.divide(np.float32(1), scale, out=np.zeros_like(scale), where=scale > 0)
     codes = np.rint(blocks * inv[:, :, None]).astype(np.int8)
-    return np.concatenate([codes.reshape(N, -1).view("<u4").ravel(), scale.astype("<f4").view("<u4").ravel()])
+    return np.concatenate([codes.reshape(N, -1).view("<u4").ravel(), scale.astype("<f4").view("<u4").ravel(),
+                           col.astype("<f4").view("<u4")])
 
 
 def dequantize_q8(words, N: int, K: int) -> np.ndarray:
@@ -74,9 +80,11 @@ def dequantize_q8(words, N: int, K: int) -> np.ndarray:
     words = np.asarray(words, dtype="<u4")
     if words.shape != (total,):
         raise ValueError(f"dequantize_q8: {words.shape} words, expected ({total},) for [{N}, {K}]")
-    codes = words[:N * nb * Q8_BLOCK // 4].view(np.int8).reshape(N, nb, Q8_BLOCK).astype(np.float32)
-    scale = words[N * nb * Q8_BLOCK // 4:].view("<f4").reshape(N, nb)
-    return (codes * scale[:, :, None]).reshape(N, -1)[:, :K]
+    n_codes = N * nb * Q8_BLOCK // 4
+    codes = words[:n_codes].view(np.int8).reshape(N, nb, Q8_BLOCK).astype(np.float32)
+    scale = words[n_codes:n_codes + N * nb].view("<f4").reshape(N, nb)
+    col = words[n_codes + N * nb:].view("<f4")
+    return (codes * scale[:, :, None]).reshape(N, -1)[:, :K] * col
 
 
 @dataclass(frozen=True)
