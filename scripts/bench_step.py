@@ -41,7 +41,6 @@ from types import SimpleNamespace
 sys.path.insert(0, str(Path(__file__).resolve().parent))
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 
-import numpy as np  # noqa: E402
 import torch  # noqa: E402
 from bench_e2e import StepClock, by_kind, inputs, time_s2a, time_t2s  # noqa: E402
 

@@ -12,11 +12,11 @@
 #     middle and end; torch CUDA eager), then the small presets in f32 against torch CUDA eager and
 #     torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. Run it before and after a
 #     change to the decode step.
-#   part 4 (~8 min of caps; 8-bit weights): GEMV 8192^2 and the released layers' GEMVs in f32, f16
+#   part 4 (~8.7 min of caps; 8-bit weights): GEMV 8192^2 and the released layers' GEMVs in f32, f16
 #     and q8 (GB/s of the bytes read); the released pair's step in f16 and q8 in one run (weight
 #     bytes and ms per step); batched decode at B = 1 and 16 in f16 and in q8; the precision gate
 #     on the released shapes, whole chunks.
-# Writes log.txt plus up to three JSON files per part.
+# Writes log.txt plus a few JSON files per part.
 # Usage: here `bash scripts/device_kit.sh`, then, on the GPU machine with the kit,
 #   source .devicekit/prelude.sh && bash scripts/device_check.sh "$OUT" [1|2|3|4]
 set -uo pipefail
@@ -61,7 +61,8 @@ case $part in
       --steps 60 --skip-cpu --json "$out/batch_f16.json"
     step 80 batch-q8 env WSVK_PRECISION=q8 "$py" scripts/bench_e2e.py --batch 1,16 --size small --s2a-size medium \
       --steps 60 --skip-cpu --json "$out/batch_q8.json"
-    step 110 gate "$py" scripts/bench_step.py --precision q8 --gate --steps 3 --chunk-seconds 1 --positions 0
+    step 150 gate "$py" scripts/bench_step.py --precision q8 --gate --steps 3 --chunk-seconds 1 --positions 0 \
+      --json "$out/gate.json"
     ;;
   *) echo "device_check.sh: part must be 1, 2, 3 or 4, got '$part'" >&2; exit 2 ;;
 esac

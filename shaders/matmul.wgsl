@@ -350,9 +350,10 @@ fn xq16(x0: u32, base: u32, i: u32) -> array<vec4<f32>, 4> {
     return array<vec4<f32>, 4>(xq4(x0, base, i), xq4(x0, base, i + 4u), xq4(x0, base, i + 8u), xq4(x0, base, i + 12u));
 }
 
-// The four int8 codes of a word, sign-extended by shifts (no packed-integer extension needed).
+// The four int8 codes of a word, sign-extended by shifts (no packed-integer extension needed):
+// each code moved to the top byte unsigned, then an arithmetic shift of the signed value.
 fn q8_unpack(word: u32) -> vec4<f32> {
-    return vec4<f32>((vec4<i32>(bitcast<i32>(word)) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
+    return vec4<f32>(bitcast<vec4<i32>>(vec4<u32>(word) << vec4<u32>(24u, 16u, 8u, 0u)) >> vec4<u32>(24u));
 }
 
 // Row row0 + r's product term over the 16 codes of vec4 q: scale x (x . codes). Written for any

@@ -208,13 +208,13 @@ def test_slots_follow_the_adapters_memory(tiny, rt, backend, monkeypatch):
     decoders = ((ResidentT2S, pipe.t2s), (ResidentS2A, pipe.s2a))
     per_slot = sum(cls.slot_bytes(m, size) for cls, m in decoders)
     fit = min(cls.max_slots(m, size, rt.max_binding) for cls, m in decoders)
+    precision = rt.precision()[0]
+    weights = sum(cls.weight_estimate(m, precision, size) for cls, m in decoders)
     n = pipe.stages.slots()
-    assert n == default_slots(rt, per_slot, fit) and (n == 4 or rt.info["type"] == "DiscreteGPU")
+    assert n == default_slots(rt, per_slot, fit, weights) and (n == 4 or rt.info["type"] != "CPU")
     t2s, s2a = pipe.stages.gpu_runner("t2s"), pipe.stages.gpu_runner("s2a")
     assert t2s.slots == s2a.slots == n
     assert sum(dec.resident_decoder.plan.slot_bytes() for dec in (t2s, s2a)) == per_slot
-    precision = rt.precision()[0]
-    weights = sum(cls.weight_estimate(m, precision, size) for cls, m in decoders)
     monkeypatch.setitem(rt.info, "type", "DiscreteGPU")  # a small discrete GPU: the weights and 6 slots
     monkeypatch.setitem(rt.info, "memory", 6 * per_slot + weights)
     assert tiny_pipeline(tiny).stages.slots() == default_slots(rt, per_slot, fit, weights) < 6

@@ -156,9 +156,9 @@ def small_s2a(head_width=32, n_head=2, depth=2, stoks_len=40, seed=0):
     return for_cpu(unit_scale(model, seed + 1))
 
 
-SELFTEST_MODELS = {  # the released T2S small / S2A medium widths, one layer, short chunks
-    "t2s": lambda: small_t2s(head_width=64, n_head=12, depth=1, stoks_len=60),
-    "s2a": lambda: small_s2a(head_width=64, n_head=16, depth=1, stoks_len=20),
+SELFTEST_MODELS = {  # the released T2S small / S2A medium widths, one layer, the tests' chunks
+    "t2s": lambda: small_t2s(head_width=64, n_head=12, depth=1, stoks_len=100),
+    "s2a": lambda: small_s2a(head_width=64, n_head=16, depth=1, stoks_len=30),
 }
 
 

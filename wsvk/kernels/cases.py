@@ -136,14 +136,21 @@ def linear_q8(lead, N, K, bias=False, gelu=False, subgroups=None, tags=(), seed=
         w = _rand((N, K), seed + 1, F32, 1 / math.sqrt(K))
         return _rand(lead + (K,), seed, F32), w, _rand(N, seed + 2, F32) if bias else None
 
+    held = {}  # the weight quantized once (a benchmark calls these many times on one input)
+
     def ours(x, w, b):
-        from ..gpu import get_runtime
+        from ..gpu import GpuArray, get_runtime
 
-        return ops.linear(x, Q8Weight.upload(get_runtime(), w), b, gelu=gelu, subgroups=subgroups)
+        if "q8" not in held:
+            held["q8"] = Q8Weight.upload(get_runtime(), w.numpy() if isinstance(w, GpuArray) else w)
+        return ops.linear(x, held["q8"], b, gelu=gelu, subgroups=subgroups)
 
-    def torch_fn(x, w, b):
-        wq = torch.from_numpy(dequantize_q8(quantize_q8(w.numpy()), N, K).astype(np.float64))
-        y = F.linear(x, wq, b)
+    def torch_fn(x, w, b):  # the weight the Q8 buffer stands for, dense, on x's device
+        key = ("dense", w.device, x.dtype)
+        if key not in held:
+            dense = dequantize_q8(quantize_q8(w.cpu().numpy()), N, K)
+            held[key] = torch.from_numpy(dense).to(w.device, x.dtype)
+        y = F.linear(x, held[key], b)
         return F.gelu(y) if gelu else y
 
     nb, words = q8_layout(N, K)
@@ -206,7 +213,7 @@ MATMUL = [
     # past 65,535 workgroups' worth of rows, a partial last row group
     linear_q8((1,), 1, 1), linear_q8((1,), 97, 257, True, True, tags=["selftest"]), linear_q8((8,), 33, 100, True),
     linear_q8((3,), 1031, 4, False, True), linear_q8((2, 3), 19, 64, True), linear_q8((8,), 16, 1028, True, True),
-    linear_q8((1,), 262147, 33), linear_q8((4,), 70, 130, True, True, subgroups=False, tags=["selftest"]),
+    linear_q8((2,), 262147, 33), linear_q8((4,), 70, 130, True, True, subgroups=False, tags=["selftest"]),
     matmul((1, 1), (1, 1)), matmul((7, 13), (13, 97)), matmul((65, 257), (257, 3)),
     matmul((3, 5), (5, 64)),                                      # M <= 8 matmul also runs tiled
     matmul((3, 20, 30), (3, 30, 70), tags=["selftest"]), matmul((2, 3, 9, 4), (2, 3, 4, 11)),

@@ -85,7 +85,9 @@ def default_slots(rt, slot_bytes: int = 0, fit: int | None = None, weight_bytes:
         n = max(0, min(8, int(host * HOST_SHARE - weight_bytes) // slot_bytes))
     else:
         n = 4
-    return min(n, fit) if fit is not None else n
+    if fit is not None:  # a plan that cannot bind one slot's cache says so itself (DecoderPlan)
+        n = min(n, max(fit, 1))
+    return n
 
 
 def _size(nbytes: float) -> str:
@@ -142,7 +144,7 @@ class Stages:
     @staticmethod
     def _no_room(rt, precision, weights, per_slot, decoders) -> str:
         """One line: what the models need at this precision, and what would fit instead."""
-        budget = int(host_memory() * HOST_SHARE)
+        budget = int((host_memory() or 0) * HOST_SHARE)
         need = f"{_size(weights)} of weights at {precision} plus {_size(per_slot)} per slot"
         if precision != "q8":
             size = rt.storage_dtype("q8").itemsize
