@@ -48,6 +48,22 @@ class NotCachedError(InputError):
                           f"({flags}), or --random-weights tiny for a noise test")
 
 
+class JobError(WsvkError):
+    """The corpus job's output folder cannot be written (full disk, permissions): the job stops,
+    finished rows kept."""
+
+
+class ApiError(Exception):
+    """A request the server refuses: the HTTP status and OpenAI's error fields (message, type,
+    param, code)."""
+
+    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
+                 kind: str = "invalid_request_error", headers: dict | None = None):
+        super().__init__(message)
+        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
+        self.headers = headers or {}
+
+
 def first_line(e: BaseException) -> str:
     """The first line of an exception's message, or its repr when the message is empty."""
     text = str(e).strip()

@@ -20,17 +20,13 @@ import threading
 import time
 from pathlib import Path
 
-from ..errors import InputError, WsvkError
+from ..errors import InputError, JobError
 from ..tts.audio import file_mode, write_file
 from ..tts.cli import duration
 from ..tts.pipeline import SAMPLE_RATE
 from .rows import Row
 
 MANIFEST = "manifest.jsonl"
-
-
-class JobError(WsvkError):
-    """The output folder cannot be written (full disk, permissions): the job stops, finished rows kept."""
 
 
 class Manifest:

@@ -35,7 +35,7 @@ from fastapi.responses import FileResponse, JSONResponse, Response, StreamingRes
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from ..corpus.rows import SAFE_NAME_RULES, safe_file_name
-from ..errors import InputError
+from ..errors import ApiError, InputError
 from ..tts.audio import FORMATS, MEDIA_TYPES, StreamEncoder, write_bytes
 from ..tts.pipeline import check_language, check_seed
 from .cli import VOICE_EXTENSIONS
@@ -80,14 +80,6 @@ class Options:
     def body_cap(self, path: str) -> int:
         """The bytes a request body to `path` may have: a voice's audio has its own cap."""
         return self.max_voice_bytes if path.startswith(VOICE_ROUTE) else self.max_body
-
-
-class ApiError(Exception):
-    def __init__(self, status: int, message: str, param: str | None = None, code: str | None = None,
-                 kind: str = "invalid_request_error", headers: dict | None = None):
-        super().__init__(message)
-        self.status, self.message, self.param, self.code, self.kind = status, message, param, code, kind
-        self.headers = headers or {}
 
 
 def error_body(e: ApiError) -> dict:
