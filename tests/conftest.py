@@ -4,12 +4,17 @@ Without an adapter, GPU tests skip with a reason; with WSVK_REQUIRE_ADAPTER=1 (C
 """
 
 import os
+import tempfile
 
 import numpy as np
 import pytest
 
 os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 os.environ.setdefault("WSVK_BACKEND", "wgpu")  # the kernels' tests want lavapipe too
+# tuned plans from the user's cache (or from one test to the next) must not change what a test runs
+os.environ["WSVK_CACHE_DIR"] = tempfile.mkdtemp(prefix="wsvk-test-cache-")
+os.environ.pop("WSVK_TUNE", None)
+os.environ.pop("WSVK_PLAN", None)
 
 from wsvk import gpu  # noqa: E402
 from wsvk.errors import WsvkError  # noqa: E402

@@ -2,12 +2,14 @@
 `wsvk synth`: text to speech into an audio file (what synth.py does);
 `wsvk serve`: the OpenAI-compatible speech server;
 `wsvk batch`: a corpus of texts to audio files;
+`wsvk tune`: time the decode step's candidates on this GPU and cache the choice;
 `wsvk info`: what wgpu sees on this machine and what wsvk would use;
 `wsvk deps`: whether every runtime dependency imports."""
 
 from __future__ import annotations
 
 import argparse
+import os
 import sys
 
 from . import __version__, config
@@ -69,7 +71,25 @@ def info() -> int:
             print(f"error: {e}", file=sys.stderr)
             return 2
         print(f"precision: {precision} ({why}){PRECISION_NOTES[precision]}")
+    tuning_cache()
     return 0
+
+
+def tuning_cache() -> None:
+    """The tuner's cache folder and, per entry, the adapter, the decoder and the chosen plan."""
+    from .resident import tune_cache
+
+    folder = config.cache_dir()
+    found = tune_cache.entries(folder)
+    print(f"tuning cache: {folder} ({len(found)} entr{'y' if len(found) == 1 else 'ies'}; WSVK_TUNE={config.tune()})")
+    for path, entry, why in found:
+        if entry is None:
+            print(f"  {os.path.basename(path)}: ignored ({why})")
+            continue
+        k = entry["key"]
+        shapes = k.get("shapes", {})
+        print(f"  {k.get('adapter')} ({k.get('backend')}): {k.get('decoder')} {shapes.get('layers')}x"
+              f"{shapes.get('width')} {k.get('precision')} {k.get('slots')} slots -> {entry['choice']}")
 
 
 def _selftest() -> int:
@@ -99,7 +119,13 @@ def main(argv=None) -> int:
     sub.add_parser("serve", help="the OpenAI-compatible speech server (wsvk serve --help)", add_help=False)
     sub.add_parser("batch", help="a corpus of texts to audio files, resumable (wsvk batch --help)",
                    add_help=False)
+    sub.add_parser("tune", help="time the decode step's candidates on this GPU, cache the choice (wsvk tune --help)",
+                   add_help=False)
     argv = sys.argv[1:] if argv is None else list(argv)
+    if argv[:1] == ["tune"]:
+        from .tts.tune_cli import main as tune_main
+
+        return tune_main(argv[1:])
     if argv[:1] == ["synth"]:  # their own parsers: the model options and more
         from .tts.cli import main as synth_main
 

@@ -10,6 +10,7 @@ from .errors import ConfigError
 BACKENDS = ("auto", "wgpu", "cpu")
 LIMITS = ("adapter", "default")
 PRECISIONS = ("auto", "f32", "f16", "q8")
+TUNES = ("auto", "off", "force")
 
 
 def _choice(name: str, valid: tuple[str, ...], default: str) -> str:
@@ -50,6 +51,28 @@ def precision() -> str:
     return _choice("WSVK_PRECISION", PRECISIONS, "auto")
 
 
+def tune() -> str:
+    """WSVK_TUNE: auto (default: time the decode step's candidates once per adapter, model shapes,
+    precision and slots, and cache the choice), off (the default plan, nothing timed) or force
+    (time them again, replacing the cached choice)."""
+    return _choice("WSVK_TUNE", TUNES, "auto")
+
+
+def plan() -> str | None:
+    """WSVK_PLAN: run this decode-step candidate (a name from `python -m wsvk tune`), timing
+    nothing; checked against the candidates when a decoder is built. Unset: the tuner chooses."""
+    return os.environ.get("WSVK_PLAN", "").strip() or None
+
+
+def cache_dir() -> str:
+    """WSVK_CACHE_DIR, else $XDG_CACHE_HOME/wsvk, else ~/.cache/wsvk: where tuned choices are kept."""
+    explicit = os.environ.get("WSVK_CACHE_DIR", "").strip()
+    if explicit:
+        return explicit
+    base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
+    return os.path.join(base, "wsvk")
+
+
 def min_work() -> int:
     """WSVK_MIN_WORK: the op router keeps calls with fewer multiply-adds on the CPU (default 0)."""
     return _count("WSVK_MIN_WORK", 0)
@@ -69,9 +92,10 @@ def check_all() -> None:
     """Read every setting: a bad value is a ConfigError at start-up, not when (or whether) a
     code path first reads it (the CPU backend never reads WSVK_PRECISION, say). WSVK_ADAPTER is
     checked against the adapters themselves, when the wgpu backend picks one."""
-    backend(), limits(), precision(), min_work(), slots(), fault_after()
+    backend(), limits(), precision(), tune(), min_work(), slots(), fault_after()
 
 
 def summary() -> dict[str, str | None]:
     """The raw values of the settings `python -m wsvk info` shows."""
-    return {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION", "WSVK_SLOTS")}
+    return {k: os.environ.get(k) for k in ("WSVK_BACKEND", "WSVK_ADAPTER", "WSVK_LIMITS", "WSVK_PRECISION", "WSVK_SLOTS",
+                                               "WSVK_TUNE", "WSVK_PLAN")}

@@ -59,6 +59,7 @@ def adapter_summary(adapter) -> dict:
         "name": info.get("device") or info.get("description") or "?",
         "backend": info.get("backend_type", "?"),
         "type": info.get("adapter_type", "?"),
+        "driver": info.get("description", ""),  # the driver's name and version, where the backend says
         **{f: f in adapter.features for f in FEATURES},
         "max_storage_binding": int(adapter.limits["max-storage-buffer-binding-size"]),
         "memory": device_memory(info),  # device-local bytes, None where Vulkan does not say

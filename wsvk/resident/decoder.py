@@ -45,7 +45,9 @@ class ResidentDecoder:
     sequences share a step; ch: keys per attention split (None: 64 where it fits; tests pass small
     ones to get many splits); prerecord: record the next step while this one runs (off only to
     measure what it saves); subgroups: False runs the GEMVs' workgroup-memory reduction on an
-    adapter with subgroups; precision: f32, f16, q8 or auto (None: WSVK_PRECISION; see plan.py).
+    adapter with subgroups; precision: f32, f16, q8 or auto (None: WSVK_PRECISION; see plan.py);
+    tune_as: "t2s" or "s2a" to let the tuner choose the plan's variant where ch and subgroups are
+    not given (resident/tuner.py; dec.tuning says what it chose and how).
     """
 
     PREFILL_CHUNK = 64  # positions per prefill submit: keeps each one short (OS GPU watchdogs)
@@ -53,25 +55,44 @@ class ResidentDecoder:
     def __init__(self, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], rt: Runtime | None = None,
                  ch: int | None = None, prerecord: bool = True, subgroups: bool | None = None, slots: int = 1,
-                 precision: str | None = None):
+                 precision: str | None = None, tune_as: str | None = None):
         self.rt = rt = rt or get_runtime()
+        tuned = tune_as is not None and ch is None and subgroups is None
         self.plan = plan = DecoderPlan(rt, layers, n_head, tables, pos_emb, extra, rope, ksub, self_len, cross_len,
-                                       head, slots, ch, subgroups, precision)
-        for name in ("precision", "dtype", "W", "NH", "DH", "NQ", "V", "self_len", "cross_len", "ch", "n_layers", "slots",
+                                       head, slots, ch, subgroups, precision, build=not tuned)
+        for name in ("precision", "dtype", "W", "NH", "DH", "NQ", "V", "self_len", "cross_len", "n_layers", "slots",
                      "n_logits", "layers", "extra"):
             setattr(self, name, getattr(plan, name))
-        self.labels = [d.label for d in plan.dispatches]
-        self.dispatches_per_step = len(plan.dispatches)
         nbytes = max(16, -(-4 * plan.slots * plan.n_logits // 16) * 16)
         self._maps = [rt.device.create_buffer(size=nbytes, usage=MAP_READ) for _ in range(2)]
         self.prerecord = bool(prerecord)
+        self.tuning = {"plan": "default" if ch is None and subgroups is None else "explicit", "source": "argument",
+                       "timed": 0}
+        self.reset_counters()
+        if tuned:  # the plan variant the settings, the cache or a timing choose (resident/tuner.py)
+            from .tuner import settle
+
+            settle(self, tune_as)
+        else:
+            self._dispatches_changed()
+
+    def use_variant(self, ch: int | None, subgroups: bool | None) -> None:
+        """Run the step as another variant (DecoderPlan.configure) over the same weights; the
+        slots' caches are kept, so it is for use between chunks (the tuner's)."""
+        self.plan.configure(ch, subgroups)
+        self._dispatches_changed()
+
+    def _dispatches_changed(self) -> None:
+        plan = self.plan
+        self.ch = plan.ch
+        self.labels = [d.label for d in plan.dispatches]
+        self.dispatches_per_step = len(plan.dispatches)
         self._next = None  # (key, its command buffer): the step recorded ahead
         self.raw_calls = raw_pass_calls()
         try:
             self._raw = [(d.pipeline._internal, d.group._internal) for d in plan.dispatches]
         except AttributeError:
             self.raw_calls = None
-        self.reset_counters()
 
     # ------------------------------------------------------------ per chunk (one slot)
     def set_cross(self, xenc, extra=None, slot: int = 0) -> None:

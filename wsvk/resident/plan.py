@@ -119,12 +119,11 @@ class DecoderPlan:
 
     def __init__(self, rt: Runtime, layers, n_head: int, tables, pos_emb, extra: bool, rope, ksub: int,
                  self_len: int, cross_len: int, head: list[HeadStage], slots: int, ch: int | None,
-                 subgroups: bool | None, precision: str | None = None):
+                 subgroups: bool | None, precision: str | None = None, build: bool = True):
         self.rt = rt
         # f32, f16 or q8 (None: WSVK_PRECISION); ConfigError for f16 without shader-f16
         self.precision = rt.precision(precision)[0]
         self.dtype = rt.storage_dtype(self.precision)
-        self.subgroups = subgroups
         self.n_layers = len(layers)
         W = int(layers[0].attn.n_state)
         self.W, self.NH = W, int(n_head)
@@ -142,19 +141,40 @@ class DecoderPlan:
         self.NQ, self.V = self.tables.shape[:2]
         self.ss = 2 + self.NQ  # step buffer words per column: slot, pos, token ids
         self.self_len, self.cross_len, self.ksub = int(self_len), int(cross_len), int(ksub)
-        fits = lambda n: n <= matmul.cw_max(W)  # noqa: E731 (the combining gemv stages n weights)
-        self.ch = int(ch) if ch is not None else attention.auto_ch(self.NH, max(self.self_len, self.cross_len), fits)
-        self.maxs_self = -(-self.self_len // self.ch)
-        self.ns_cross = -(-self.cross_len // self.ch)
-        for maxs in (self.maxs_self, self.ns_cross):
-            if not fits(self.NH * maxs):
-                raise ValueError(f"{self.NH} heads x {maxs} key splits of {self.ch} do not fit the combining "
-                                 f"gemv's workgroup memory: use a larger split")
         self._check_memory()
-        self._keep = []  # uniform buffers and bound arrays, alive as long as the bind groups
         self._upload_weights(layers, tables, pos_emb, extra, rope, head)
         self.dispatches: list[Dispatch] = []
-        self._build(head)
+        if build:  # else the owner configures the variant (the tuner's choice) before the first step
+            self.configure(ch, subgroups)
+
+    def split_fits(self, ch: int) -> bool:
+        """Whether attention splits of `ch` keys fit the combining GEMV's workgroup memory."""
+        longest = max(-(-self.self_len // ch), -(-self.cross_len // ch))
+        return self.NH * longest <= matmul.cw_max(self.W)
+
+    def auto_ch(self) -> int:
+        """The split size of the untuned plan (attention.auto_ch: the combining GEMV stages the
+        weights of every head's splits)."""
+        return attention.auto_ch(self.NH, max(self.self_len, self.cross_len), lambda n: n <= matmul.cw_max(self.W))
+
+    def configure(self, ch: int | None, subgroups: bool | None) -> None:
+        """(Re)build the dispatch list for a variant over the same weights and caches: `ch` keys per
+        attention split (None: attention.auto_ch), `subgroups` for the GEMVs' reductions (None:
+        where the adapter has them, False: workgroup memory). The tuner switches variants this way;
+        pipelines are cached by the runtime, so switching back compiles nothing."""
+        self.ch = int(ch) if ch is not None else self.auto_ch()
+        self.subgroups = subgroups
+        self.maxs_self = -(-self.self_len // self.ch)
+        self.ns_cross = -(-self.cross_len // self.ch)
+        if not self.split_fits(self.ch):
+            raise ValueError(f"{self.NH} heads x {max(self.maxs_self, self.ns_cross)} key splits of {self.ch} do "
+                             f"not fit the combining gemv's workgroup memory: use a larger split")
+        B = self.slots
+        self.part_s = self.rt.empty((B * self.NH * self.maxs_self * (self.DH + 2),))
+        self.part_c = self.rt.empty((B * self.NH * self.ns_cross * (self.DH + 2),))
+        self._keep = []  # uniform buffers and bound arrays, alive as long as the bind groups
+        self.dispatches: list[Dispatch] = []
+        self._build()
         self.prefill_n = max(i for i, d in enumerate(self.dispatches) if d.label == "attn self") + 1
 
     # ------------------------------------------------------------ state
@@ -190,8 +210,6 @@ class DecoderPlan:
         self.qkv = rt.empty((B, 3 * W))
         self.qx = rt.empty((B, W))
         self.h = rt.empty((B, int(layers[0].mlp[0].out_features)))
-        self.part_s = rt.empty((B * self.NH * self.maxs_self * (self.DH + 2),))
-        self.part_c = rt.empty((B * self.NH * self.ns_cross * (self.DH + 2),))
         self.dummy = rt.empty((64,))
         self.extra = rt.upload(np.zeros((B, W), np.float32)) if extra else None
         if rope is not None:
@@ -236,6 +254,17 @@ class DecoderPlan:
         for st in head:
             ln = None if st.ln is None else (up(st.ln[0]), up(st.ln[1]), float(st.ln[2]))
             self.head_w.append((st, upw(st.w), None if st.b is None else up(st.b), ln))
+        src, self.head_out = self.x, []
+        for st in head:
+            N, K = st.w.shape
+            groups_in = N // st.group if st.group else 1
+            if (st.group and N % st.group) or src.size != self.slots * groups_in * K:
+                raise ValueError(f"head stage weight {st.w.shape} (group {st.group}) does not take "
+                                 f"the {src.size // self.slots} values before it")
+            src = rt.empty((self.slots, N))
+            self.head_out.append(src)
+        self.logits = src  # [slots, n_logits]
+        self.n_logits = int(src.shape[1])
 
     # ------------------------------------------------------------ the dispatch list
     def _add(self, pipe, resources, kind, per_col, label):
@@ -270,7 +299,7 @@ class DecoderPlan:
         self._add(pipe, [self.step_buf, src, kc, vc, self.rope_buf, part, uni], "self" if self_attn else "cross",
                   self.NH * (1 if self_attn else maxs), "attn self" if self_attn else "attn cross")
 
-    def _build(self, head):
+    def _build(self):
         W = self.W
         flags = (embed.POS if self.P_pos else 0) | (embed.EXTRA if self.extra is not None else 0)
         uni = self.rt.uniform_buffer(embed.PARAMS, W=W, V=self.V, NQ=self.NQ, flags=flags, ss=self.ss)
@@ -288,17 +317,10 @@ class DecoderPlan:
             self._gemv(self.x, *g.fc1, self.h, ffn, W, ln=g.mlp_ln, gelu=True)
             self._gemv(self.h, *g.fc2, self.x, W, ffn, resid=True)
         src = self.x
-        for st, w, b, ln in self.head_w:
+        for (st, w, b, ln), out in zip(self.head_w, self.head_out):
             N, K = st.w.shape
-            groups_in = N // st.group if st.group else 1
-            if (st.group and N % st.group) or src.size != self.slots * groups_in * K:
-                raise ValueError(f"head stage weight {st.w.shape} (group {st.group}) does not take "
-                                 f"the {src.size // self.slots} values before it")
-            out = self.rt.empty((self.slots, N))
             self._gemv(src, w, b, out, N, K, ln=ln, gelu=st.gelu, group=st.group)
             src = out
-        self.logits = src  # [slots, n_logits]
-        self.n_logits = int(src.shape[1])
 
     def splits(self, pos: int) -> int:
         """Self-attention key splits covering pos + 1 keys."""

@@ -116,7 +116,7 @@ class ResidentS2A(Resident):
             model.decoder.layers, model.n_head, tables, None, extra=False,
             rope=rope_tables(model.decoder.layers[0]), ksub=model.decoder.layers[0].cross_attn.key_subsampling,
             self_len=self_len, cross_len=cross_len, head=head, rt=rt, ch=ch, subgroups=subgroups,
-            slots=slots, precision=precision))
+            slots=slots, precision=precision, tune_as="s2a"))
         self.resident_encoder = ResidentEncoder(model.encoder, model.n_head, model.ln_post,
                                                 causal=model.tunables.causal_encoder,
                                                 rope=rope_tables(model.encoder[0]), rt=rt)

@@ -108,7 +108,7 @@ class ResidentT2S(Resident):
         self.use_decoder(ResidentDecoder(
             model.decoder.layers, model.n_head, emb.merged_in.weight[None], model.embeddings.positional_embedding,
             extra=model.cps_embeddings is not None, rope=None, ksub=1, self_len=self_len, cross_len=cross_len,
-            head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots, precision=precision))
+            head=head, rt=rt, ch=ch, subgroups=subgroups, slots=slots, precision=precision, tune_as="t2s"))
         enc = model.encoder
         self.resident_encoder = ResidentEncoder(enc.layers, model.n_head, enc.ln_post,
                                                 causal=model.tunables.causal_encoder,

@@ -1,0 +1,166 @@
+"""The decode step's candidates and the tuner (wsvk/resident/tuner.py, tune_cache.py, `wsvk tune`).
+
+Lavapipe's timings say nothing about a GPU, so auto does not tune it: these tests let it (worth_tuning)
+and check what the tuner does, not what it picks. The candidates run first so that the tuner's
+tests find their pipelines compiled."""
+
+import json
+
+import pytest
+import torch
+
+import tiny_models as tm
+from wsvk import config
+from wsvk.__main__ import main
+from wsvk.errors import ConfigError
+from wsvk.resident import ResidentT2S, tune_cache, tuner
+from wsvk.tts.models import t2s_from_spec
+
+TEXT = "hello world"
+
+
+@pytest.fixture(scope="module")
+def t2s():
+    return t2s_from_spec(tm.build_t2s(0))
+
+
+@pytest.fixture
+def cache(tmp_path, monkeypatch):
+    folder = tmp_path / "cache"
+    monkeypatch.setenv("WSVK_CACHE_DIR", str(folder))
+    monkeypatch.setenv("WSVK_PRECISION", "f32")
+    monkeypatch.setattr(tuner, "worth_tuning", lambda rt: True)
+    return folder
+
+
+def cpu_tokens(t2s, seed=1):
+    torch.manual_seed(seed)
+    return t2s.generate(TEXT, show_progress_bar=False)
+
+
+def gpu_tokens(res, seed=1):
+    torch.manual_seed(seed)
+    return res.generate(TEXT, show_progress_bar=False)
+
+
+def test_every_candidate_gives_the_cpu_tokens(rt, t2s, monkeypatch):
+    monkeypatch.setenv("WSVK_PRECISION", "f32")
+    base = ResidentT2S(t2s).resident_decoder
+    cands = tuner.candidates(base)
+    assert cands[0] == tuner.DEFAULT and len({c.name for c in cands}) == len(cands)
+    assert {"split32", "split128"} <= {c.name for c in cands}
+    assert any(c.subgroups is False for c in cands) == rt.has_subgroups
+    ref = cpu_tokens(t2s)
+    for c in cands:
+        monkeypatch.setenv("WSVK_PLAN", c.name)
+        res = ResidentT2S(t2s)
+        dec = res.resident_decoder
+        assert dec.tuning == {"plan": c.name, "source": "forced", "timed": 0}
+        assert dec.plan.ch == (c.ch or dec.plan.auto_ch()) and dec.plan.subgroups == c.subgroups
+        assert dec.dispatches_per_step == base.dispatches_per_step == 1 + 8 * dec.n_layers + 1  # embed, layers, head
+        got = gpu_tokens(res)
+        assert torch.equal(got, ref), f"{c.name}\nCPU {ref.tolist()}\nGPU {got.tolist()}"
+
+
+def test_tuner_chooses_caches_and_reuses(rt, t2s, cache, monkeypatch, capsys):
+    monkeypatch.setattr(tuner, "BUDGET_S", 1e9)  # every split size
+    res = ResidentT2S(t2s, slots=2)
+    dec = res.resident_decoder
+    assert dec.tuning["source"] == "tuned" and dec.tuning["timed"] >= 3
+    assert capsys.readouterr().err.count(f"tuning the decode step for {rt.info['name']} (once)") == 1
+    (path, entry, why), = tune_cache.entries(str(cache))
+    rows = entry["candidates"]
+    assert why is None and sum(r["chosen"] for r in rows) == 1 and entry["choice"] == dec.tuning["plan"]
+    assert all(r["ms_per_step"] > 0 and r["dispatches_per_step"] == dec.dispatches_per_step for r in rows)
+    assert entry["key"] == tuner.key(dec, "t2s") and entry["key"]["slots"] == 2
+    assert torch.equal(gpu_tokens(res), cpu_tokens(t2s))  # the tuned decoder (its caches were scribbled on)
+
+    def no_timing(*a, **k):
+        raise AssertionError("a cached choice was timed again")
+
+    real_time = tuner._time
+    monkeypatch.setattr(tuner, "_time", no_timing)
+    again = ResidentT2S(t2s, slots=2).resident_decoder
+    assert again.tuning == {"plan": entry["choice"], "source": "cache", "timed": 0}
+    assert capsys.readouterr().err == ""
+    monkeypatch.setattr(tuner, "_time", real_time)
+    monkeypatch.setattr(tuner, "BUDGET_S", 0.0)  # the default alone: enough to see a new key tuned
+    assert ResidentT2S(t2s, slots=3).resident_decoder.tuning["source"] == "tuned"
+    assert len(tune_cache.entries(str(cache))) == 2
+    if rt.has_f16:
+        monkeypatch.setenv("WSVK_PRECISION", "f16")
+        assert ResidentT2S(t2s, slots=3).resident_decoder.tuning["source"] == "tuned"
+        assert len(tune_cache.entries(str(cache))) == 3
+    monkeypatch.setenv("WSVK_TUNE", "force")  # tunes again over a cached key
+    assert ResidentT2S(t2s, slots=3).resident_decoder.tuning["source"] == "tuned"
+
+
+def test_corrupt_foreign_or_stale_cache_is_ignored(rt, t2s, cache, monkeypatch, capsys):
+    monkeypatch.setattr(tuner, "BUDGET_S", 0.0)
+    ResidentT2S(t2s)
+    (path, entry, _), = tune_cache.entries(str(cache))
+    capsys.readouterr()
+    broken = {
+        "unreadable": "{not json",
+        "not a wsvk tuning file": json.dumps({"format": "other/9", "key": entry["key"], "choice": "default"}),
+        "another adapter": json.dumps({**entry, "key": {**entry["key"], "adapter": "Some Other GPU"}}),
+        "not a candidate any more": json.dumps({**entry, "choice": "split9999"}),
+    }
+    for why, text in broken.items():
+        with open(path, "w") as f:
+            f.write(text)
+        dec = ResidentT2S(t2s).resident_decoder
+        err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+        assert len(err) == 1 and why in err[0], (why, err)
+        assert dec.tuning["source"] == "tuned"
+        assert tune_cache.load(tuner.key(dec, "t2s"))["choice"] == dec.tuning["plan"]  # rewritten whole
+
+
+def test_unwritable_cache_folder_means_tuning_again(rt, t2s, tmp_path, monkeypatch, capsys):
+    blocker = tmp_path / "a-file"
+    blocker.write_text("not a folder")
+    monkeypatch.setenv("WSVK_CACHE_DIR", str(blocker / "wsvk"))
+    monkeypatch.setenv("WSVK_PRECISION", "f32")
+    monkeypatch.setattr(tuner, "worth_tuning", lambda rt: True)
+    monkeypatch.setattr(tuner, "BUDGET_S", 0.0)
+    for _ in range(2):
+        assert ResidentT2S(t2s).resident_decoder.tuning["source"] == "tuned"
+    assert capsys.readouterr().err.count("cannot write the tuning cache") == 1
+
+
+def test_settings(rt, t2s, cache, monkeypatch):
+    monkeypatch.setenv("WSVK_TUNE", "off")
+    dec = ResidentT2S(t2s).resident_decoder
+    assert dec.tuning == {"plan": "default", "source": "off", "timed": 0} and dec.plan.ch == dec.plan.auto_ch()
+    assert tune_cache.entries(str(cache)) == []
+    monkeypatch.setenv("WSVK_PLAN", "split32")
+    assert ResidentT2S(t2s).resident_decoder.plan.ch == 32
+    monkeypatch.setenv("WSVK_PLAN", "fastest-please")
+    with pytest.raises(ConfigError, match=r"WSVK_PLAN='fastest-please' is not a candidate .*use one of: default, "):
+        ResidentT2S(t2s)
+    monkeypatch.setenv("WSVK_TUNE", "sometimes")
+    with pytest.raises(ConfigError, match="WSVK_TUNE='sometimes' is not valid; use one of: auto, off, force"):
+        config.check_all()
+
+
+def test_tune_command_and_info(rt, tmp_path, cache, monkeypatch, capsys):
+    paths = tm.write_all(tmp_path / "models")
+    out = tmp_path / "tune.json"
+    rc = main(["tune", "--t2s", str(paths["t2s"]), "--s2a", str(paths["s2a"]), "--vocoder", str(paths["vocoder"]),
+               "--json", str(out)])
+    printed = capsys.readouterr()
+    assert rc == 0, printed.err
+    data = json.loads(out.read_text())
+    assert [d["name"] for d in data["decoders"]] == ["t2s", "s2a"]
+    for d in data["decoders"]:
+        assert isinstance(d["layers"], int) and sum(c["chosen"] for c in d["candidates"]) == 1
+        assert {"name", "dispatches_per_step", "ms_per_step", "chosen"} <= set(d["candidates"][0])
+    header, *rows = printed.out.splitlines()
+    assert header.split()[:3] == ["decoder", "candidate", "dispatches/step"]
+    assert sum(r.endswith("*") for r in rows) == 2
+    assert main(["info"]) == 0
+    listing = capsys.readouterr().out
+    assert f"tuning cache: {cache} (2 entries" in listing
+    for d in data["decoders"]:
+        chosen = next(c["name"] for c in d["candidates"] if c["chosen"])
+        assert f": {d['name']} {d['layers']}x" in listing and f"-> {chosen}" in listing
