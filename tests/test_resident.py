@@ -289,6 +289,20 @@ def s2a():
     return s2a_from_spec(tm.build_s2a(0))
 
 
+def test_s2a_chunk_embeddings_never_reach_the_callers_router(rt, s2a):
+    # S2A's per-chunk CPU terms include a linear (the speaker's): called here inside offload(), it
+    # would be routed; generate runs it in the decode loop's thread, which an offload() block around
+    # it (as the app's stages have) does not reach, so a chunk stays one submit
+    res = ResidentS2A(s2a)
+    stoks, spk = s2a_inputs(0)
+    with offload() as stats:
+        res.generate(stoks, spk, show_progress_bar=False)
+    assert not stats.gpu and not stats.cpu, stats.table()
+    with torch.no_grad(), offload() as stats:
+        res.start_chunk(torch.nn.functional.pad(stoks, (0, s2a.stoks_len - len(stoks)))[None], spk)
+    assert stats.cpu_calls("linear") + stats.gpu_calls("linear") > 0  # the check above can see one
+
+
 @pytest.mark.parametrize("ch", [128, 8])  # 8: up to 6 key splits
 def test_s2a_generate_same_tokens(rt, s2a, ch):
     res = ResidentS2A(s2a, ch=ch)

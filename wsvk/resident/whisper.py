@@ -73,16 +73,17 @@ class Resident:
         adds after ln_post, and the embeddings, language / cps / speaker / condition terms come
         from whisperspeech's code, whatever the variant. The view shares every weight and leaves
         the model untouched: a CPU thread may be running it meanwhile. The embeddings are small
-        CPU work: kept off the op router, so a chunk stays one submit."""
-        from ..router import offload
-
+        CPU work that must stay off any op router (wsvk.router), so that a chunk stays one submit:
+        its callers see to it. A router is per thread and start_chunk runs in the decode loop's
+        own thread (SharedLoop), which none reaches, whatever offload() block generate/run/submit
+        were called in; whoever calls start_chunk directly (selftest, quality) calls it outside
+        offload()."""
         m, capture = self.model, _Capture()
         owner = getattr(m, holder) if holder else m
         view = _view(owner, **{layers: type(getattr(owner, layers))(), "ln_post": capture})
         if holder:
             view = _view(m, **{holder: view})
-        with offload(enabled=False):
-            outs = run_encoder(view)
+        outs = run_encoder(view)
         if len(capture.seen) != 1:
             raise RuntimeError(f"{type(m).__name__}.run_encoder called its final layer norm "
                                f"{len(capture.seen)} times (expected once): a whisperspeech variant the "
