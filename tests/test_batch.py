@@ -200,7 +200,7 @@ def test_generate_batch_inputs_are_checked_first(rt, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tiny):
+def tiny_files(tiny):  # noqa: F811 (the fixture imported above)
     return tiny
 
 

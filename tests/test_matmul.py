@@ -5,7 +5,6 @@ import pytest
 import torch
 
 from conftest import case_params, rand, rel_err
-from wsvk import ops
 from wsvk.kernels import cases
 from wsvk.kernels import matmul as mm
 

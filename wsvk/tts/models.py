@@ -249,7 +249,6 @@ def build_vocos(config: dict):
 
 
 def load_vocos(ref: str | None = None):
-    import torch
     import yaml
 
     ref = ref or DEFAULT_VOCODER
