@@ -246,38 +246,16 @@ const DWG = 64u;
 
 var<workgroup> dq: array<f32, DD>;   // scaled query
 var<workgroup> dp: array<f32, CH>;   // scores, then probabilities (decode and decode_cache)
-var<workgroup> red: array<f32, DWG>;
 
-// The max / sum over a 64-thread workgroup of one value per thread, returned to every thread.
-fn wg_max(v: f32, t: u32) -> f32 {
-    red[t] = v;
-    workgroupBarrier();
-    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
-        if (t < st) { red[t] = max(red[t], red[t + st]); }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();  // red is free for the next reduction
-    return r;
-}
-
-fn wg_add(v: f32, t: u32) -> f32 {
-    red[t] = v;
-    workgroupBarrier();
-    for (var st = DWG / 2u; st > 0u; st >>= 1u) {
-        if (t < st) { red[t] += red[t + st]; }
-        workgroupBarrier();
-    }
-    let r = red[0];
-    workgroupBarrier();
-    return r;
-}
+// row_max / row_sum over the 64-thread workgroup of decode and decode_cache
+const ROW_WG: u32 = DWG;
+// #include row_reduce
 
 // The softmax of one split's scores, in place in dp[0..n): given each thread's max over the
 // unmasked scores it wrote, returns (the split's max m, its sum l of exp(score - m)) to every
 // thread; dp then holds exp(score - m), 0 for a masked key. Shared by decode and decode_cache.
 fn split_softmax(lmax: f32, n: u32, t: u32) -> vec2<f32> {
-    let m = wg_max(lmax, t);
+    let m = row_max(lmax, t);
     var lsum = 0.0;
     for (var j = t; j < n; j += DWG) {
         let s = dp[j];
@@ -288,7 +266,7 @@ fn split_softmax(lmax: f32, n: u32, t: u32) -> vec2<f32> {
         dp[j] = pj;
         lsum += pj;
     }
-    return vec2<f32>(m, wg_add(lsum, t));
+    return vec2<f32>(m, row_sum(lsum, t));
 }
 
 @compute @workgroup_size(DWG)

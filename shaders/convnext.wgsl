@@ -110,7 +110,10 @@ struct NormParams { T: u32, C: u32, eps: f32, _p: u32 }
 @group(0) @binding(7) var<storage, read_write> nout: array<OT>;   // [T, C]
 @group(0) @binding(8) var<uniform> np: NormParams;
 
-// #include row_sum
+const ROW_WG: u32 = 256u;
+
+// #include row_reduce
+// #include layer_norm
 
 fn stream(t: u32, c: u32) -> f32 {
     let i = t * np.C + c;
@@ -136,24 +139,24 @@ fn stashed(base: u32, t: u32, c: u32) -> f32 {
     return pre_norm(t, c);
 }
 
+// the layer norm's loads (shaders/lib/layer_norm.wgsl): the first writes the residual and the stash
+fn ln_load(t: u32, c: u32) -> f32 {
+    let i = t * np.C + c;
+    let v = pre_norm(t, c);
+    if (WRITE_RES) { nres[i] = stream(t, c); }
+    if (STASH) { nout[i] = OT(v); }  // exact (OT = f32), re-read by this same thread in ln_reload
+    return v;
+}
+fn ln_reload(t: u32, c: u32) -> f32 { return stashed(t * np.C, t, c); }
+
 @compute @workgroup_size(256)
 fn dwconv_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
                @builtin(local_invocation_index) lid: u32) {
     let t = wid.x + wid.y * nwg.x;
     if (t >= np.T) { return; }  // uniform per workgroup
     let base = t * np.C;
-    var s = 0.0;
-    for (var c = lid; c < np.C; c += WG) {
-        let v = pre_norm(t, c);
-        if (WRITE_RES) { nres[base + c] = stream(t, c); }
-        if (STASH) { nout[base + c] = OT(v); }  // exact (OT = f32), re-read by this same thread below
-        s += v;
-    }
-    let mean = row_sum(s, lid) / f32(np.C);
-    var q = 0.0;
-    for (var c = lid; c < np.C; c += WG) { let d = stashed(base, t, c) - mean; q += d * d; }
-    let inv = 1.0 / sqrt(row_sum(q, lid) / f32(np.C) + np.eps);
-    for (var c = lid; c < np.C; c += WG) {
-        nout[base + c] = OT((stashed(base, t, c) - mean) * inv * ng[c] + nb[c]);
+    let st = ln_stats(t, np.C, np.eps, lid);
+    for (var c = lid; c < np.C; c += ROW_WG) {
+        nout[base + c] = OT(ln_norm(stashed(base, t, c), st) * ng[c] + nb[c]);
     }
 }

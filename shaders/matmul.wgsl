@@ -254,14 +254,19 @@ const GR: u32 = 8u;                       // rows per workgroup
 var<workgroup> xs: array<f32, XS>;
 
 // #include wg_sums
+// #include layer_norm
+// #include splitk_combine
 
 // XMODE 2: xs = the attention output of every head of column c, merged from its key splits'
-// partials as shaders/lib/splitk_combine.wgsl does (0 for a head whose keys were all masked). The
-// splits' maxima and sums are staged first, each head's split weights e^(m_s - M) / sum e^(m_s - M) l_s
+// partials as shaders/lib/splitk_combine.wgsl does (0 for a head whose keys were all masked), with
+// its splitk_weight. Not its splitk_combine, which recomputes the weights for every element: here
+// the splits' maxima and sums are staged first, each head's split weights e^(m_s - M) / sum e^(m_s - M) l_s
 // computed once, and then every element is a weighted sum of the splits' outputs, read four
 // splits at a time so that their loads overlap.
 var<workgroup> cw_m: array<f32, G_CW>;  // m_s (-inf-like when l_s = 0), then the split's weight
 var<workgroup> cw_l: array<f32, G_CW>;
+
+fn partial_at(i: u32) -> f32 { return f32(g_x[i]); }
 
 fn combine_prologue(t: u32, x0: u32, c: u32) {
     var ns = G_NSPLIT;
@@ -270,9 +275,9 @@ fn combine_prologue(t: u32, x0: u32, c: u32) {
     let stride = G_DH + 2u;
     for (var i = t; i < nh * ns; i += GWG) {
         let s = (i / ns) * G_MAXS + i % ns;
-        let l = f32(g_x[x0 + s * stride + 1u]);
+        let l = partial_at(x0 + s * stride + 1u);
         cw_l[s] = l;
-        cw_m[s] = select(-3.40282347e38, f32(g_x[x0 + s * stride]), l > 0.0);
+        cw_m[s] = select(-3.40282347e38, partial_at(x0 + s * stride), l > 0.0);
     }
     workgroupBarrier();
     for (var h = t; h < nh; h += GWG) {
@@ -281,7 +286,7 @@ fn combine_prologue(t: u32, x0: u32, c: u32) {
         for (var s = 0u; s < ns; s++) { mx = max(mx, cw_m[s0 + s]); }
         var den = 0.0;
         for (var s = 0u; s < ns; s++) {
-            let w = select(0.0, exp(cw_m[s0 + s] - mx), cw_l[s0 + s] > 0.0);
+            let w = splitk_weight(cw_m[s0 + s], cw_l[s0 + s], mx);
             cw_m[s0 + s] = w;
             den += w * cw_l[s0 + s];
         }
@@ -305,8 +310,10 @@ fn combine_prologue(t: u32, x0: u32, c: u32) {
     workgroupBarrier();
 }
 
-// The sum of one value per thread, returned to every thread.
-fn wg_sum(v: f32, t: u32) -> f32 {
+// The sum of one value per thread, returned to every thread: the row_sum that layer_norm.wgsl
+// calls. Not row_reduce.wgsl's: this one reuses wg_sums' workgroup memory (16 KiB budget) and subgroups.
+const ROW_WG: u32 = GWG;
+fn row_sum(v: f32, t: u32) -> f32 {
     let s = wg_sums(vec4<f32>(v, 0.0, 0.0, 0.0), vec4<f32>(), t);
     if (t == 0u) { sums_red[255] = vec4<f32>(s); }  // a slot wg_sums' final reads never touch
     workgroupBarrier();
@@ -314,6 +321,10 @@ fn wg_sum(v: f32, t: u32) -> f32 {
     workgroupBarrier();  // free for the next wg_sums
     return total;
 }
+
+// XMODE 1's loads (shaders/lib/layer_norm.wgsl): x staged in xs as it is first read
+fn ln_load(x0: u32, i: u32) -> f32 { let v = f32(g_x[x0 + i]); xs[i] = v; return v; }
+fn ln_reload(x0: u32, i: u32) -> f32 { return xs[i]; }
 
 // input element i of the column starting at x0 (staged, or from memory)
 fn xin(x0: u32, i: u32) -> f32 {
@@ -399,14 +410,8 @@ fn gemv(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec
                                 wrow4(row0, 4u, t), wrow4(row0, 5u, t), wrow4(row0, 6u, t), wrow4(row0, 7u, t));
     }
     if (XMODE == 1u) {
-        // layer norm as shaders/norm.wgsl: two passes (mean, centred variance), f32
-        var s = 0.0;
-        for (var i = t; i < K; i += GWG) { let v = f32(g_x[x0 + i]); xs[i] = v; s += v; }
-        let mean = wg_sum(s, t) / f32(K);
-        var q = 0.0;
-        for (var i = t; i < K; i += GWG) { let d = xs[i] - mean; q += d * d; }
-        let inv = inverseSqrt(wg_sum(q, t) / f32(K) + gp.eps);
-        for (var i = t; i < K; i += GWG) { xs[i] = (xs[i] - mean) * inv * f32(g_gamma[i]) + f32(g_beta[i]); }
+        let st = ln_stats(x0, K, gp.eps, t);
+        for (var i = t; i < K; i += GWG) { xs[i] = ln_norm(xs[i], st) * f32(g_gamma[i]) + f32(g_beta[i]); }
         workgroupBarrier();
     } else if (XMODE == 2u) {
         combine_prologue(t, x0, c);

@@ -1,6 +1,6 @@
 // Layer normalization over the last dimension: out = (x - mean) / sqrt(var + eps) * w + b.
-// One 256-thread workgroup per row; statistics in f32 (two passes: mean, then the centred
-// variance, as torch does, so rows with a large mean keep their precision).
+// One 256-thread workgroup per row; the statistics are shaders/lib/layer_norm.wgsl's (f32, two
+// passes), shared with the norms fused into shaders/convnext.wgsl and the GEMV of shaders/matmul.wgsl.
 // T: storage type of the input and parameters, O: of the output (f32/f16). Rows are folded
 // over a 2-D grid.
 
@@ -14,7 +14,13 @@ struct Params { rows: u32, C: u32, eps: f32, _p: u32 }
 @group(0) @binding(3) var<storage, read_write> out: array<O>;  // [rows, C]
 @group(0) @binding(4) var<uniform> p: Params;
 
-// #include row_sum
+const ROW_WG: u32 = 256u;
+
+// #include row_reduce
+// #include layer_norm
+
+fn ln_load(base: u32, i: u32) -> f32 { return f32(x[base + i]); }
+fn ln_reload(base: u32, i: u32) -> f32 { return f32(x[base + i]); }
 
 @compute @workgroup_size(256)
 fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nwg: vec3<u32>,
@@ -22,14 +28,9 @@ fn layer_norm(@builtin(workgroup_id) wid: vec3<u32>, @builtin(num_workgroups) nw
     let row = wid.x + wid.y * nwg.x;
     if (row >= p.rows) { return; }  // uniform per workgroup: barriers stay uniform
     let base = row * p.C;
-    var s = 0.0;
-    for (var i = lid; i < p.C; i += WG) { s += f32(x[base + i]); }
-    let mean = row_sum(s, lid) / f32(p.C);
-    var q = 0.0;
-    for (var i = lid; i < p.C; i += WG) { let d = f32(x[base + i]) - mean; q += d * d; }
-    let inv = inverseSqrt(row_sum(q, lid) / f32(p.C) + p.eps);
-    for (var i = lid; i < p.C; i += WG) {
-        var y = (f32(x[base + i]) - mean) * inv;
+    let st = ln_stats(base, p.C, p.eps, lid);
+    for (var i = lid; i < p.C; i += ROW_WG) {
+        var y = ln_norm(f32(x[base + i]), st);
         if (AFFINE) { y = y * f32(w[i]) + f32(b[i]); }
         out[base + i] = O(y);
     }

@@ -205,6 +205,40 @@ def _gemv(rt, x, w, bias, dt, M, N, K, gelu, out_shape, subgroups):
     return out
 
 
+def gemv_prologue(x, weight, bias=None, *, ln=None, combine=None, subgroups=None) -> np.ndarray:
+    """The resident decoder's fused GEMV prologues on their own (float32, numpy; the case table
+    checks them): xin @ weight[N, K]^T (+ bias) for each of the M <= 8 rows of x, where xin is
+    layer_norm(x[M, K]) * gamma + beta with ln = (gamma, beta, eps) (XMODE 1), or with
+    combine = (DH, splits) the decode_cache partials x[M, NH, MAXS, DH + 2] merged per head
+    (XMODE 2). splits: one count for every row (cross-attention), or one per row (then, as in
+    self-attention, the step buffer's positions give them)."""
+    rt = runtime()
+    x, weight = np.asarray(x, np.float32), np.asarray(weight, np.float32)
+    M, (N, K) = x.shape[0], weight.shape
+    step = np.zeros(4 + 2 * M, np.uint32)  # the step buffer's column entries [slot, pos], ss = 2
+    gx, gw = rt.upload(x), rt.upload(weight)
+    gam = bet = gx
+    eps, consts = 0.0, None
+    if ln is not None:
+        gam, bet, eps = rt.upload(np.asarray(ln[0], np.float32)), rt.upload(np.asarray(ln[1], np.float32)), ln[2]
+    else:
+        dh, splits = combine
+        nh, maxs = x.shape[1], x.shape[2]
+        ch = 256
+        if not isinstance(splits, int):
+            step[5::2] = [(n - 1) * ch for n in splits]  # pos: (pos + CH) / CH splits
+        consts = dict(G_DH=dh, G_CH=ch, G_NSPLIT=splits if isinstance(splits, int) else 0, G_MAXS=maxs,
+                      G_CW=nh * maxs)
+    groups = -(-N // GEMV_ROWS)
+    out = rt.empty((M, N))
+    pipe = gemv_pipeline(rt, np.float32, np.float32, xmode=1 if ln is not None else 2, bias=bias is not None,
+                         K=K, combine=consts, subgroups=subgroups)
+    params = rt.uniform(GEMV_PARAMS, N=N, K=K, K4=K // 4, groups=groups, eps=eps, x_stride=x[0].size, cols=M, ss=2)
+    gb = gx if bias is None else rt.upload(np.asarray(bias, np.float32))
+    rt.run(pipe, [rt.upload(step), gx, gw, gw, gb, gam, bet, out, params], rt.grid(groups * M))
+    return out.numpy()
+
+
 def _linear_q8(x, weight: Q8Weight, bias, gelu: bool, subgroups):
     """linear() with 8-bit weights: float32 x with at most GEMV_MAX_M rows."""
     N, K = weight.shape
