@@ -251,6 +251,32 @@ def test_selftest_passes(rt, limits):
     assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
     assert r.stdout.count("PASS") >= 20
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
+    # a software adapter does not run the 8-bit gate (minutes there): SKIP, not PASS
+    software = next(line for line in r.stdout.splitlines() if line.startswith("selftest on")).endswith(", CPU)")
+    assert ("SKIP  gate q8" in r.stdout) == software and ("PASS  gate" in r.stdout) == (not software)
+
+
+def test_selftest_prints_a_skipped_check_as_skip_and_still_passes(rt, monkeypatch):
+    from types import SimpleNamespace
+
+    from wsvk import selftest
+
+    software_gate = selftest.gate_checks(SimpleNamespace(info={"type": "CPU"}))
+    assert [c() for _, c in software_gate] == [(None, "not run on a software adapter (tests/test_precision.py runs it)")]
+    monkeypatch.setattr(selftest.cases, "tagged", lambda tag: [])
+    monkeypatch.setattr(selftest, "resident_cases", lambda rt: iter(()))
+    fine, bad = ("fine", lambda: (True, "rel err 0")), ("bad", lambda: (False, "rel err 1"))
+    for checks, ok, last in ((software_gate + [fine], True, "all kernels pass (1 check skipped)"),
+                             ([fine], True, "all kernels pass"),
+                             (software_gate + [bad], False, "SOME KERNELS FAIL")):  # a skip hides no failure
+        monkeypatch.setattr(selftest, "gate_checks", lambda rt, checks=checks: checks)
+        lines = []
+        assert selftest.run(out=lines.append) is ok
+        assert lines[-1] == last if ok else lines[-1].startswith(last)
+        skips = [line for line in lines if line.startswith("  SKIP  gate q8")]
+        assert len(skips) == (len(checks) - 1) and all("not run on a software adapter" in x for x in skips)
+        assert not any("PASS  gate" in line for line in lines)
+
 
 SUBGROUP_PROBE = """
 import numpy as np, wgpu
