@@ -3,11 +3,14 @@
 
     python scripts/bench_step.py [--size small --s2a-size medium] [--chunk-seconds 10]
                                  [--positions 0,0.5,1] [--steps 20] [--precision f16,q8] [--gate]
+                                 [--plans default,tuned]
                                  [--compile] [--cpu] [--json OUT]
 
 For the resident T2S and S2A decoders (random weights of whisperspeech's presets; the released
 pair, T2S small + S2A medium, by default) at each --precision (default: what WSVK_PRECISION gives),
-with the weight bytes a step reads (its GEMV matrices; the KV caches come on top):
+and each of --plans (default: tuned, what the tuner chose for this GPU; `default` is the untuned
+step, other names are candidates from `wsvk tune`), with the weight bytes a step reads (its GEMV
+matrices; the KV caches come on top):
   chunk    ms per step over a whole chunk of --chunk-seconds of speech (T2S 25 tokens/s, S2A 75
            steps/s; whisperspeech's generate(), sampling included), from position 0 to its end:
            what a listener waits per step on average. A step attends over every key before it,
@@ -111,51 +114,38 @@ def bench_wsvk(args, out: dict) -> None:
 
 
 def bench_precision(args, out: dict, precision: str, t2s, s2a) -> None:
-    from wsvk.resident import ResidentS2A, ResidentT2S
+    from wsvk.resident import ResidentS2A, ResidentT2S, tuner
 
     for stage, mod in (("t2s", ResidentT2S(t2s, precision=precision)), ("s2a", ResidentS2A(s2a, precision=precision))):
         dec = mod.resident_decoder
-        n = min(chunk_steps(stage, args.chunk_seconds), dec.self_len - 4)
-        if stage == "t2s":
-            run = lambda clock: time_t2s(mod, n, clock)  # noqa: E731
-        else:
-            stoks, spk, _ = inputs(SimpleNamespace(steps=n, vocos_seconds=0.1), s2a)
-            run = lambda clock: time_s2a(mod, stoks, spk, n, clock)  # noqa: E731
-        run(StepClock())  # warm-up: pipelines, bind groups, buffers, each key's first recording
-        clock = StepClock()
-        ms, _ = run(clock)
-        ran = min(n, len(clock.times))  # T2S stops at its end token: random weights sample it now and then
-        if ran < n:
-            print(f"note: {stage.upper()} sampled its end token after {ran} of {n} steps: its chunk figure "
-                  "covers those", file=sys.stderr)
-        limit = min(dec.self_len, dec.plan.P_pos or dec.self_len)  # positions a step may take
-        out[stage] = {"dispatches_per_step": dec.dispatches_per_step, "weight_bytes_per_step": step_weight_bytes(dec),
-                      "chunk_steps": ran, "chunk_ms_per_step": ms,
-                      "at": [time_at(dec, p, args.steps) for p in positions(args.positions, n, args.steps, limit)]}
+        rows = {}
+        for label in args.plans:  # "tuned": what the tuner chose at load (WSVK_TUNE, the cache)
+            cand = tuner.by_name(tuner.candidates(dec), dec.tuning["plan"] if label == "tuned" else label, stage)
+            dec.use_variant(cand.ch, cand.subgroups)
+            rows[label] = {"plan": cand.name, **measure(args, stage, mod, s2a)}
+        out[stage] = {**rows[args.plans[0]], **({"plans": rows} if len(rows) > 1 else {})}
         args.save()
 
 
-def bench_torch(args, device: str, compiled: bool) -> dict:
-    """whisperspeech's own decode over --steps steps: eager f32, or (compiled) f16 with
-    torch.compile(mode="reduce-overhead"), as its optimize() sets up a model (ours come
-    converted for the CPU already, so only optimize()'s last two steps are left to do)."""
-    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
-    out = {}
-    for stage, make in (("t2s", random_t2s), ("s2a", random_s2a)):
-        model = make(args.size if stage == "t2s" else args.s2a_size).to(device)  # fresh: see bench_e2e
-        if compiled:
-            model.switch_dtypes(torch.float16)
-            model.generate_next = torch.compile(model.generate_next, mode="reduce-overhead", fullgraph=True)
-        if stage == "t2s":
-            run = lambda clock: time_t2s(model, args.steps, clock)  # noqa: E731
-        else:
-            stoks, spk, _ = inputs(SimpleNamespace(steps=args.steps, vocos_seconds=0.1), model)
-            spk = spk.to(device, torch.float16 if compiled else torch.float32)
-            run = lambda clock: time_s2a(model, stoks.to(device), spk, args.steps, clock)  # noqa: E731
-        run(StepClock(sync))  # warm-up (compiling and capturing the graphs, when compiled)
-        out[f"{stage}_ms_per_step"] = run(StepClock(sync))[0]
-        del model, run  # the lambda holds the model too
-    return out
+def measure(args, stage: str, mod, s2a) -> dict:
+    dec = mod.resident_decoder
+    n = min(chunk_steps(stage, args.chunk_seconds), dec.self_len - 4)
+    if stage == "t2s":
+        run = lambda clock: time_t2s(mod, n, clock)  # noqa: E731
+    else:
+        stoks, spk, _ = inputs(SimpleNamespace(steps=n, vocos_seconds=0.1), s2a)
+        run = lambda clock: time_s2a(mod, stoks, spk, n, clock)  # noqa: E731
+    run(StepClock())  # warm-up: pipelines, bind groups, buffers, each key's first recording
+    clock = StepClock()
+    ms, _ = run(clock)
+    ran = min(n, len(clock.times))  # T2S stops at its end token: random weights sample it now and then
+    if ran < n:
+        print(f"note: {stage.upper()} sampled its end token after {ran} of {n} steps: its chunk figure "
+              "covers those", file=sys.stderr)
+    limit = min(dec.self_len, dec.plan.P_pos or dec.self_len)  # positions a step may take
+    return {"dispatches_per_step": dec.dispatches_per_step, "weight_bytes_per_step": step_weight_bytes(dec),
+            "chunk_steps": ran, "chunk_ms_per_step": ms,
+            "at": [time_at(dec, p, args.steps) for p in positions(args.positions, n, args.steps, limit)]}
 
 
 def print_report(res: dict) -> None:
@@ -176,17 +166,20 @@ def print_report(res: dict) -> None:
 
 def print_precision(precision: str, w: dict) -> None:
     for stage in ("t2s", "s2a"):
-        r = w.get(stage)
-        if r is None:
+        if stage not in w:
             continue
-        S = stage.upper()
-        print(f"{S} {precision}: {r['dispatches_per_step']} dispatches/step, {r['weight_bytes_per_step'] / 2**20:.1f} MiB "
-              f"of weights/step; {r['chunk_ms_per_step']:.3f} ms/step over a whole chunk of {r['chunk_steps']} steps")
-        print(f"  {'pos':>6} {'ms/step':>9} {'GPU ms':>8} {'record ms':>10}  GPU ms by kind")
-        for a in r["at"]:
-            kinds = ", ".join(f"{k} {v:.3f}" for k, v in list(a.get("gpu_ms_by_kind", {}).items())[:6])
-            gpu = f"{a['gpu_ms']:>8.3f}" if "gpu_ms" in a else f"{'-':>8}"
-            print(f"  {a['pos']:>6} {a['ms_per_step']:>9.3f} {gpu} {a['record_ms']:>10.3f}  {kinds}")
+        for label, r in w[stage].get("plans", {"": w[stage]}).items():
+            print_plan(f"{stage.upper()} {precision}" + (f" {label} ({r['plan']})" if label else ""), r)
+
+
+def print_plan(title: str, r: dict) -> None:
+    print(f"{title}: {r['dispatches_per_step']} dispatches/step, {r['weight_bytes_per_step'] / 2**20:.1f} MiB "
+          f"of weights/step; {r['chunk_ms_per_step']:.3f} ms/step over a whole chunk of {r['chunk_steps']} steps")
+    print(f"  {'pos':>6} {'ms/step':>9} {'GPU ms':>8} {'record ms':>10}  GPU ms by kind")
+    for a in r["at"]:
+        kinds = ", ".join(f"{k} {v:.3f}" for k, v in list(a.get("gpu_ms_by_kind", {}).items())[:6])
+        gpu = f"{a['gpu_ms']:>8.3f}" if "gpu_ms" in a else f"{'-':>8}"
+        print(f"  {a['pos']:>6} {a['ms_per_step']:>9.3f} {gpu} {a['record_ms']:>10.3f}  {kinds}")
 
 
 def main(argv=None) -> int:
@@ -199,6 +192,8 @@ def main(argv=None) -> int:
     p.add_argument("--steps", type=int, default=20, help="steps timed at each position and by each baseline (>= 3)")
     p.add_argument("--precision", help="comma-separated precisions to time in this run: f32, f16, q8 (default: "
                    "WSVK_PRECISION's)")
+    p.add_argument("--plans", default="tuned", help="comma-separated decode-step plans to time in this run: "
+                   "default (untuned), tuned (what the tuner chose for this GPU) or candidate names (wsvk tune)")
     p.add_argument("--gate", action="store_true", help="also run the precision gate on these presets (whole chunks)")
     p.add_argument("--compile", action="store_true", help="add torch.compile + CUDA graphs (f16) where CUDA exists")
     p.add_argument("--cpu", action="store_true", help="add torch CPU eager")
@@ -218,6 +213,7 @@ def main(argv=None) -> int:
     args.precision = args.precision and args.precision.split(",")
     if args.precision and not set(args.precision) <= {"f32", "f16", "q8"}:
         p.error(f"--precision takes f32, f16 and q8, got {','.join(args.precision)}")
+    args.plans = [x.strip() for x in args.plans.split(",") if x.strip()] or ["tuned"]
     torch.set_num_threads(os.cpu_count() or 1)
     res = {"size": args.size, "s2a_size": args.s2a_size, "torch": torch.__version__, "wsvk": {}}
 

@@ -7,11 +7,12 @@
 #     a 200-row corpus job against a loop over generate() (timed on a 20-row sample).
 #   part 2 (~4 min): the released pair single-stream at the default precision, kernel benchmarks
 #     with the big shapes, the f16 accuracy tests (their figures printed).
-#   part 3 (~6 min, at most 8.5 of caps; one sequence's step): bench_step.py on the released pair
-#     at the default precision (ms/step over a whole 10 s chunk and GPU time by kind at its start,
-#     middle and end; torch CUDA eager), then the small presets in f32 against torch CUDA eager and
-#     torch.compile + CUDA graphs (f16), then GEMV 8192^2's bandwidth. Run it before and after a
-#     change to the decode step.
+#   part 3 (~7 min, at most 9 of caps; one sequence's step): `wsvk tune --full` on the small
+#     presets in f32 (the candidates' table), then bench_step.py on the released pair at the
+#     default precision with the untuned and the tuned plan (ms/step over a whole 10 s chunk and GPU
+#     time by kind at its start, middle and end; torch CUDA eager), then the small presets in f32,
+#     both plans, against torch CUDA eager and torch.compile + CUDA graphs (f16). Run it before and
+#     after a change to the decode step.
 #   part 4 (~8.7 min of caps; 8-bit weights): GEMV 8192^2 and the released layers' GEMVs in f32, f16
 #     and q8 (GB/s of the bytes read); the released pair's step in f16 and q8 in one run (weight
 #     bytes and ms per step); batched decode at B = 1 and 16 in f16 and in q8; the precision gate
@@ -49,10 +50,12 @@ case $part in
     step 45 precision "$py" -m pytest -q -rP tests/test_precision.py
     ;;
   3)
-    step 150 step-released "$py" scripts/bench_step.py --json "$out/step_released.json"
+    export WSVK_CACHE_DIR=$out/tune-cache  # the tuner's choices come back with the results
+    step 60 tune-small-f32 env WSVK_PRECISION=f32 "$py" -m wsvk tune --random-weights small --full \
+      --json "$out/tune_small_f32.json"
+    step 180 step-released "$py" scripts/bench_step.py --plans default,tuned --json "$out/step_released.json"
     step 300 step-small-f32 env WSVK_PRECISION=f32 "$py" scripts/bench_step.py --size small --s2a-size small \
-      --compile --json "$out/step_small_f32.json"
-    step 60 gemv "$py" scripts/bench_ops.py --big --only 8192 --json "$out/gemv.json"
+      --plans default,tuned --compile --json "$out/step_small_f32.json"
     ;;
   4)
     step 60 gemv-q8 "$py" scripts/bench_ops.py --big --only linear --json "$out/gemv_q8.json"
