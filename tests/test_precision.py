@@ -270,10 +270,13 @@ def test_vocos_f16_snr(rt, vocos, monkeypatch):
 def test_f16_without_shader_f16_is_a_config_error(rt, vocos, monkeypatch):
     monkeypatch.setattr(Runtime, "has_f16", property(lambda self: False))
     _set(monkeypatch, "f16")
-    with pytest.raises(ConfigError, match="shader-f16"):
+    with pytest.raises(ConfigError, match="^WSVK_PRECISION=f16 but .* lacks shader-f16"):
         ResidentVocos(vocos)
-    with pytest.raises(ConfigError, match="shader-f16"):
+    with pytest.raises(ConfigError, match="^WSVK_PRECISION=f16 but .* lacks shader-f16"):
         ResidentT2S(t2s_from_spec(tr.t2s_spec()))
+    _set(monkeypatch, "f32")  # the message names what asked for f16: here the argument, not the setting
+    with pytest.raises(ConfigError, match=r"^precision='f16' but .* lacks shader-f16 \(use auto, q8 or f32\)$"):
+        ResidentT2S(t2s_from_spec(tr.t2s_spec()), precision="f16")
     _set(monkeypatch, "auto")  # auto falls back to f32
     assert ResidentVocos(vocos).dtype == np.float32
     _set(monkeypatch, "f64")

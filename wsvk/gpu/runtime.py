@@ -56,7 +56,8 @@ def choose_precision(info: dict, has_f16: bool, choice: str | None = None) -> tu
     if choice not in config.PRECISIONS:
         raise ConfigError(f"precision {choice!r} is not valid; use one of: {', '.join(config.PRECISIONS)}")
     if choice == "f16" and not has_f16:
-        raise ConfigError(f"WSVK_PRECISION=f16 but {info['name']} lacks shader-f16 (use auto, q8 or f32)")
+        asked = "WSVK_PRECISION=f16" if source == "WSVK_PRECISION" else "precision='f16'"
+        raise ConfigError(f"{asked} but {info['name']} lacks shader-f16 (use auto, q8 or f32)")
     if choice != "auto":
         return choice, source
     if info.get("type") == "IntegratedGPU":
