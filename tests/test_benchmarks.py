@@ -6,6 +6,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import pytest
+
 ROOT = Path(__file__).resolve().parents[1]
 
 
@@ -53,6 +55,7 @@ def test_bench_e2e_tiny(rt, tmp_path):
     assert all(r_["realtime_x"] > 0 for r_ in res.values())
 
 
+@pytest.mark.timeout(3600)  # whole tiny-preset chunks, several times (CI leaves it out)
 def test_bench_e2e_batch_tiny(rt, tmp_path):
     r = run_script("bench_e2e.py", "--batch", "1,2", "--size", "tiny", "--steps", "3", "--long-text", "Hi there.",
                    "--json", str(tmp_path / "batch.json"))
@@ -117,6 +120,7 @@ def test_bench_serve_tiny(rt, tmp_path):
     assert "TTFB p50" in r.stdout and "warning" not in r.stderr, r.stderr  # the server process ended cleanly
 
 
+@pytest.mark.timeout(3600)  # whole tiny-preset chunks, several times (CI leaves it out)
 def test_bench_batch_tiny(rt, tmp_path):
     r = run_script("bench_batch.py", "--rows", "3", "--loop-rows", "1", "--size", "tiny", "--slots", "2",
                    "--json", str(tmp_path / "b.json"))
