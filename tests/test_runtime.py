@@ -251,6 +251,8 @@ def test_selftest_passes(rt, limits):
     assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
     assert r.stdout.count("PASS") >= 20
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
+    created = next(line for line in r.stdout.splitlines() if line.startswith("pipelines: "))
+    assert int(created.split()[1]) >= 20 and float(created.split(" created in ")[1].split()[0]) > 0
     # a software adapter does not run the 8-bit gate (minutes there): SKIP, not PASS
     software = next(line for line in r.stdout.splitlines() if line.startswith("selftest on")).endswith(", CPU)")
     assert ("SKIP  gate q8" in r.stdout) == software and ("PASS  gate" in r.stdout) == (not software)
@@ -320,6 +322,8 @@ def test_selftest_passes_at_other_subgroup_sizes(rt, width, size):
     assert r.returncode == 0, r.stdout + r.stderr
     assert "all kernels pass" in r.stdout and "FAIL" not in r.stdout
     assert all(f"PASS  resident {m}" in r.stdout for m in ("T2S", "S2A", "Vocos"))
+    created = next(line for line in r.stdout.splitlines() if line.startswith("pipelines: "))
+    assert int(created.split()[1]) >= 20 and float(created.split(" created in ")[1].split()[0]) > 0
 
 
 def test_vulkan_memory_struct_and_adapter_matching():

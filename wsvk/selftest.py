@@ -125,6 +125,8 @@ def run(out=print) -> bool:
             ok &= bool(passed)
         mark = "SKIP" if passed is None else "PASS" if passed else "FAIL"
         out(f"  {mark}  {name:<40} {detail}  {1e3 * (time.perf_counter() - t0):.0f} ms")
+    out(f"pipelines: {len(rt.built_pipelines())} created in {rt.pipeline_seconds:.1f} s (the first use of each "
+        "compiles it; a synthesis compiles only its own)")
     if not ok:
         out("SOME KERNELS FAIL: please report this output with `python -m wsvk info`")
     else:

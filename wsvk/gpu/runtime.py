@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import math
 import threading
+import time
 import weakref
 from collections import OrderedDict
 from contextlib import contextmanager
@@ -94,6 +95,7 @@ class Runtime:
         self.fault_after = config.fault_after()
         self.lost: str | None = None  # set once a fault was seen: every later GPU call fails fast
         self._pipelines: dict = {}
+        self.pipeline_seconds = 0.0  # spent creating (compiling) the pipelines so far
         self._bind_groups: OrderedDict = OrderedDict()
         self._uniforms: OrderedDict = OrderedDict()
 
@@ -177,6 +179,7 @@ class Runtime:
         key = (shader, entry, tuple(constants.items()), tuple(aliases.items()), subgroups)
         pipe = self._pipelines.get(key)
         if pipe is None:
+            t0 = time.perf_counter()
             if "f16" in aliases.values() and not self.has_f16:
                 raise TypeError(f"float16 needs the shader-f16 feature, which {self.info['name']} lacks")
             module = self.device.create_shader_module(label=shader, code=module_code(shader, aliases, subgroups))
@@ -185,6 +188,7 @@ class Runtime:
                 stage["constants"] = {k: float(v) for k, v in constants.items()}
             pipe = self.device.create_compute_pipeline(label=f"{shader}:{entry}", layout="auto", compute=stage)
             self._pipelines[key] = pipe
+            self.pipeline_seconds += time.perf_counter() - t0
         return pipe
 
     def built_pipelines(self) -> list[tuple[str, str, dict, dict, bool]]:
