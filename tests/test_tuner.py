@@ -62,6 +62,35 @@ def test_every_candidate_gives_the_cpu_tokens(rt, t2s, monkeypatch):
         assert torch.equal(got, ref), f"{c.name}\nCPU {ref.tolist()}\nGPU {got.tolist()}"
 
 
+@pytest.mark.parametrize("precision", ["f32", pytest.param("f16", marks=pytest.mark.needs_f16)])
+def test_candidates_batched(rt, t2s, monkeypatch, precision):
+    """Three sequences sharing steps (B = 3) on the non-default variants: f32 tokens equal the CPU
+    model's; f16 tokens equal each sequence's solo run on the same variant (tests/test_precision.py
+    bounds f16's logits against f32)."""
+    monkeypatch.setenv("WSVK_PRECISION", precision)
+    texts, caps = ["hello world", "a b c", "so many words"], [9, 14, 12]
+    refs = []
+    for i, (text, cap) in enumerate(zip(texts, caps)):
+        torch.manual_seed(100 + i)
+        refs.append(t2s.generate(text, N=cap, show_progress_bar=False))
+    names = [c.name for c in tuner.candidates(ResidentT2S(t2s, slots=3).resident_decoder)]
+    for name in [n for n in names if n in ("split32", "split128") or n.endswith("-wgsum")][:3]:
+        monkeypatch.setenv("WSVK_PLAN", name)
+        res = ResidentT2S(t2s, slots=3)
+        seqs = [res.sequence(t, N=n, generator=torch.Generator().manual_seed(100 + i))
+                for i, (t, n) in enumerate(zip(texts, caps))]
+        res.run(seqs)
+        assert res.counters()["columns_per_step"] > 1.5, name  # the sequences really shared steps
+        if precision == "f16":  # the reference: each sequence alone on the same variant
+            refs = []
+            for i, (t, n) in enumerate(zip(texts, caps)):
+                solo = res.sequence(t, N=n, generator=torch.Generator().manual_seed(100 + i))
+                res.run([solo])
+                refs.append(solo.result)
+        for seq, ref in zip(seqs, refs):
+            assert torch.equal(seq.result, ref), (name, seq.result.tolist(), ref.tolist())
+
+
 def test_tuner_chooses_caches_and_reuses(rt, t2s, cache, monkeypatch, capsys):
     monkeypatch.setattr(tuner, "BUDGET_S", 1e9)  # every split size
     res = ResidentT2S(t2s, slots=2)
