@@ -20,6 +20,10 @@ from wsvk import gpu  # noqa: E402
 from wsvk.errors import WsvkError  # noqa: E402
 from wsvk.kernels.cases import rel_err  # noqa: E402,F401 (the one error function of the tests)
 
+# fixtures shared by several test modules (helpers they share are plain modules: tiny_models,
+# resident_helpers, serve_helpers)
+pytest_plugins = ["fixtures_models", "fixtures_server"]
+
 REQUIRE = os.environ.get("WSVK_REQUIRE_ADAPTER", "") not in ("", "0")
 POISON = np.uint32(0x7FC0DEAD)  # a NaN with a payload: easy to spot, never produced by a kernel
 GUARD_BYTES = 256

@@ -6,11 +6,9 @@ import pytest
 import soundfile as sf
 import torch
 
-import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err, rss_mb
-from test_pipeline import tiny  # noqa: F401 (fixture)
-from test_precision import LOGIT_BOUND
+from resident_helpers import LOGIT_BOUND, s2a_inputs, t2s_spec
 from wsvk.errors import InputError
 from wsvk.tts.pipeline import Progress
 from wsvk.resident import ResidentS2A, ResidentT2S
@@ -25,7 +23,7 @@ CAPS = [9, 14, 6, 12, 16, 7, 11, 13, 5, 10]  # N per sequence: they leave at dif
 
 @pytest.fixture(scope="module")
 def t2s():
-    return t2s_from_spec(tr.t2s_spec())
+    return t2s_from_spec(t2s_spec())
 
 
 @pytest.fixture(scope="module")
@@ -71,7 +69,7 @@ def test_s2a_batch_equals_cpu(rt, s2a, slots):
     """10 sequences of different lengths through `slots` slots, as for T2S: tokens equal to the CPU
     model's, one submit per step plus one per joining sequence, the samples' draws taken ahead."""
     res = ResidentS2A(s2a, slots=slots, ch=8)
-    inputs = [tr.s2a_inputs(i, n=n) for i, n in enumerate((5, 3, 7, 4, 6, 2, 8, 3, 5, 4))]
+    inputs = [s2a_inputs(i, n=n) for i, n in enumerate((5, 3, 7, 4, 6, 2, 8, 3, 5, 4))]
     seqs = [res.sequence(stoks, spk, generator=gen(i)) for i, (stoks, spk) in enumerate(inputs)]
     ahead = []  # every sample used draws taken while its step ran on the GPU, and still matches
     for seq in seqs:
@@ -200,7 +198,7 @@ def test_generate_batch_inputs_are_checked_first(rt, tmp_path):
 
 
 @pytest.fixture(scope="module")
-def tiny_files(tiny):  # noqa: F811 (the fixture imported above)
+def tiny_files(tiny):
     return tiny
 
 

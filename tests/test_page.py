@@ -16,7 +16,7 @@ import numpy as np
 import pytest
 
 import tiny_models as tm
-from test_serve import Server, files, pcm_of, pipe, voice_server  # noqa: F401 (fixtures)
+from serve_helpers import Server, pcm_of, voice_server
 
 CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
@@ -77,7 +77,7 @@ class Browser:
 
 
 @pytest.mark.parametrize("fmt", ["wav", "mp3", "opus"])  # Web Audio, MediaSource, once downloaded
-def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt):  # noqa: F811
+def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt):
     server = Server(pipe, slots=2, queue=2, voices={"default": pipe.default_speaker(), "anna": pipe.default_speaker()})
     browser = Browser(tmp_path / "profile")
     try:
@@ -108,7 +108,7 @@ def test_page_lists_voices_and_a_click_gives_playable_audio(pipe, tmp_path, fmt)
         server.close()
 
 
-def test_the_stream_player_settles_and_says_why_when_the_browser_cannot_play(pipe, tmp_path):  # noqa: F811
+def test_the_stream_player_settles_and_says_why_when_the_browser_cannot_play(pipe, tmp_path):
     """Bytes the browser cannot decode: end() still settles, with the reason (the page then
     plays the downloaded copy); a clean short stream settles without one."""
     server = Server(pipe, slots=1, queue=1, voices={"default": pipe.default_speaker()})
@@ -134,7 +134,7 @@ def test_the_stream_player_settles_and_says_why_when_the_browser_cannot_play(pip
         server.close()
 
 
-def test_a_new_request_or_stop_ends_what_plays_and_errors_read_plainly(pipe, tmp_path):  # noqa: F811
+def test_a_new_request_or_stop_ends_what_plays_and_errors_read_plainly(pipe, tmp_path):
     """Speak twice: one AudioContext, and the first request's audio stops when the second starts;
     Stop stops both the download and the playback; no voice listed yet: the server's default; a
     proxy's plain-text error reads as its status, not as a JSON parse error."""
@@ -166,7 +166,7 @@ def test_a_new_request_or_stop_ends_what_plays_and_errors_read_plainly(pipe, tmp
         server.close()
 
 
-def test_the_page_shows_backend_elapsed_time_and_place_in_line(pipe, tmp_path):  # noqa: F811
+def test_the_page_shows_backend_elapsed_time_and_place_in_line(pipe, tmp_path):
     """With the one slot taken by another client: the page says which backend serves, counts the
     seconds and shows its place in line while it waits, sends its language and seed, and the
     browser's favicon request is answered (no 404 line per visit)."""
@@ -203,7 +203,7 @@ def test_the_page_shows_backend_elapsed_time_and_place_in_line(pipe, tmp_path): 
         server.close()
 
 
-def test_the_page_adds_a_voice_when_the_server_allows_it_and_speaks_with_it(pipe, tmp_path):  # noqa: F811
+def test_the_page_adds_a_voice_when_the_server_allows_it_and_speaks_with_it(pipe, tmp_path):
     """Without --voice-upload the page says how to add voices and shows no form; with it, a file
     chosen in the browser becomes a voice (named after the file), selected, and speech with it is
     generate()'s with that file as the speaker; a refused one reads as the server's message."""

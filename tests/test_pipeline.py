@@ -28,15 +28,6 @@ POLISH = "Zażółć gęślą jaźń, pchnąć w tę łódź jeża lub ośm skrz
 pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 
 
-@pytest.fixture(scope="session")
-def tiny(tmp_path_factory):
-    """Tiny T2S/S2A checkpoints, a Vocos folder, an ECAPA folder and a stereo 44.1 kHz voice."""
-    root = tmp_path_factory.mktemp("tiny-models")
-    paths = tm.write_all(root)
-    paths["voice"] = tm.write_voice(root / "voice.wav")
-    return paths
-
-
 @pytest.fixture
 def backend(monkeypatch):
     """Switch WSVK_BACKEND inside a test (restored afterwards). offload() reads it on every call,

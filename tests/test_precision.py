@@ -24,8 +24,9 @@ import numpy as np
 import pytest
 import torch
 
-import test_resident as tr
+import tiny_models as tm
 from conftest import rel_err
+from resident_helpers import LOGIT_BOUND, s2a_inputs, stress_vocos, t2s_reference_logits, t2s_spec
 from wsvk import quality
 from wsvk.errors import ConfigError
 from wsvk.gpu import Runtime
@@ -33,8 +34,6 @@ from wsvk.kernels.matmul import Q8Weight, q8_layout
 from wsvk.resident import ResidentS2A, ResidentT2S, ResidentVocos
 from wsvk.tts.models import random_vocos, s2a_from_spec, t2s_from_spec
 
-U = 2.0 ** -11
-LOGIT_BOUND = 4 * U
 SNR_FLOOR_DB = 40.0
 
 pytestmark = pytest.mark.skipif(os.environ.get("WSVK_BACKEND") == "cpu", reason="GPU precision")
@@ -50,13 +49,13 @@ def _set(monkeypatch, precision):
 def _t2s_logits(model, monkeypatch, precision, subgroups=None):
     _set(monkeypatch, precision)
     res = ResidentT2S(model, ch=4, subgroups=subgroups)
-    ref, got = tr.t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
+    ref, got = t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
     return res.resident_decoder, ref.numpy(), got.numpy()
 
 
 @pytest.mark.needs_f16
 def test_t2s_f16_logits(rt, monkeypatch):
-    model = t2s_from_spec(tr.t2s_spec())
+    model = t2s_from_spec(t2s_spec())
     d32, ref, l32 = _t2s_logits(model, monkeypatch, "f32")
     d16, _, l16 = _t2s_logits(model, monkeypatch, "f16")
     assert d32.dtype == np.float32 and d16.dtype == np.float16
@@ -84,7 +83,7 @@ def test_t2s_f16_logits(rt, monkeypatch):
 def _s2a_logits(model, monkeypatch, precision):
     _set(monkeypatch, precision)
     res = ResidentS2A(model, ch=8)
-    stoks, spk = tr.s2a_inputs(0)
+    stoks, spk = s2a_inputs(0)
     stoks = torch.nn.functional.pad(stoks, (1, model.stoks_len - len(stoks) - 1), value=model.stoks_codes - 1)[None]
     res.start_chunk(stoks, spk)
     cols = torch.randint(0, 1026, (8, 4), generator=torch.Generator().manual_seed(5))
@@ -95,7 +94,7 @@ def _s2a_logits(model, monkeypatch, precision):
 
 @pytest.mark.needs_f16
 def test_s2a_f16_logits(rt, monkeypatch):
-    model = s2a_from_spec(tr.tm.build_s2a(0))
+    model = s2a_from_spec(tm.build_s2a(0))
     d32, l32 = _s2a_logits(model, monkeypatch, "f32")
     d16, l16 = _s2a_logits(model, monkeypatch, "f16")
     assert d32.dtype == np.float32 and d16.dtype == np.float16 and d16.layers[0].k_cache.dtype == np.float16
@@ -182,7 +181,7 @@ def test_q8_storage(rt, monkeypatch, limits):
     cross_kv in the storage dtype (f16 with shader-f16, else f32: WSVK_LIMITS=default's case)."""
     if limits == "f32 caches":
         monkeypatch.setattr(Runtime, "has_f16", property(lambda self: False))
-    model = t2s_from_spec(tr.t2s_spec(head_width=33))  # K = 66: blocks cut short
+    model = t2s_from_spec(t2s_spec(head_width=33))  # K = 66: blocks cut short
     _set(monkeypatch, "q8")
     res = ResidentT2S(model)
     d = res.resident_decoder
@@ -195,7 +194,7 @@ def test_q8_storage(rt, monkeypatch, limits):
         assert isinstance(w, Q8Weight) and w.nbytes == 4 * q8_layout(N, K)[1] == N * -(-K // 32) * 36 + 4 * K
     assert g.cross_kv[0].dtype == dt and g.k_cache.dtype == dt and d.plan.tables_buf.dtype == dt
     assert all(w.dtype == dt for _, w, _, _ in d.plan.head_w)  # the head stays: its error reaches the argmax
-    ref, got = tr.t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
+    ref, got = t2s_reference_logits(model, res, [model.stoks_codes, 3, 9, 27, 14, 5, 60, 0])
     assert quality.snr_db(got.numpy(), ref.numpy()) >= quality.GATE_SNR_DB
 
 
@@ -231,9 +230,7 @@ def test_memory_figures_are_the_buffers_allocated(rt, precision):
 
 @pytest.fixture(scope="module")
 def vocos():
-    import test_resident_vocos as trv
-
-    return trv._stress(random_vocos(0), 1)  # released config, stressed random weights
+    return stress_vocos(random_vocos(0), 1)  # released config, stressed random weights
 
 
 @pytest.mark.needs_f16
@@ -273,10 +270,10 @@ def test_f16_without_shader_f16_is_a_config_error(rt, vocos, monkeypatch):
     with pytest.raises(ConfigError, match="^WSVK_PRECISION=f16 but .* lacks shader-f16"):
         ResidentVocos(vocos)
     with pytest.raises(ConfigError, match="^WSVK_PRECISION=f16 but .* lacks shader-f16"):
-        ResidentT2S(t2s_from_spec(tr.t2s_spec()))
+        ResidentT2S(t2s_from_spec(t2s_spec()))
     _set(monkeypatch, "f32")  # the message names what asked for f16: here the argument, not the setting
     with pytest.raises(ConfigError, match=r"^precision='f16' but .* lacks shader-f16 \(use auto, q8 or f32\)$"):
-        ResidentT2S(t2s_from_spec(tr.t2s_spec()), precision="f16")
+        ResidentT2S(t2s_from_spec(t2s_spec()), precision="f16")
     _set(monkeypatch, "auto")  # auto falls back to f32
     assert ResidentVocos(vocos).dtype == np.float32
     _set(monkeypatch, "f64")
@@ -291,7 +288,7 @@ def test_auto_follows_the_adapter(rt, vocos, monkeypatch):
     monkeypatch.setitem(rt.info, "type", "IntegratedGPU")
     choice, why = rt.precision()
     assert choice == "q8" and "integrated" in why
-    assert ResidentT2S(t2s_from_spec(tr.t2s_spec())).resident_decoder.precision == "q8"
+    assert ResidentT2S(t2s_from_spec(t2s_spec())).resident_decoder.precision == "q8"
     monkeypatch.setitem(rt.info, "type", "DiscreteGPU")
     assert rt.precision()[0] == ("f16" if rt.has_f16 else "f32")
     _set(monkeypatch, "q8")  # one setting away on any adapter

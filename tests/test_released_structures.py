@@ -18,9 +18,9 @@ import pytest
 import torch
 from whisperspeech import languages
 
-import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err
+from resident_helpers import same_tokens, t2s_reference_logits
 from wsvk import quality
 from wsvk.errors import InputError
 from wsvk.resident import ResidentS2A, ResidentT2S
@@ -140,8 +140,8 @@ def test_resident_t2s_ends_at_the_files_end_token(files, rt, name):
     res = ResidentT2S(model)
     lengths = []
     for seed in T2S_SEEDS[name]:
-        got = tr.same_tokens(lambda: model.generate(TEXT, show_progress_bar=False),
-                             lambda: res.generate(TEXT, show_progress_bar=False), seed=seed)
+        got = same_tokens(lambda: model.generate(TEXT, show_progress_bar=False),
+                          lambda: res.generate(TEXT, show_progress_bar=False), seed=seed)
         lengths.append(got.shape[-1])
     assert lengths[0] == model.stoks_len - 1 and lengths[1] < lengths[0], lengths  # to the window's end; stopped
 
@@ -176,7 +176,7 @@ def teacher_forced(name, model):
     if name.startswith("t2s"):
         eot = model.stoks_codes + model.tunables.padding_token_offset
         seq = [eot, 3, 511, 27, 512, 5, 60, 513, 0]  # the start token, main codes, the padding and special codes
-        ref, got = tr.t2s_reference_logits(model, ResidentT2S(model, ch=4), seq)
+        ref, got = t2s_reference_logits(model, ResidentT2S(model, ch=4), seq)
         return ref.numpy(), got.numpy()
     return s2a_reference_logits(model, ResidentS2A(model, ch=8))
 

@@ -4,9 +4,9 @@ import numpy as np
 import pytest
 import torch
 
-import test_resident as tr
 import tiny_models as tm
 from conftest import rel_err
+from resident_helpers import s2a_cond_spec, s2a_inputs, t2s_spec
 from wsvk.tts.models import s2a_from_spec, t2s_from_spec
 from wsvk.resident import ResidentS2A, ResidentT2S
 from wsvk.resident.encoder import ResidentEncoder
@@ -24,7 +24,7 @@ def t2s_inputs(model):
 
 
 def s2a_inputs(model, seed=0):
-    stoks, spk = tr.s2a_inputs(seed)
+    stoks, spk = s2a_inputs(seed)
     return torch.nn.functional.pad(stoks, (1, model.stoks_len - len(stoks) - 1), value=model.stoks_codes - 1)[None], spk
 
 
@@ -42,7 +42,7 @@ def resident_xenc(res, rt, start):
 
 @pytest.mark.parametrize("causal", [True, False])  # the tiny T2S's encoder is causal as released
 def test_t2s_encoder(rt, causal):
-    model = t2s_from_spec(tr.t2s_spec())
+    model = t2s_from_spec(t2s_spec())
     model.tunables.causal_encoder = causal
     res = ResidentT2S(model)
     assert res.resident_encoder.causal is causal and res.resident_encoder.rope is None
@@ -59,7 +59,7 @@ def test_t2s_encoder(rt, causal):
 
 @pytest.mark.parametrize("variant", ["plain", "cond"])
 def test_s2a_encoder(rt, variant):
-    model = s2a_from_spec(tm.build_s2a(0) if variant == "plain" else tr.s2a_cond_spec())
+    model = s2a_from_spec(tm.build_s2a(0) if variant == "plain" else s2a_cond_spec())
     res = ResidentS2A(model)
     assert res.resident_encoder.rope is not None  # RoPE on q and k
     stoks, spk = s2a_inputs(model)
@@ -87,7 +87,7 @@ def test_f16_decoder_gets_f16_encoder_output(rt, monkeypatch):
 
 
 def test_errors(rt):
-    model = t2s_from_spec(tr.t2s_spec())
+    model = t2s_from_spec(t2s_spec())
     enc = ResidentEncoder(model.encoder.layers, model.n_head, model.encoder.ln_post, causal=True)
     with pytest.raises(ValueError, match=r"\[L, 64\]"):
         enc.run(np.zeros((4, 31), np.float32))
@@ -105,7 +105,7 @@ def test_capture_in_threads_leaves_the_model_whole_for_a_cpu_thread(rt):
     import sys
     import threading
 
-    model = t2s_from_spec(tr.t2s_spec())
+    model = t2s_from_spec(t2s_spec())
     wrappers = [ResidentT2S(model), ResidentT2S(model)]
     tt, langs, cpss = t2s_inputs(model)
     n_layers = len(model.encoder.layers)

@@ -20,6 +20,7 @@ import pytest
 import torch
 
 from conftest import rel_err
+from resident_helpers import stress_vocos
 from wsvk.tts.models import RELEASED_VOCOS_CONFIG, build_vocos, random_vocos
 from wsvk.resident import ResidentVocos
 
@@ -29,27 +30,6 @@ BOUND_F32 = 1e-5
 pytestmark = pytest.mark.usefixtures("f32_precision")  # identical tokens / f32 rounding vs the CPU
 # Frame counts are 1 or > 8: every distinct count <= 8 compiles its own GEMV pipelines in
 # wsvk.ops.linear, which takes seconds on lavapipe.
-
-
-def _stress(v, seed):
-    g = torch.Generator().manual_seed(seed)
-    with torch.no_grad():
-        for name, p in v.backbone.named_parameters():
-            if p.dim() >= 2 and "norm" not in name:  # conv/linear weights: unit gain
-                p.copy_(torch.randn(p.shape, generator=g) / p[0].numel() ** 0.5)
-            elif "gamma" in name:
-                p.copy_(0.1 + 0.3 * torch.rand(p.shape, generator=g))
-            elif "scale" in name or name.endswith("norm.weight"):
-                p.copy_(1 + 0.2 * torch.randn(p.shape, generator=g))
-            else:  # biases, shifts
-                p.copy_(0.2 * torch.randn(p.shape, generator=g))
-        w, b = v.head.out.weight, v.head.out.bias
-        F = w.shape[0] // 2
-        w.copy_(torch.randn(w.shape, generator=g) / w.shape[1] ** 0.5)
-        w[F:] *= 4  # phases of several radians
-        b.copy_(torch.randn(b.shape, generator=g))
-        b[:16] += 6  # exp(m) > 100: the clip
-    return v.eval()
 
 
 class Case:
@@ -111,7 +91,7 @@ def one_torch_thread():
 
 @pytest.fixture(scope="module")
 def released(rt):
-    return Case(_stress(random_vocos(0), 1))
+    return Case(stress_vocos(random_vocos(0), 1))
 
 
 CUSTOM = copy.deepcopy(RELEASED_VOCOS_CONFIG)
@@ -130,7 +110,7 @@ def _custom(config, seed):
     v = build_vocos(config)
     with torch.no_grad():
         v.feature_extractor.codebook_weights.normal_()
-    return _stress(v, seed)
+    return stress_vocos(v, seed)
 
 
 def test_released_every_bandwidth(rt, released):

@@ -8,7 +8,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import sys
 import threading
@@ -23,74 +22,13 @@ import soundfile as sf
 
 import tiny_models as tm
 from conftest import REQUIRE, rss_mb
-from wsvk.serve.app import Options, create_app
+from serve_helpers import Server, pcm_of, voice_server
+from wsvk.serve.app import Options
 
 pytestmark = pytest.mark.usefixtures("f32_precision")
 
 TEXT = "Hello there, friend."
 LONG = "This request goes on for a while. It has several sentences, each a chunk. The last one ends it here."
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
-
-
-class Server:
-    """uvicorn in a thread on a free loopback port, stopped by close()."""
-
-    def __init__(self, pipe, **options):
-        import uvicorn
-
-        self.pipe = pipe
-        self.opts = Options(voices=options.pop("voices", {"default": pipe.default_speaker()}), **options)
-        self.port = free_port()
-        self.url = f"http://127.0.0.1:{self.port}"
-        self.server = uvicorn.Server(uvicorn.Config(create_app(pipe, self.opts), host="127.0.0.1", port=self.port,
-                                                    log_level="warning"))
-        self.thread = threading.Thread(target=self.server.run, daemon=True)
-        self.thread.start()
-        deadline = time.time() + 30
-        while not self.server.started:
-            assert time.time() < deadline and self.thread.is_alive(), "the server did not start"
-            time.sleep(0.05)
-
-    def client(self, key="none"):
-        return openai.OpenAI(base_url=f"{self.url}/v1", api_key=key, max_retries=0, timeout=300)
-
-    def close(self):
-        self.server.should_exit = True
-        self.thread.join(timeout=30)
-
-
-@pytest.fixture(scope="module")
-def files(tmp_path_factory):
-    root = tmp_path_factory.mktemp("serve-models")
-    paths = tm.write_all(root)
-    voices = root / "voices"
-    voices.mkdir()
-    tm.write_voice(voices / "anna.wav", seed=2)
-    paths["voices"] = voices
-    return paths
-
-
-@pytest.fixture(scope="module")
-def pipe(files, rt):
-    import os
-
-    from wsvk.tts import load_pipeline
-
-    old = os.environ.get("WSVK_BACKEND")
-    os.environ["WSVK_BACKEND"] = "wgpu"
-    p = load_pipeline(t2s=str(files["t2s"]), s2a=str(files["s2a"]), vocoder=str(files["vocoder"]),
-                      speaker_model=str(files["speaker_model"]), slots=4)
-    yield p
-    p.engine().close()
-    if old is None:
-        os.environ.pop("WSVK_BACKEND", None)
-    else:
-        os.environ["WSVK_BACKEND"] = old
 
 
 @pytest.fixture(scope="module")
@@ -107,10 +45,6 @@ def decode(data: bytes, fmt: str) -> tuple[np.ndarray, int]:
         return np.frombuffer(data, "<i2").astype(np.float64) / 32767, 24000
     audio, rate = sf.read(io.BytesIO(data), dtype="float64")
     return audio, rate
-
-
-def pcm_of(audio) -> np.ndarray:
-    return (np.clip(audio, -1, 1) * 32767).round() / 32767
 
 
 @pytest.mark.parametrize("fmt", ["wav", "pcm", "flac", "mp3", "opus"])
@@ -284,14 +218,6 @@ def test_voices_folder(pipe, tmp_path):
     write_file(tmp_path / "default.wav", mono, 24000)
     with pytest.raises(InputError, match="'default' is whisperspeech's own voice"):
         voice_files(str(tmp_path))
-
-
-def voice_server(pipe, folder: Path, **options) -> "Server":
-    """A server over the voices of `folder` (its --voices DIR), which it may add voices to."""
-    from wsvk.serve.cli import load_voices, voice_files
-
-    return Server(pipe, voices=load_voices(pipe, voice_files(str(folder))), slots=2, queue=2,
-                  **{"voice_dir": folder, "voice_upload": True, **options})
 
 
 def test_an_added_voice_is_saved_listed_and_spoken_at_once(pipe, tmp_path):

@@ -9,7 +9,6 @@ import numpy as np
 import pytest
 
 from conftest import rel_err
-from test_serve import files, pipe  # noqa: F401 (fixtures)
 from wsvk.tts.textsplit import split_text, utf8_len
 
 pytestmark = pytest.mark.usefixtures("f32_precision")
@@ -17,7 +16,7 @@ pytestmark = pytest.mark.usefixtures("f32_precision")
 TEXT = "Hello there, this text has several sentences. Each of them is a chunk. And the last one ends it."
 
 
-def test_stream_joins_to_generate(pipe):  # noqa: F811
+def test_stream_joins_to_generate(pipe):
     ref = pipe.generate(TEXT, seed=4)
     blocks = list(pipe.stream(TEXT, seed=4))
     assert len(pipe.last.chunks) >= 3 and len(blocks) > len(pipe.last.chunks)  # windows inside chunks
@@ -26,7 +25,7 @@ def test_stream_joins_to_generate(pipe):  # noqa: F811
     assert np.abs(got - ref).max() < 1e-5  # sample by sample: no seam between windows or chunks
 
 
-def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):  # noqa: F811
+def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):
     import threading
 
     texts = {1: TEXT, 2: "Another caller, another text.", 3: "A third one speaks here."}
@@ -45,7 +44,7 @@ def test_streams_from_threads_share_steps_and_keep_their_audio(pipe):  # noqa: F
         assert got[s].shape == refs[s].shape and rel_err(got[s], refs[s]) < 1e-6
 
 
-def test_generate_shares_the_decoders_with_streams_in_flight(pipe):  # noqa: F811
+def test_generate_shares_the_decoders_with_streams_in_flight(pipe):
     """One set of resident modules (weights, KV caches) serves generate() and the streams, and a
     generate() call made while a stream is in flight keeps its audio, as does the stream."""
     refs = {5: pipe.generate(TEXT, seed=5), 6: pipe.generate("A caller of generate, meanwhile.", seed=6)}
@@ -60,7 +59,7 @@ def test_generate_shares_the_decoders_with_streams_in_flight(pipe):  # noqa: F81
         assert got.shape == ref.shape and rel_err(got, ref) < 1e-6
 
 
-def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # noqa: F811
+def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):
     """Until the first chunk's first block is out, its S2A steps have the GPU to themselves: the
     later chunks' T2S sequences are submitted only then (before, each S2A step took turns with a
     T2S step). The audio is unchanged."""
@@ -87,7 +86,7 @@ def test_later_chunks_start_once_the_first_has_audio_out(pipe, monkeypatch):  # 
 
 
 @pytest.mark.parametrize("method", ["_t2s_sequence", "_t2s_done"])
-def test_a_later_chunk_that_fails_on_the_gpu_is_made_on_the_cpu(pipe, monkeypatch, method):  # noqa: F811
+def test_a_later_chunk_that_fails_on_the_gpu_is_made_on_the_cpu(pipe, monkeypatch, method):
     """The later chunks are submitted from whichever thread delivered the first audio; one whose
     sequence cannot be made there (_t2s_sequence), or whose T2S end fails on the decoder's loop
     thread (_t2s_done), goes to the CPU, even with warnings as errors: the warning raised in the
@@ -132,7 +131,7 @@ def fail_vocos_call(monkeypatch, n: int) -> list:
     return calls
 
 
-def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch):  # noqa: F811
+def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch):
     """A bug in one chunk's GPU path (here its first Vocos window) sends that chunk to the CPU;
     the stream's audio stays whole and the engine stays on the GPU."""
     ref = pipe.generate(TEXT, seed=7)
@@ -144,7 +143,7 @@ def test_an_error_in_one_chunk_redoes_that_chunk_on_the_cpu(pipe, monkeypatch): 
     assert engine.gpu is not None and any("a bug in a callback" in f for f in engine.faults)
 
 
-def test_the_vocos_thread_outlives_a_failure_of_its_own(pipe, monkeypatch):  # noqa: F811
+def test_the_vocos_thread_outlives_a_failure_of_its_own(pipe, monkeypatch):
     """Even when handling a window's error fails (here a warnings filter turns the warning into an
     error), the Vocos thread goes on: that chunk is redone on the CPU and the stream ends whole."""
     ref = pipe.generate(TEXT, seed=8)
@@ -156,7 +155,7 @@ def test_the_vocos_thread_outlives_a_failure_of_its_own(pipe, monkeypatch):  # n
     assert any(t.name == "wsvk-vocos" for t in threading.enumerate())
 
 
-def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
+def test_closing_a_stream_early_frees_its_slots(pipe):
     it = pipe.stream(TEXT * 3, seed=1)
     next(it)
     it.close()  # the listener went away
@@ -168,7 +167,7 @@ def test_closing_a_stream_early_frees_its_slots(pipe):  # noqa: F811
     assert pipe.engine().requests == []
 
 
-def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):  # noqa: F811
+def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):
     import gc
 
     for end in ("close", "with", "drop"):
@@ -186,7 +185,7 @@ def test_a_stream_dropped_before_its_first_block_is_cancelled(pipe):  # noqa: F8
     assert [r for r in pipe.engine().requests if not r.cancelled and not all(r.done)] == []
 
 
-def test_a_stream_finalized_under_its_own_locks_does_not_deadlock(pipe):  # noqa: F811
+def test_a_stream_finalized_under_its_own_locks_does_not_deadlock(pipe):
     """The collector may run a dropped stream's finalizer on an engine thread inside deliver(),
     which holds the request's lock and, putting a block, its queue's: the finalizer takes no
     lock (a plain Lock is not re-entrant: that thread, often the one Vocos thread, would hang)."""
@@ -212,7 +211,7 @@ def test_a_stream_finalized_under_its_own_locks_does_not_deadlock(pipe):  # noqa
     assert np.concatenate(list(pipe.stream("Still served.", seed=2))).size > 0
 
 
-def test_bad_input_is_raised_before_any_work(pipe):  # noqa: F811
+def test_bad_input_is_raised_before_any_work(pipe):
     from wsvk.errors import InputError
 
     with pytest.raises(InputError, match="unknown language"):
@@ -290,7 +289,7 @@ def test_a_long_text_leaves_slots_for_the_requests_after_it():
     assert order == [0, 0, 1, 1, 2, 3]
 
 
-def test_a_chunk_redone_on_the_cpu_keeps_the_gpus_semantic_tokens(pipe, monkeypatch):  # noqa: F811
+def test_a_chunk_redone_on_the_cpu_keeps_the_gpus_semantic_tokens(pipe, monkeypatch):
     """After a failure, a chunk whose T2S ended on the GPU goes on from those tokens (at f16 the
     CPU's would be other words than the audio already sent)."""
     ref = pipe.generate("Hello there.", seed=3)
@@ -301,7 +300,7 @@ def test_a_chunk_redone_on_the_cpu_keeps_the_gpus_semantic_tokens(pipe, monkeypa
     assert audio.shape == ref.shape and np.abs(audio - ref).max() < 1e-4
 
 
-def test_a_cancelled_request_stops_its_cpu_chunk_within_a_step(pipe):  # noqa: F811
+def test_a_cancelled_request_stops_its_cpu_chunk_within_a_step(pipe):
     """On the CPU path (CPU backend, or after a GPU failure) a listener who leaves stops the chunk
     being made at its next decode step, not at its end (seconds of CPU time with real models)."""
     from wsvk.tts.engine import Request, _Cancelled
