@@ -120,7 +120,8 @@ def bench_precision(args, out: dict, precision: str, t2s, s2a) -> None:
         dec = mod.resident_decoder
         rows = {}
         for label in args.plans:  # "tuned": what the tuner chose at load (WSVK_TUNE, the cache)
-            cand = tuner.by_name(tuner.candidates(dec), dec.tuning["plan"] if label == "tuned" else label, stage)
+            cand = tuner.by_name(tuner.candidates(dec), dec.tuning["plan"] if label == "tuned" else label, stage,
+                                 "--plans")
             dec.use_variant(cand.ch, cand.subgroups)
             rows[label] = {"plan": cand.name, **measure(args, stage, mod, s2a)}
         out[stage] = {**rows[args.plans[0]], **({"plans": rows} if len(rows) > 1 else {})}
@@ -146,6 +147,29 @@ def measure(args, stage: str, mod, s2a) -> dict:
     return {"dispatches_per_step": dec.dispatches_per_step, "weight_bytes_per_step": step_weight_bytes(dec),
             "chunk_steps": ran, "chunk_ms_per_step": ms,
             "at": [time_at(dec, p, args.steps) for p in positions(args.positions, n, args.steps, limit)]}
+
+
+def bench_torch(args, device: str, compiled: bool) -> dict:
+    """whisperspeech's own decode over --steps steps: eager f32, or (compiled) f16 with
+    torch.compile(mode="reduce-overhead"), as its optimize() sets up a model (ours come
+    converted for the CPU already, so only optimize()'s last two steps are left to do)."""
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    out = {}
+    for stage, make in (("t2s", random_t2s), ("s2a", random_s2a)):
+        model = make(args.size if stage == "t2s" else args.s2a_size).to(device)  # fresh: see bench_e2e
+        if compiled:
+            model.switch_dtypes(torch.float16)
+            model.generate_next = torch.compile(model.generate_next, mode="reduce-overhead", fullgraph=True)
+        if stage == "t2s":
+            run = lambda clock: time_t2s(model, args.steps, clock)  # noqa: E731
+        else:
+            stoks, spk, _ = inputs(SimpleNamespace(steps=args.steps, vocos_seconds=0.1), model)
+            spk = spk.to(device, torch.float16 if compiled else torch.float32)
+            run = lambda clock: time_s2a(model, stoks.to(device), spk, args.steps, clock)  # noqa: E731
+        run(StepClock(sync))  # warm-up (compiling and capturing the graphs, when compiled)
+        out[f"{stage}_ms_per_step"] = run(StepClock(sync))[0]
+        del model, run  # the lambda holds the model too
+    return out
 
 
 def print_report(res: dict) -> None:

@@ -1,8 +1,9 @@
 """The decode step's candidates and the tuner (wsvk/resident/tuner.py, tune_cache.py, `wsvk tune`).
 
 Lavapipe's timings say nothing about a GPU, so auto does not tune it: these tests let it (worth_tuning)
-and check what the tuner does, not what it picks. The candidates run first so that the tuner's
-tests find their pipelines compiled."""
+and check what the tuner does, not what it picks. The models are small but their caches long
+enough (200 and 120 positions) for every split size to run differently. The candidates run first
+so that the tuner's tests find their pipelines compiled."""
 
 import json
 
@@ -10,18 +11,17 @@ import pytest
 import torch
 
 import tiny_models as tm
-from wsvk import config
+from wsvk import config, quality
 from wsvk.__main__ import main
-from wsvk.errors import ConfigError
-from wsvk.resident import ResidentT2S, tune_cache, tuner
-from wsvk.tts.models import t2s_from_spec
+from wsvk.errors import ConfigError, GpuError
+from wsvk.resident import ResidentS2A, ResidentT2S, tune_cache, tuner
 
 TEXT = "hello world"
 
 
 @pytest.fixture(scope="module")
 def t2s():
-    return t2s_from_spec(tm.build_t2s(0))
+    return quality.small_t2s(stoks_len=200)
 
 
 @pytest.fixture
@@ -30,6 +30,7 @@ def cache(tmp_path, monkeypatch):
     monkeypatch.setenv("WSVK_CACHE_DIR", str(folder))
     monkeypatch.setenv("WSVK_PRECISION", "f32")
     monkeypatch.setattr(tuner, "worth_tuning", lambda rt: True)
+    monkeypatch.setattr(tuner, "_announced", False)
     return folder
 
 
@@ -48,7 +49,7 @@ def test_every_candidate_gives_the_cpu_tokens(rt, t2s, monkeypatch):
     base = ResidentT2S(t2s).resident_decoder
     cands = tuner.candidates(base)
     assert cands[0] == tuner.DEFAULT and len({c.name for c in cands}) == len(cands)
-    assert {"split32", "split128"} <= {c.name for c in cands}
+    assert {"split32", "split128", "split256"} <= {c.name for c in cands}
     assert any(c.subgroups is False for c in cands) == rt.has_subgroups
     ref = cpu_tokens(t2s)
     for c in cands:
@@ -59,6 +60,25 @@ def test_every_candidate_gives_the_cpu_tokens(rt, t2s, monkeypatch):
         assert dec.plan.ch == (c.ch or dec.plan.auto_ch()) and dec.plan.subgroups == c.subgroups
         assert dec.dispatches_per_step == base.dispatches_per_step == 1 + 8 * dec.n_layers + 1  # embed, layers, head
         got = gpu_tokens(res)
+        assert torch.equal(got, ref), f"{c.name}\nCPU {ref.tolist()}\nGPU {got.tolist()}"
+
+
+def test_every_s2a_candidate_gives_the_cpu_tokens(rt, monkeypatch):
+    """RoPE on both attentions, keys subsampled, 4 quantizers: S2A's split sizes and reductions."""
+    monkeypatch.setenv("WSVK_PRECISION", "f32")
+    s2a = quality.small_s2a(stoks_len=40)
+    g = torch.Generator().manual_seed(3)
+    stoks, spk = torch.randint(0, 512, (30,), generator=g), torch.randn(1, 192, generator=g)
+    torch.manual_seed(4)
+    ref = s2a.generate(stoks, spk, show_progress_bar=False)
+    cands = tuner.candidates(ResidentS2A(s2a).resident_decoder)
+    assert {"split32", "split128"} <= {c.name for c in cands}
+    for c in cands[1:]:
+        monkeypatch.setenv("WSVK_PLAN", f"t2s:split9999,s2a:{c.name}")  # one per decoder
+        res = ResidentS2A(s2a)
+        assert res.resident_decoder.tuning["plan"] == c.name
+        torch.manual_seed(4)
+        got = res.generate(stoks, spk, show_progress_bar=False)
         assert torch.equal(got, ref), f"{c.name}\nCPU {ref.tolist()}\nGPU {got.tolist()}"
 
 
@@ -133,7 +153,7 @@ def test_corrupt_foreign_or_stale_cache_is_ignored(rt, t2s, cache, monkeypatch, 
         "unreadable": "{not json",
         "not a wsvk tuning file": json.dumps({"format": "other/9", "key": entry["key"], "choice": "default"}),
         "another adapter": json.dumps({**entry, "key": {**entry["key"], "adapter": "Some Other GPU"}}),
-        "not a candidate any more": json.dumps({**entry, "choice": "split9999"}),
+        "not a candidate of the t2s decoder any more; tuning again": json.dumps({**entry, "choice": "split9999"}),
     }
     for why, text in broken.items():
         with open(path, "w") as f:
@@ -164,8 +184,11 @@ def test_settings(rt, t2s, cache, monkeypatch):
     assert tune_cache.entries(str(cache)) == []
     monkeypatch.setenv("WSVK_PLAN", "split32")
     assert ResidentT2S(t2s).resident_decoder.plan.ch == 32
+    monkeypatch.setenv("WSVK_PLAN", "s2a:split9999, t2s:split128")
+    assert ResidentT2S(t2s).resident_decoder.plan.ch == 128
     monkeypatch.setenv("WSVK_PLAN", "fastest-please")
-    with pytest.raises(ConfigError, match=r"WSVK_PLAN='fastest-please' is not a candidate .*use one of: default, "):
+    with pytest.raises(ConfigError, match=r"WSVK_PLAN: 'fastest-please' is not a candidate of the t2s decoder; use one "
+                                          r"of: default, .*\(t2s:NAME,s2a:NAME names one per decoder\)"):
         ResidentT2S(t2s)
     monkeypatch.setenv("WSVK_TUNE", "sometimes")
     with pytest.raises(ConfigError, match="WSVK_TUNE='sometimes' is not valid; use one of: auto, off, force"):
@@ -193,3 +216,47 @@ def test_tune_command_and_info(rt, tmp_path, cache, monkeypatch, capsys):
     for d in data["decoders"]:
         chosen = next(c["name"] for c in d["candidates"] if c["chosen"])
         assert f": {d['name']} {d['layers']}x" in listing and f"-> {chosen}" in listing
+
+
+def test_the_default_stays_unless_clearly_faster(rt, t2s, cache, monkeypatch):
+    """MARGIN and the second timing, with made-up timings: the fastest candidate and the default are
+    timed twice and compared by their best times; 2% faster keeps the default, 10% replaces it."""
+    dec = ResidentT2S(t2s, slots=2).resident_decoder  # tuned once for real: pipelines compiled
+    monkeypatch.setattr(tuner, "BUDGET_S", 1e9)
+    cands = tuner.candidates(dec)
+    for speedup, expect in ((0.98, "default"), (0.90, "split128")):
+        calls = []
+
+        def fake(dec, c, steps, speedup=speedup, calls=calls):
+            calls.append(c.name)
+            first = c.name not in calls[:-1]
+            ms = 10.0 * (speedup if c.name == "split128" else 1.0) * (1.5 if first and c.name == "default" else 1.0)
+            return {"dispatches_per_step": dec.dispatches_per_step, "ms_per_step": ms, "record_ms_per_step": 0.1,
+                    "compile_s": 0.0}
+
+        monkeypatch.setattr(tuner, "_time", fake)
+        rows = tuner.tune(dec, cands, "t2s")
+        assert [r["name"] for r in rows if r["chosen"]] == [expect] and dec.tuning["plan"] == expect
+        assert calls[0] == "default" and calls[-1] == "default"  # the default's first timing (warm-up) is not its best
+        assert {r["name"]: r["ms_per_step"] for r in rows}["default"] == 10.0
+        if rt.has_subgroups:  # the pruned search tries the other reduction for the best split only
+            assert sum(n.endswith("-wgsum") for n in set(calls)) == 1
+
+
+def test_a_failure_while_tuning_leaves_the_default(rt, t2s, cache, monkeypatch, capsys):
+    real = tuner._time
+
+    def failing(dec, c, steps):
+        if c.name != "default":
+            raise GpuError("validation error: a driver rejected the pipeline")
+        return real(dec, c, steps)
+
+    monkeypatch.setattr(tuner, "_time", failing)
+    monkeypatch.setattr(tuner, "BUDGET_S", 1e9)
+    res = ResidentT2S(t2s)
+    assert res.resident_decoder.tuning == {"plan": "default", "source": "failed", "timed": 0}
+    assert res.resident_decoder.plan.ch == res.resident_decoder.plan.auto_ch()
+    err = [line for line in capsys.readouterr().err.splitlines() if "warning" in line]
+    assert len(err) == 1 and "tuning the t2s decode step failed (validation error" in err[0]
+    assert tune_cache.entries(str(cache)) == []  # nothing kept: the next load tries again
+    assert torch.equal(gpu_tokens(res), cpu_tokens(t2s))

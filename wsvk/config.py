@@ -59,18 +59,19 @@ def tune() -> str:
 
 
 def plan() -> str | None:
-    """WSVK_PLAN: run this decode-step candidate (a name from `python -m wsvk tune`), timing
-    nothing; checked against the candidates when a decoder is built. Unset: the tuner chooses."""
+    """WSVK_PLAN: run this decode-step candidate (a name from `python -m wsvk tune`; NAME for every
+    decoder or t2s:NAME,s2a:NAME), timing nothing; checked against a decoder's candidates when it
+    is built (resident/tuner.py). Unset: the tuner chooses."""
     return os.environ.get("WSVK_PLAN", "").strip() or None
 
 
 def cache_dir() -> str:
     """WSVK_CACHE_DIR, else $XDG_CACHE_HOME/wsvk, else ~/.cache/wsvk: where tuned choices are kept."""
     explicit = os.environ.get("WSVK_CACHE_DIR", "").strip()
-    if explicit:
-        return explicit
+    if explicit:  # expanded here: a service manager or a container sets it without a shell
+        return os.path.abspath(os.path.expanduser(explicit))
     base = os.environ.get("XDG_CACHE_HOME", "").strip() or os.path.join(os.path.expanduser("~"), ".cache")
-    return os.path.join(base, "wsvk")
+    return os.path.join(os.path.abspath(base), "wsvk")
 
 
 def min_work() -> int:

@@ -1,7 +1,8 @@
 """Layer 3, the resident modules: whole model stages kept on the GPU (weights, KV caches, every
 bind group built once), so a chunk or a decode step is one submit with one small readback.
 
-    plan.py      a WhisperSpeech decoder's weights, slots and dispatch list, built once
+    plan.py      a WhisperSpeech decoder's weights, slots and dispatch list (built once per variant)
+    tuner.py     the decode step's variants, timed on this GPU at first use; tune_cache.py keeps the choice
     decoder.py   ResidentDecoder: runs the plan, one submit per decode step of every active slot
     batching.py  DecodeLoop: sequences join and leave the slots at step boundaries; SharedLoop:
                  one loop per decoder that every caller feeds

@@ -161,21 +161,29 @@ class DecoderPlan:
         """(Re)build the dispatch list for a variant over the same weights and caches: `ch` keys per
         attention split (None: attention.auto_ch), `subgroups` for the GEMVs' reductions (None:
         where the adapter has them, False: workgroup memory). The tuner switches variants this way;
-        pipelines are cached by the runtime, so switching back compiles nothing."""
-        self.ch = int(ch) if ch is not None else self.auto_ch()
-        self.subgroups = subgroups
-        self.maxs_self = -(-self.self_len // self.ch)
-        self.ns_cross = -(-self.cross_len // self.ch)
-        if not self.split_fits(self.ch):
-            raise ValueError(f"{self.NH} heads x {max(self.maxs_self, self.ns_cross)} key splits of {self.ch} do "
-                             f"not fit the combining gemv's workgroup memory: use a larger split")
-        B = self.slots
-        self.part_s = self.rt.empty((B * self.NH * self.maxs_self * (self.DH + 2),))
-        self.part_c = self.rt.empty((B * self.NH * self.ns_cross * (self.DH + 2),))
-        self._keep = []  # uniform buffers and bound arrays, alive as long as the bind groups
-        self.dispatches: list[Dispatch] = []
-        self._build()
-        self.prefill_n = max(i for i, d in enumerate(self.dispatches) if d.label == "attn self") + 1
+        pipelines are cached by the runtime, so switching back compiles nothing. On an error the
+        plan is left as it was."""
+        ch = int(ch) if ch is not None else self.auto_ch()
+        if not self.split_fits(ch):
+            raise ValueError(f"{self.NH} heads x {max(-(-self.self_len // ch), -(-self.cross_len // ch))} key splits "
+                             f"of {ch} do not fit the combining gemv's workgroup memory: use a larger split")
+        names = ("ch", "subgroups", "maxs_self", "ns_cross", "part_s", "part_c", "_keep", "dispatches", "prefill_n")
+        before = {k: getattr(self, k, None) for k in names}
+        try:
+            self.ch, self.subgroups = ch, subgroups
+            self.maxs_self = -(-self.self_len // ch)
+            self.ns_cross = -(-self.cross_len // ch)
+            B = self.slots
+            self.part_s = self.rt.empty((B * self.NH * self.maxs_self * (self.DH + 2),))
+            self.part_c = self.rt.empty((B * self.NH * self.ns_cross * (self.DH + 2),))
+            self._keep = []  # uniform buffers and bound arrays, alive as long as the bind groups
+            self.dispatches = []
+            self._build()
+            self.prefill_n = max(i for i, d in enumerate(self.dispatches) if d.label == "attn self") + 1
+        except BaseException:
+            for k, v in before.items():
+                setattr(self, k, v)
+            raise
 
     # ------------------------------------------------------------ state
     def slot_bytes(self) -> int:

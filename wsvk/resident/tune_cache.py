@@ -9,6 +9,7 @@ only means tuning again next time (one warning per process)."""
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -47,9 +48,10 @@ def _read(path: str) -> tuple[dict | None, str | None]:
     return entry, None
 
 
-def load(key: dict) -> dict | None:
+def load(key: dict, discard: bool = False) -> dict | None:
     """The entry stored for `key` ({"key", "choice", "candidates"}), or None (nothing stored, or
-    a corrupt or foreign file: one warning)."""
+    a corrupt or foreign file: one warning). discard: remove such a file (where no tuning will
+    replace it, so that it is not warned about again by every process)."""
     path = path_for(key)
     if not os.path.exists(path):
         return None
@@ -57,7 +59,11 @@ def load(key: dict) -> dict | None:
     if entry is not None and entry["key"] != key:
         entry, why = None, "written for another adapter or model"
     if entry is None:
-        warn(f"ignoring the tuning cache file {path}: {why}; the decode step is tuned again")
+        if discard:
+            with contextlib.suppress(OSError):
+                os.remove(path)
+        warn(f"ignoring the tuning cache file {path}: {why}; "
+             + ("it was removed" if discard else "the decode step is tuned again"))
     return entry
 
 
@@ -67,6 +73,7 @@ def store(key: dict, choice: str, candidates: list[dict]) -> str | None:
     path = path_for(key)
     folder = os.path.dirname(path)
     entry = {"format": FORMAT, "key": key, "choice": choice, "candidates": candidates}
+    tmp = None
     try:
         os.makedirs(folder, exist_ok=True)
         fd, tmp = tempfile.mkstemp(prefix=".tune-", suffix=".json", dir=folder)
@@ -74,6 +81,9 @@ def store(key: dict, choice: str, candidates: list[dict]) -> str | None:
             json.dump(entry, f, indent=1, sort_keys=True)
         os.replace(tmp, path)
     except OSError as e:
+        if tmp is not None:
+            with contextlib.suppress(OSError):
+                os.remove(tmp)
         if folder not in _warned_unwritable:
             _warned_unwritable.add(folder)
             warn(f"cannot write the tuning cache in {folder} ({e.strerror or e}); the decode step will be tuned "

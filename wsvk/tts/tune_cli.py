@@ -1,7 +1,7 @@
-"""`wsvk tune`: time the decode step's candidates for the T2S and S2A decoders of these models on
-the selected GPU, print the table and cache the choice (wsvk/resident/tuner.py). A first synthesis
-does the pruned search by itself; this command is for a full search (--full), for a table to put
-in a bug report (--json), and for tuning ahead of a server's first request."""
+"""Time the decode step's variants for the T2S and S2A decoders of these models on the selected
+GPU, print the table and keep the choice for later loads. A first synthesis does a pruned search
+by itself; this command is for a full search (--full), a table for a bug report (--json), and
+tuning ahead of a server's first request."""
 
 from __future__ import annotations
 
@@ -13,10 +13,14 @@ import os
 from .cli import BadInput, add_model_args, load_models, note, report
 
 DECODERS = ("t2s", "s2a")
+EPILOG = ("The choice is kept in WSVK_CACHE_DIR (default $XDG_CACHE_HOME/wsvk, else ~/.cache/wsvk), one file per "
+          "adapter, driver, model, precision and slot count; `wsvk info` lists it. WSVK_TUNE=off runs the untuned "
+          "step, WSVK_PLAN=NAME (or t2s:NAME,s2a:NAME) runs one candidate. Slots: WSVK_SLOTS, else as a synthesis "
+          "picks them.")
 
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="wsvk tune", description=__doc__)
+    p = argparse.ArgumentParser(prog="wsvk tune", description=__doc__, epilog=EPILOG)
     add_model_args(p)
     p.add_argument("--full", action="store_true",
                    help="time every candidate, with more steps each (default: the pruned search, ~5 s a decoder)")
@@ -30,14 +34,15 @@ def run(args) -> int:
     from ..resident import tune_cache, tuner
 
     pipe = load_models(args)
-    os.environ["WSVK_TUNE"], saved = "off", os.environ.get("WSVK_TUNE")  # build plainly: timed below
+    saved = {k: os.environ.pop(k, None) for k in ("WSVK_TUNE", "WSVK_PLAN")}
+    os.environ["WSVK_TUNE"] = "off"  # build the decoders plainly: they are timed below
     try:
         mods = {d: pipe.stages.gpu_runner(d) for d in DECODERS}
     finally:
-        if saved is None:
-            os.environ.pop("WSVK_TUNE")
-        else:
-            os.environ["WSVK_TUNE"] = saved
+        for k, v in saved.items():
+            os.environ.pop(k, None)
+            if v is not None:
+                os.environ[k] = v
     if any(m is None for m in mods.values()):
         raise BadInput("the decoders run on the CPU here (WSVK_BACKEND, --no-resident, or auto found no GPU: "
                        "WSVK_BACKEND=wgpu uses a software adapter): nothing to tune")
