@@ -6,7 +6,8 @@ import torch
 
 import tiny_models as tm
 from conftest import rel_err
-from resident_helpers import s2a_cond_spec, s2a_inputs, t2s_spec
+import resident_helpers as rh
+from resident_helpers import s2a_cond_spec, t2s_spec
 from wsvk.tts.models import s2a_from_spec, t2s_from_spec
 from wsvk.resident import ResidentS2A, ResidentT2S
 from wsvk.resident.encoder import ResidentEncoder
@@ -24,7 +25,7 @@ def t2s_inputs(model):
 
 
 def s2a_inputs(model, seed=0):
-    stoks, spk = s2a_inputs(seed)
+    stoks, spk = rh.s2a_inputs(seed)
     return torch.nn.functional.pad(stoks, (1, model.stoks_len - len(stoks) - 1), value=model.stoks_codes - 1)[None], spk
 
 

@@ -104,7 +104,7 @@ def test_no_adapter_from_the_kernels():
 def test_info_names_the_adapter(rt):
     r = run_py("-m", "wsvk", "info", env={"WSVK_BACKEND": "wgpu"})
     assert r.returncode == 0, r.stderr
-    assert f"selected: [" in r.stdout and rt.info["name"] in r.stdout
+    assert "selected: [" in r.stdout and rt.info["name"] in r.stdout
     assert "backend=Vulkan" in r.stdout or "backend=Metal" in r.stdout or "backend=D3D12" in r.stdout
 
 
