@@ -3,7 +3,9 @@
 Without an adapter, GPU tests skip with a reason; with WSVK_REQUIRE_ADAPTER=1 (CI) they fail.
 """
 
+import atexit
 import os
+import shutil
 import tempfile
 
 import numpy as np
@@ -13,6 +15,7 @@ os.environ.setdefault("XDG_RUNTIME_DIR", "/tmp")
 os.environ.setdefault("WSVK_BACKEND", "wgpu")  # the kernels' tests want lavapipe too
 # tuned plans from the user's cache (or from one test to the next) must not change what a test runs
 os.environ["WSVK_CACHE_DIR"] = tempfile.mkdtemp(prefix="wsvk-test-cache-")
+atexit.register(shutil.rmtree, os.environ["WSVK_CACHE_DIR"], ignore_errors=True)
 os.environ.pop("WSVK_TUNE", None)
 os.environ.pop("WSVK_PLAN", None)
 
