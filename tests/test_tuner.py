@@ -177,6 +177,13 @@ def test_unwritable_cache_folder_means_tuning_again(rt, t2s, tmp_path, monkeypat
     assert capsys.readouterr().err.count("cannot write the tuning cache") == 1
 
 
+def test_software_adapters_are_not_tuned_and_leave_no_files(rt, t2s, cache, monkeypatch):
+    monkeypatch.setattr(tuner, "worth_tuning", lambda rt: False)
+    monkeypatch.setattr(tuner, "_time", None)  # would raise if called
+    assert ResidentT2S(t2s).resident_decoder.tuning == {"plan": "default", "source": "untuned", "timed": 0}
+    assert not cache.exists()  # no folder, no lock file
+
+
 def test_settings(rt, t2s, cache, monkeypatch):
     monkeypatch.setenv("WSVK_TUNE", "off")
     dec = ResidentT2S(t2s).resident_decoder

@@ -48,6 +48,17 @@ def _read(path: str) -> tuple[dict | None, str | None]:
     return entry, None
 
 
+def peek(key: dict) -> tuple[dict | None, str | None]:
+    """(the entry stored for `key`, None), or (None, why not), without a word or a change."""
+    path = path_for(key)
+    if not os.path.exists(path):
+        return None, "none"
+    entry, why = _read(path)
+    if entry is not None and entry["key"] != key:
+        return None, "written for another adapter or model"
+    return entry, why
+
+
 def load(key: dict, discard: bool = False) -> dict | None:
     """The entry stored for `key` ({"key", "choice", "candidates"}), or None (nothing stored, or
     a corrupt or foreign file: one warning). discard: remove such a file (where no tuning will

@@ -135,17 +135,13 @@ def settle(dec, decoder: str) -> None:
         return _use(dec, DEFAULT, "off")
     k = key(dec, decoder)
     worth = worth_tuning(dec.rt)
-    with _tuning_lock(k):
-        if mode == "auto":
-            entry = tune_cache.load(k, discard=not worth)
-            if entry is not None:
-                chosen = next((c for c in cands if c.name == entry["choice"]), None)
-                if chosen is not None:
-                    return _use(dec, chosen, "cache")
-                tune_cache.warn(f"the cached plan {entry['choice']!r} is not a candidate of the {decoder} decoder any "
-                                "more; " + ("tuning again" if worth else "using the default plan"))
-            if not worth:
-                return _use(dec, DEFAULT, "untuned")
+    if mode == "auto" and _use_cached(dec, cands, k, decoder, worth, quiet=worth):
+        return
+    if mode == "auto" and not worth:
+        return _use(dec, DEFAULT, "untuned")
+    with _tuning_lock(k):  # another process may have tuned this key meanwhile: it is read again
+        if mode == "auto" and _use_cached(dec, cands, k, decoder, worth, quiet=False):
+            return
         _announce(dec.rt.info["name"])
         try:
             rows = tune(dec, cands, decoder)
@@ -156,6 +152,27 @@ def settle(dec, decoder: str) -> None:
             dec.tuning = {"plan": DEFAULT.name, "source": "failed", "timed": 0}
             return
         tune_cache.store(k, next(r["name"] for r in rows if r["chosen"]), rows)
+
+
+def _use_cached(dec, cands, k, decoder: str, worth: bool, quiet: bool) -> bool:
+    """Configure the decoder with the cached choice for key k; False where there is none (a bad
+    file warns unless quiet: the caller reads it again under the lock before tuning)."""
+    if quiet:
+        entry, _ = tune_cache.peek(k)
+        if entry is None:
+            return False
+    else:
+        entry = tune_cache.load(k, discard=not worth)
+        if entry is None:
+            return False
+    chosen = next((c for c in cands if c.name == entry["choice"]), None)
+    if chosen is None:
+        if not quiet:
+            tune_cache.warn(f"the cached plan {entry['choice']!r} is not a candidate of the {decoder} decoder any "
+                            "more; " + ("tuning again" if worth else "using the default plan"))
+        return False
+    _use(dec, chosen, "cache")
+    return True
 
 
 def _announce(adapter: str) -> None:
