@@ -49,10 +49,11 @@ def _read(path: str) -> tuple[dict | None, str | None]:
 
 
 def peek(key: dict) -> tuple[dict | None, str | None]:
-    """(the entry stored for `key`, None), or (None, why not), without a word or a change."""
+    """(the entry stored for `key`, None), (None, None) when there is no file, or (None, why it
+    is not one), without a word or a change."""
     path = path_for(key)
     if not os.path.exists(path):
-        return None, "none"
+        return None, None
     entry, why = _read(path)
     if entry is not None and entry["key"] != key:
         return None, "written for another adapter or model"
@@ -64,12 +65,8 @@ def load(key: dict, discard: bool = False) -> dict | None:
     a corrupt or foreign file: one warning). discard: remove such a file (where no tuning will
     replace it, so that it is not warned about again by every process)."""
     path = path_for(key)
-    if not os.path.exists(path):
-        return None
-    entry, why = _read(path)
-    if entry is not None and entry["key"] != key:
-        entry, why = None, "written for another adapter or model"
-    if entry is None:
+    entry, why = peek(key)
+    if why is not None:
         if discard:
             with contextlib.suppress(OSError):
                 os.remove(path)
