@@ -3,7 +3,7 @@
 
     python scripts/bench_ops.py [--json OUT] [--quick] [--big] [--only NAME]
 
-The rows are the case tables' benchmark cases (wsvk/kernels/cases.py: tag "bench", "quick" for
+The rows are the case tables' benchmark cases (wsvk/kernels/cases/: tag "bench", "quick" for
 --quick, "big" added by --big). Every row is measured in this one run: the wsvk kernel (GPU-resident inputs, one submit per
 call, the time of a batch of calls divided by their number: what an op-by-op caller gets), its
 GPU time alone from timestamps where the adapter has timestamp-query ("wsvkGPU": what the

@@ -12,5 +12,5 @@ layouts and input checks), on top of wsvk.gpu. Users call them through wsvk.ops.
     convnext.py   convnext.wgsl   Vocos' backbone: input conv (+ codebook gather), depthwise conv + norm
     istft.py      istft.wgsl      Vocos' head: spectrum from magnitude/phase, overlap-add
     embed.py      embed.wgsl      the resident decoder's input embedding, one column per sequence
-    cases.py      (no shader)     one case table per family: tests, selftest and bench_ops use it
+    cases/        (no shader)     one case table per family: tests, selftest and bench_ops use it
 """
